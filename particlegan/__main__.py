@@ -1,0 +1,4 @@
+"""``python -m particlegan`` runs the CLI."""
+from .cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""Compute backends for the dense pair sums of the simulator.
+
+``get_backend(name)`` returns a module exposing the same functions on every backend:
+
+* ``kernel_sum(X, Y, w, kernel) -> (n,)``            out_i = sum_j w_j k(x_i, y_j)
+* ``kernel_grad_sum(X, Y, w, kernel) -> (n, d)``     out_i = sum_j w_j grad_1 k(x_i, y_j)
+* ``kernel_value_and_grad_sum(X, Y, w, kernel) -> ((n,), (n, d))``  both (one pass on cpu/cuda)
+* ``pair_sum(X, Y, kernel) -> float``                sum_{i,j} k(x_i, y_j)
+* ``random_features(X, A, b, activation, scale) -> (psi, dpsi)``, each (n, K)
+* ``ntk_apply(Z, F, kind, sigma_w, sigma_b) -> (N, d)``  out_i = sum_j Theta(z_i, z_j) F_j
+
+Backends: ``numpy`` (chunked reference oracle), ``cpu`` (numba parallel drivers),
+``cuda`` (numba.cuda tiled kernels; needs a GPU, or the simulator with NUMBA_ENABLE_CUDASIM=1).
+Inputs may be float32 or float64; results come back as numpy arrays in the input's float dtype.
+Backends are imported lazily, so importing this package never compiles or probes for a GPU.
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+BACKENDS = ("numpy", "cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    """True if numba.cuda can run kernels here (a real GPU, or the CUDA simulator)."""
+    try:
+        from numba import cuda
+    except Exception:  # numba-cuda missing or broken: no cuda backend
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def get_backend(name: str):
+    """The backend module called ``name`` (one of :data:`BACKENDS`).
+
+    Raises
+    ------
+    ConfigError
+        Unknown name, or 'cuda' without a usable GPU.
+    """
+    if name == "numpy":
+        from . import numpy_backend
+        return numpy_backend
+    if name == "cpu":
+        from . import cpu_backend
+        return cpu_backend
+    if name == "cuda":
+        if not cuda_available():
+            raise ConfigError("backend 'cuda' needs a CUDA GPU (none found); use 'cpu' or 'numpy'")
+        from . import cuda_backend
+        return cuda_backend
+    raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,409 @@
+"""CPU backend: numba ``@njit(parallel=True)`` drivers over the per-pair maths of :mod:`particlegan.pairmath`.
+
+Design (ecosystem-anchors 1.2):
+
+* Pair sums run ``prange`` over blocks of target points i and write ``out[i]`` per i (no scatter
+  into j, which would race).
+* Gaussian kernels (single or mixture), d < ``HIGH_D``: tiles of ``TILE`` centres y_j; r2 for a
+  tile is computed into a small buffer from the transposed centres (a loop over j that
+  vectorises), then reduced with :func:`~particlegan.pairmath.poly_exp`, an exp made of mul/add
+  only, because numba's ``math.exp`` no longer vectorises (no SVML since numba 0.62).
+* d >= ``HIGH_D`` (every kernel): the cross products x.y come from BLAS over row blocks, with both
+  point sets shifted by the centres' mean first so that r2 = |x'|^2 + |y'|^2 - 2 x'.y' loses
+  little precision; gradients are a second BLAS product with the coefficient block.
+* Other kernels in low d: a direct loop calling :func:`~particlegan.pairmath.pair_terms`.
+* NTK apply: row blocks of Theta (BLAS Gram, per-entry closed form in numba, BLAS product), so
+  memory is O(block N) and the N x N matrix is never held when N is large.
+
+Everything is computed in float64 (inputs are up-cast; cheap next to the O(n m) pair work), except
+the BLAS products of the high-d path, which run in the input dtype (float32 GEMM is ~2x faster).
+Results are returned in the input's float dtype.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numba import njit, prange
+
+from .. import pairmath as pm
+from ..kernels import KernelSpec, anchor
+from .numpy_backend import check_features, check_ntk, check_points, out_dtype
+
+NAME = "cpu"
+HIGH_D = 32          # from this dimension on, pair products come from BLAS
+TILE = 256           # centres per tile in the low-d Gaussian loops
+ROWS = 8             # target points per parallel work item
+GRAM_ELEMS = 1 << 21  # entries of one BLAS Gram block (16 MB in float64)
+
+# fast-math without nnan/ninf, so that NaN/inf still propagate to the divergence checks
+# On-disk caching of the compiled drivers is opt-in (PARTICLEGAN_NUMBA_CACHE=1): numba keys its
+# cache on this file only, so an edit of pairmath.py alone would leave stale machine code behind.
+_CACHE = os.environ.get("PARTICLEGAN_NUMBA_CACHE", "0") == "1"
+_FM = {"contract", "reassoc", "arcp", "nsz", "afn"}
+
+
+# ------------------------------------------------------------------ Gaussian, low d --------
+# Indices into tiles go through slices (yk = Yt[k, j0:j1], then yk[jj] with jj from range): numba
+# knows such indices are non-negative, skips the negative-index wrap-around, and LLVM vectorises.
+@njit(fastmath=_FM)
+def _tile_r2(xi, Yt, j0, j1, r2):
+    """r2[jj] = |x_i - y_(j0+jj)|^2 for the tile j0 <= j < j1 (Yt is (d, m))."""
+    length = j1 - j0
+    y0 = Yt[0, j0:j1]
+    x0 = xi[0]
+    for jj in range(length):
+        t = x0 - y0[jj]
+        r2[jj] = t * t
+    for k in range(1, xi.shape[0]):
+        yk = Yt[k, j0:j1]
+        xk = xi[k]
+        for jj in range(length):
+            t = xk - yk[jj]
+            r2[jj] += t * t
+
+
+@njit(parallel=True, fastmath=_FM, cache=_CACHE)
+def _gauss_sum_lowd(X, Yt, w, mix, out):
+    """out_i = sum_j w_j sum_s ws_s exp(-a_s |x_i - y_j|^2); Yt is (d, m), mix rows (a_s, -, ws_s)."""
+    n = X.shape[0]
+    m = Yt.shape[1]
+    n_items = (n + ROWS - 1) // ROWS
+    for item in prange(n_items):
+        r2 = np.empty(TILE)
+        for i in range(item * ROWS, min(n, (item + 1) * ROWS)):
+            xi = X[i]
+            acc = 0.0
+            for j0 in range(0, m, TILE):
+                j1 = min(m, j0 + TILE)
+                _tile_r2(xi, Yt, j0, j1, r2)
+                wt = w[j0:j1]
+                for s in range(mix.shape[1]):
+                    neg_a = -mix[0, s]
+                    part = 0.0
+                    for jj in range(j1 - j0):
+                        part += wt[jj] * pm.poly_exp(neg_a * r2[jj])
+                    acc += mix[2, s] * part
+            out[i] = acc
+
+
+@njit(parallel=True, fastmath=_FM, cache=_CACHE)
+def _gauss_value_grad_lowd(X, Yt, w, mix, out_v, out_g):
+    """Values as in :func:`_gauss_sum_lowd` and gradients out_g[i] = sum_j c_ij (x_i - y_j),
+    c_ij = w_j sum_s ws_s (-2 a_s) exp(-a_s r2_ij)."""
+    n, d = X.shape
+    m = Yt.shape[1]
+    n_s = mix.shape[1]
+    n_items = (n + ROWS - 1) // ROWS
+    for item in prange(n_items):
+        r2 = np.empty(TILE)
+        kb = np.empty(TILE)
+        gb = np.empty(TILE)
+        g = np.empty(d)
+        for i in range(item * ROWS, min(n, (item + 1) * ROWS)):
+            xi = X[i]
+            acc = 0.0
+            g[:] = 0.0
+            for j0 in range(0, m, TILE):
+                j1 = min(m, j0 + TILE)
+                length = j1 - j0
+                _tile_r2(xi, Yt, j0, j1, r2)
+                wt = w[j0:j1]
+                neg_a = -mix[0, 0]
+                ws = mix[2, 0]
+                slope = 2.0 * neg_a
+                part = 0.0
+                for jj in range(length):
+                    e = ws * wt[jj] * pm.poly_exp(neg_a * r2[jj])
+                    part += e
+                    gb[jj] = slope * e
+                for s in range(1, n_s):  # further mixture components
+                    neg_a = -mix[0, s]
+                    ws = mix[2, s]
+                    slope = 2.0 * neg_a
+                    for jj in range(length):
+                        e = ws * wt[jj] * pm.poly_exp(neg_a * r2[jj])
+                        part += e
+                        gb[jj] += slope * e
+                acc += part
+                for k in range(d):
+                    yk = Yt[k, j0:j1]
+                    xk = xi[k]
+                    gk = 0.0
+                    for jj in range(length):
+                        gk += gb[jj] * (xk - yk[jj])
+                    g[k] += gk
+            out_v[i] = acc
+            for k in range(d):
+                out_g[i, k] = g[k]
+
+
+# ------------------------------------------------------------- any kernel, low d -----------
+@njit(parallel=True, cache=_CACHE)
+def _generic_lowd(X, Y, w, code, p, mix, aa, bb, want_grad, out_v, out_g, out_saa):
+    """Direct per-pair loop for any kernel.
+
+    out_v[i] = sum_j w_j k_ij;  out_g[i] = sum_j w_j (2 dk/dr2 (x_i - y_j) + dk/dab y_j);
+    out_saa[i] = sum_j w_j dk/daa (the anchor term 2 out_saa[i] (x_i - x0) is added by the caller).
+    """
+    n, d = X.shape
+    m = Y.shape[0]
+    for i in prange(n):
+        g = np.zeros(d)
+        acc = 0.0
+        saa = 0.0
+        for j in range(m):
+            r2 = 0.0
+            ab = 0.0
+            for k in range(d):
+                t = X[i, k] - Y[j, k]
+                r2 += t * t
+                ab += X[i, k] * Y[j, k]
+            kv, k_r2, k_ab, k_aa = pm.pair_terms(code, r2, ab, aa[i], bb[j], p, mix)
+            acc += w[j] * kv
+            if want_grad:
+                c_r2 = 2.0 * w[j] * k_r2
+                c_ab = w[j] * k_ab
+                for k in range(d):
+                    g[k] += c_r2 * (X[i, k] - Y[j, k]) + c_ab * Y[j, k]
+                saa += w[j] * k_aa
+        out_v[i] = acc
+        if want_grad:
+            for k in range(d):
+                out_g[i, k] = g[k]
+            out_saa[i] = saa
+
+
+# ------------------------------------------------------------------ BLAS path, high d ------
+@njit(parallel=True, fastmath=_FM, cache=_CACHE)
+def _gauss_from_gram(G, xx, yy, w, mix, want_grad, out_v, c_sum):
+    """Gaussian sums from a Gram block G = X' Y'^T (shifted points) and squared norms xx, yy.
+
+    out_v[i] = sum_j w_j k_ij.  With want_grad, G is overwritten by c_ij = 2 w_j dk/dr2 and
+    c_sum[i] = sum_j c_ij, so that grad_i = x'_i c_sum[i] - (C Y')_i.
+    """
+    n, m = G.shape
+    n_s = mix.shape[1]
+    for i in prange(n):
+        acc = 0.0
+        csum = 0.0
+        for j in range(m):
+            r2 = max(xx[i] + yy[j] - 2.0 * G[i, j], 0.0)
+            kv = 0.0
+            c = 0.0
+            for s in range(n_s):
+                e = mix[2, s] * pm.poly_exp(-mix[0, s] * r2)
+                kv += e
+                c -= 2.0 * mix[0, s] * e
+            acc += w[j] * kv
+            if want_grad:
+                G[i, j] = w[j] * c
+                csum += w[j] * c
+        out_v[i] = acc
+        c_sum[i] = csum
+
+
+@njit(parallel=True, cache=_CACHE)
+def _generic_from_gram(G, xx, yy, xc, yc, cc, w, code, p, mix, aa, bb, want_grad, out_v, s_r2, s_ab, s_aa):
+    """Any kernel from a Gram block G = X' Y'^T of points shifted by c (x = x' + c).
+
+    r2 = |x'|^2 + |y'|^2 - 2 G, ab = G + x'.c + y'.c + c.c.  out_v[i] = sum_j w_j k_ij.
+    With want_grad, G is overwritten by C_ij = w_j (dk/dab - 2 dk/dr2), and s_r2, s_ab, s_aa get the
+    row sums of w dk/dr2, w dk/dab, w dk/daa, so that
+    grad_i = 2 x'_i s_r2 + (C Y')_i + c s_ab + 2 (x_i - x0) s_aa.
+    """
+    n, m = G.shape
+    for i in prange(n):
+        acc = 0.0
+        t_r2 = 0.0
+        t_ab = 0.0
+        t_aa = 0.0
+        for j in range(m):
+            g = G[i, j]
+            r2 = xx[i] + yy[j] - 2.0 * g
+            ab = g + xc[i] + yc[j] + cc
+            kv, k_r2, k_ab, k_aa = pm.pair_terms(code, r2, ab, aa[i], bb[j], p, mix)
+            acc += w[j] * kv
+            if want_grad:
+                G[i, j] = w[j] * (k_ab - 2.0 * k_r2)
+                t_r2 += w[j] * k_r2
+                t_ab += w[j] * k_ab
+                t_aa += w[j] * k_aa
+        out_v[i] = acc
+        s_r2[i] = t_r2
+        s_ab[i] = t_ab
+        s_aa[i] = t_aa
+
+
+# ------------------------------------------------------------------------ drivers ----------
+def _prepare(X, Y, w, fname):
+    X, Y, w = check_points(X, Y, w, fname)
+    f64 = (np.ascontiguousarray(a, dtype=np.float64) for a in (X, Y, w))
+    return X, *f64
+
+
+def _is_gaussian(kernel: KernelSpec) -> bool:
+    return kernel.name in ("gaussian", "gaussian_mixture")
+
+
+def _anchor_norms(X64, Y64, kernel):
+    x0 = anchor(kernel, X64.shape[1])
+    if x0 is None:
+        return None, np.zeros(X64.shape[0]), np.zeros(Y64.shape[0])
+    return x0, ((X64 - x0) ** 2).sum(axis=1), ((Y64 - x0) ** 2).sum(axis=1)
+
+
+def _high_d(X, X64, Y64, w64, kernel, want_grad):
+    """BLAS row-block path for any kernel; returns (values (n,), grads (n, d) or None), float64."""
+    n, d = X64.shape
+    m = Y64.shape[0]
+    gemm_dtype = out_dtype(X)
+    centre = Y64.mean(axis=0) if m else np.zeros(d)
+    Xs, Ys = X64 - centre, Y64 - centre
+    xx, yy = (Xs * Xs).sum(axis=1), (Ys * Ys).sum(axis=1)
+    Ys_g = np.ascontiguousarray(Ys, dtype=gemm_dtype)
+    Xs_g = np.ascontiguousarray(Xs, dtype=gemm_dtype)
+    vals = np.empty(n)
+    grads = np.empty((n, d)) if want_grad else None
+    block = max(1, GRAM_ELEMS // max(m, 1))
+    gauss = _is_gaussian(kernel)
+    code, p, mix = pm.encode_kernel(kernel, d)
+    if not gauss:
+        x0, aa, bb = _anchor_norms(X64, Y64, kernel)
+        xc, yc, cc = Xs @ centre, Ys @ centre, float(centre @ centre)
+    for start in range(0, n, block):
+        rows = slice(start, min(n, start + block))
+        G = Xs_g[rows] @ Ys_g.T
+        nb = G.shape[0]
+        if gauss:
+            c_sum = np.empty(nb)
+            _gauss_from_gram(G, xx[rows], yy, w64, mix, want_grad, vals[rows], c_sum)
+            if want_grad:
+                grads[rows] = Xs[rows] * c_sum[:, None] - (G @ Ys_g)
+        else:
+            s_r2, s_ab, s_aa = np.empty(nb), np.empty(nb), np.empty(nb)
+            _generic_from_gram(G, xx[rows], yy, xc[rows], yc, cc, w64, code, p, mix, aa[rows], bb,
+                               want_grad, vals[rows], s_r2, s_ab, s_aa)
+            if want_grad:
+                g = 2.0 * Xs[rows] * s_r2[:, None] + (G @ Ys_g) + centre * s_ab[:, None]
+                if x0 is not None:
+                    g += 2.0 * (X64[rows] - x0) * s_aa[:, None]
+                grads[rows] = g
+    return vals, grads
+
+
+def _value_and_grad(X, Y, w, kernel: KernelSpec, want_grad: bool, fname: str):
+    X, X64, Y64, w64 = _prepare(X, Y, w, fname)
+    n, d = X64.shape
+    m = Y64.shape[0]
+    if n == 0 or m == 0 or d == 0:  # nothing to loop over (d = 0: every r2 is 0; use the reference)
+        if d == 0 and n and m:
+            from . import numpy_backend as ref
+            vals = ref.kernel_sum(X64, Y64, w64, kernel)
+            return vals, (ref.kernel_grad_sum(X64, Y64, w64, kernel) if want_grad else None)
+        return np.zeros(n), np.zeros((n, d))
+    if d >= HIGH_D:
+        vals, grads = _high_d(X, X64, Y64, w64, kernel, want_grad)
+        return vals, grads
+    vals = np.empty(n)
+    grads = np.empty((n, d)) if want_grad else np.empty((0, d))
+    if _is_gaussian(kernel):
+        _, _, mix = pm.encode_kernel(kernel, d)
+        Yt = np.ascontiguousarray(Y64.T)
+        if want_grad:
+            _gauss_value_grad_lowd(X64, Yt, w64, mix, vals, grads)
+        else:
+            _gauss_sum_lowd(X64, Yt, w64, mix, vals)
+        return vals, grads
+    code, p, mix = pm.encode_kernel(kernel, d)
+    x0, aa, bb = _anchor_norms(X64, Y64, kernel)
+    saa = np.empty(n)
+    _generic_lowd(X64, Y64, w64, code, p, mix, aa, bb, want_grad, vals, grads, saa)
+    if want_grad and x0 is not None:
+        grads += 2.0 * saa[:, None] * (X64 - x0)
+    return vals, grads
+
+
+def kernel_sum(X, Y, w, kernel: KernelSpec) -> np.ndarray:
+    """out_i = sum_j w_j k(x_i, y_j): X (n, d), Y (m, d), w (m,) -> (n,) in X's float dtype."""
+    vals, _ = _value_and_grad(X, Y, w, kernel, False, "kernel_sum")
+    return vals.astype(out_dtype(np.asarray(X)))
+
+
+def kernel_grad_sum(X, Y, w, kernel: KernelSpec) -> np.ndarray:
+    """out_i = sum_j w_j grad_1 k(x_i, y_j): X (n, d), Y (m, d), w (m,) -> (n, d) in X's dtype."""
+    _, grads = _value_and_grad(X, Y, w, kernel, True, "kernel_grad_sum")
+    return grads.astype(out_dtype(np.asarray(X)))
+
+
+def kernel_value_and_grad_sum(X, Y, w, kernel: KernelSpec):
+    """Both sums of one pass: ((n,) values, (n, d) gradients), in X's float dtype."""
+    vals, grads = _value_and_grad(X, Y, w, kernel, True, "kernel_value_and_grad_sum")
+    dt = out_dtype(np.asarray(X))
+    return vals.astype(dt), grads.astype(dt)
+
+
+def pair_sum(X, Y, kernel: KernelSpec) -> float:
+    """sum_{i,j} k(x_i, y_j) as a Python float (float64 accumulation)."""
+    X, Y, _ = check_points(X, Y, None, "pair_sum")
+    vals, _ = _value_and_grad(X.astype(np.float64), Y, np.ones(Y.shape[0]), kernel, False, "pair_sum")
+    return float(vals.sum())
+
+
+# ------------------------------------------------------------------ random features --------
+@njit(parallel=True, cache=_CACHE)
+def _features_inplace(H, b, is_cos, scale, zero, dpsi):
+    """H <- scale act(H + b) and dpsi <- scale act'(H + b) (pairmath.feature_act), row-parallel."""
+    n, K = H.shape
+    for i in prange(n):
+        for k in range(K):
+            H[i, k], dpsi[i, k] = pm.feature_act(H[i, k] + b[k], is_cos, scale, zero)
+
+
+def random_features(X, A, b, activation: str, scale: float):
+    """psi = scale act(X A^T + b), dpsi = scale act'(X A^T + b): X (n, d), A (K, d), b (K,) -> (n, K) each.
+
+    X A^T by BLAS in X's float dtype; the activation in one fused parallel pass.
+    """
+    X, A, b = check_features(X, A, b, activation)
+    dt = out_dtype(X)
+    H = np.ascontiguousarray(X, dtype=dt) @ np.ascontiguousarray(A, dtype=dt).T
+    H = np.ascontiguousarray(H)
+    dpsi = np.empty_like(H)
+    _features_inplace(H, np.ascontiguousarray(b, dtype=dt), activation == "cos", dt(scale), dt(0), dpsi)
+    return H, dpsi
+
+
+# ---------------------------------------------------------------------------- NTK ----------
+NTK_BLOCK_ELEMS = 1 << 22  # entries of Theta held at once (32 MB in float64)
+
+
+@njit(parallel=True, cache=_CACHE)
+def _ntk_from_gram(G, q_rows, q_cols, kind, p):
+    """Overwrite a Gram block G = Z_rows Z^T with Theta entries (pairmath.ntk_entry)."""
+    n, m = G.shape
+    for i in prange(n):
+        for j in range(m):
+            G[i, j] = pm.ntk_entry(kind, pm.ntk_sigma1(G[i, j], p), q_rows[i], q_cols[j], p)
+
+
+def ntk_apply(Z, F, kind: str, sigma_w: float = 1.0, sigma_b: float = 0.0) -> np.ndarray:
+    """out_i = sum_j Theta(z_i, z_j) F_j: Z (N, dz), F (N, d) -> (N, d) in F's float dtype.
+
+    Theta is built block by block (at most ``NTK_BLOCK_ELEMS`` entries at a time) and never
+    stored whole when N^2 exceeds that.
+    """
+    Z, F = check_ntk(Z, F)
+    N, dz = Z.shape
+    code, p = pm.encode_ntk(kind, float(sigma_w), float(sigma_b), max(dz, 1))
+    Z64 = np.ascontiguousarray(Z, dtype=np.float64)
+    F64 = np.ascontiguousarray(F, dtype=np.float64)
+    q = p[pm.N_SW2] * (Z64 * Z64).sum(axis=1) * p[pm.N_INV_DZ] + p[pm.N_SB2]
+    out = np.empty(F64.shape)
+    block = max(1, NTK_BLOCK_ELEMS // max(N, 1))
+    for start in range(0, N, block):
+        rows = slice(start, min(N, start + block))
+        G = np.ascontiguousarray(Z64[rows] @ Z64.T)
+        _ntk_from_gram(G, q[rows], q, code, p)
+        out[rows] = G @ F64
+    return out.astype(out_dtype(F))

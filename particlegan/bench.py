@@ -1,0 +1,281 @@
+"""Benchmark of dense Gaussian pair sums: pair interactions per second for several methods.
+
+Measured operations, for X, Y of N = M points in R^d, weights w, sigma = 1:
+
+* ``kernel_sum``   out_i = sum_j w_j exp(-|x_i - y_j|^2 / (2 sigma^2))
+* ``kernel_grad``  out_i = sum_j w_j grad_1 k(x_i, y_j) = -sum_j w_j k_ij (x_i - y_j) / sigma^2
+* ``step``         simulator steps (rows supplied by hooks, see :data:`ROW_HOOKS`)
+
+Methods: ``numpy_broadcast`` ((x_i - y_j) by broadcasting, row-chunked to cap memory),
+``scipy_cdist`` (cdist 'sqeuclidean' + exp + matvec/matmul, row-chunked), ``cpu`` and ``cuda``
+(the particlegan backends, called as users call them), ``pykeops`` (only if importable).
+
+Each figure is pairs / best wall time over repeats (after one untimed warm-up call, which also
+compiles). A method whose estimated time for a size exceeds the per-measurement budget is
+skipped (its row is absent), which keeps ``quick`` runs short.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import ConfigError
+from .kernels import make_kernel
+
+COLUMNS = ("op", "method", "n", "m", "d", "dtype", "pairs_per_s")
+OPS = ("kernel_sum", "kernel_grad", "step")
+METHODS = ("numpy_broadcast", "scipy_cdist", "cpu", "cuda", "pykeops")
+FULL_SIZES = (1_000, 10_000, 30_000)
+QUICK_SIZES = (1_000, 3_000)
+DIMS = (2, 3, 16, 100)
+_CHUNK_ELEMS = 1 << 23  # cap of the (rows, m[, d]) temporaries of the numpy/scipy baselines (64 MB f64)
+
+# Hooks that contribute extra rows (e.g. simulator steps/s): callables f(quick: bool) -> iterable
+# of BenchRow. run_benchmark appends their rows after its own.
+ROW_HOOKS: list[Callable[[bool], Iterable["BenchRow"]]] = []
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One measurement: ``pairs_per_s`` pair interactions (or steps, for op 'step') per second."""
+
+    op: str
+    method: str
+    n: int
+    m: int
+    d: int
+    dtype: str
+    pairs_per_s: float
+
+    def as_tuple(self) -> tuple:
+        return tuple(getattr(self, c) for c in COLUMNS)
+
+
+# ------------------------------------------------------------------------ baselines --------
+def _row_chunks(n: int, per_row: int):
+    step = max(1, _CHUNK_ELEMS // max(per_row, 1))
+    return [slice(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _numpy_broadcast(op, X, Y, w, inv2s2):
+    n, d = X.shape
+    out = np.empty(n, X.dtype) if op == "kernel_sum" else np.empty_like(X)
+    for rows in _row_chunks(n, Y.shape[0] * d):
+        diff = X[rows, None, :] - Y[None, :, :]
+        e = np.exp(-inv2s2 * (diff * diff).sum(axis=2))
+        if op == "kernel_sum":
+            out[rows] = e @ w
+        else:
+            out[rows] = -2 * inv2s2 * np.einsum("ij,ijk->ik", e * w, diff)
+    return out
+
+
+def _scipy_cdist(op, X, Y, w, inv2s2):
+    from scipy.spatial.distance import cdist
+    n = X.shape[0]
+    out = np.empty(n, X.dtype) if op == "kernel_sum" else np.empty_like(X)
+    for rows in _row_chunks(n, Y.shape[0]):
+        e = np.exp(-inv2s2 * cdist(X[rows], Y, "sqeuclidean"))
+        if op == "kernel_sum":
+            out[rows] = e @ w
+        else:
+            c = e * w
+            out[rows] = -2 * inv2s2 * (X[rows] * c.sum(axis=1)[:, None] - c @ Y)
+    return out
+
+
+def _pykeops(op, X, Y, w, inv2s2):
+    from pykeops.numpy import LazyTensor
+    x_i, y_j = LazyTensor(X[:, None, :]), LazyTensor(Y[None, :, :])
+    w_j = LazyTensor(w[None, :, None])
+    diff = x_i - y_j
+    k = (-inv2s2 * (diff ** 2).sum(-1)).exp()
+    if op == "kernel_sum":
+        return (k * w_j).sum(axis=1).ravel()
+    return -2 * inv2s2 * (k * w_j * diff).sum(axis=1)
+
+
+def _backend_method(name):
+    from .backends import get_backend
+    backend = get_backend(name)
+    spec = make_kernel("gaussian", sigma=1.0)
+
+    def run(op, X, Y, w, inv2s2):
+        if op == "kernel_sum":
+            return backend.kernel_sum(X, Y, w, spec)
+        return backend.kernel_grad_sum(X, Y, w, spec)
+    return run
+
+
+def available_methods() -> tuple:
+    """Methods that can run here (cuda needs a GPU; the simulator does not count)."""
+    from numba import config
+
+    from .backends import cuda_available
+    found = ["numpy_broadcast", "scipy_cdist", "cpu"]
+    if cuda_available() and not config.ENABLE_CUDASIM:
+        found.append("cuda")
+    try:
+        import pykeops  # noqa: F401  (optional; not a dependency)
+        found.append("pykeops")
+    except Exception:
+        pass
+    return tuple(found)
+
+
+def _method_fn(method):
+    if method == "numpy_broadcast":
+        return _numpy_broadcast
+    if method == "scipy_cdist":
+        return _scipy_cdist
+    if method == "pykeops":
+        return _pykeops
+    return _backend_method(method)
+
+
+# ------------------------------------------------------------------------- running ---------
+def _best_time(fn, min_time: float, max_repeats: int) -> float:
+    """Best wall time of fn() over repeats (at least 2, until min_time is spent or max_repeats)."""
+    best = float("inf")
+    spent = 0.0
+    reps = 0
+    while reps < 2 or (spent < min_time and reps < max_repeats):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best = min(best, dt)
+        spent += dt
+        reps += 1
+    return best
+
+
+def run_benchmark(quick: bool = False, sizes: Iterable[int] | None = None, dims: Iterable[int] | None = None,
+                  dtypes: Iterable[str] = ("float64",), methods: Iterable[str] | None = None,
+                  ops: Iterable[str] = ("kernel_sum", "kernel_grad"), budget_s: float | None = None,
+                  extra_rows: Iterable[BenchRow] = (), seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """Measure pair interactions per second of Gaussian kernel sums and gradients.
+
+    Parameters
+    ----------
+    quick : small sizes :data:`QUICK_SIZES` and short timing budgets (under a minute on 2 cores).
+    sizes : N = M values (default :data:`FULL_SIZES`, or :data:`QUICK_SIZES` when quick).
+    dims : dimensions d (default :data:`DIMS`).
+    dtypes : "float64" and/or "float32".
+    methods : subset of :data:`METHODS` (default: :func:`available_methods`); unavailable ones raise
+        ConfigError.
+    ops : subset of ("kernel_sum", "kernel_grad").
+    budget_s : skip a measurement whose estimated single-call time exceeds this (default 1 s quick,
+        30 s otherwise); the estimate scales the method's last measured rate.
+    extra_rows : rows appended as they are (e.g. simulator steps/s); rows of :data:`ROW_HOOKS` too.
+    progress : optional callable receiving one-line status messages.
+
+    Returns
+    -------
+    list of :class:`BenchRow`.
+    """
+    sizes = tuple(sizes or (QUICK_SIZES if quick else FULL_SIZES))
+    dims = tuple(dims or DIMS)
+    have = available_methods()
+    methods = tuple(methods or have)
+    for meth in methods:
+        if meth not in METHODS:
+            raise ConfigError(f"unknown benchmark method '{meth}'; choose from {', '.join(METHODS)}")
+        if meth not in have:
+            raise ConfigError(f"benchmark method '{meth}' is not available here")
+    for op in ops:
+        if op not in ("kernel_sum", "kernel_grad"):
+            raise ConfigError(f"unknown benchmark op '{op}'; choose kernel_sum or kernel_grad")
+    for dt in dtypes:
+        if dt not in ("float32", "float64"):
+            raise ConfigError(f"unknown benchmark dtype '{dt}'; choose float32 or float64")
+    budget = budget_s if budget_s is not None else (1.0 if quick else 30.0)
+    min_time = 0.05 if quick else 0.5
+    rng = np.random.default_rng(seed)
+    inv2s2 = 0.5
+    rows: list[BenchRow] = []
+    fns = {meth: _method_fn(meth) for meth in methods}
+    for dt in dtypes:
+        for d in dims:
+            for op in ops:
+                rate: dict[str, float] = {}  # last measured pairs/s per method, for the skip estimate
+                for n in sorted(sizes):
+                    X = rng.normal(size=(n, d)).astype(dt) / np.sqrt(d)
+                    Y = rng.normal(size=(n, d)).astype(dt) / np.sqrt(d)
+                    w = rng.normal(size=n).astype(dt)
+                    for meth in methods:
+                        if meth in rate and n * n / rate[meth] > budget:
+                            continue
+                        fn = fns[meth]
+                        fn(op, X, Y, w, inv2s2)  # warm-up (and compilation)
+                        best = _best_time(lambda: fn(op, X, Y, w, inv2s2), min_time, 3 if quick else 10)
+                        rate[meth] = n * n / best
+                        rows.append(BenchRow(op, meth, n, n, d, dt, rate[meth]))
+                        if progress:
+                            progress(f"{op} {meth} n={n} d={d} {dt}: {rate[meth]:.3g} pairs/s")
+    rows.extend(extra_rows)
+    for hook in ROW_HOOKS:
+        rows.extend(hook(quick))
+    return rows
+
+
+# ------------------------------------------------------------------------- reporting -------
+def format_table(rows: Iterable[BenchRow]) -> str:
+    """One text table: a line per (op, n, m, d, dtype), a column per method (pairs/s, or steps/s).
+
+    The last column gives the cpu backend's speed-up over the fastest baseline (numpy/scipy).
+    """
+    rows = list(rows)
+    if not rows:
+        return "(no measurements)"
+    meths = [m for m in METHODS if any(r.method == m for r in rows)]
+    meths += sorted({r.method for r in rows} - set(meths))
+    keys = []
+    table: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        key = (r.op, r.n, r.m, r.d, r.dtype)
+        if key not in table:
+            keys.append(key)
+            table[key] = {}
+        table[key][r.method] = r.pairs_per_s
+    head = ["op", "n", "m", "d", "dtype"] + meths + ["cpu/best_baseline"]
+    lines = []
+    for key in keys:
+        vals = table[key]
+        cells = [key[0], str(key[1]), str(key[2]), str(key[3]), key[4]]
+        cells += [f"{vals[m]:.3g}" if m in vals else "-" for m in meths]
+        base = [vals[m] for m in ("numpy_broadcast", "scipy_cdist") if m in vals]
+        cells.append(f"{vals['cpu'] / max(base):.1f}x" if base and "cpu" in vals else "-")
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
+
+    def fmt(cells):
+        return "  ".join(c.rjust(wd) if i >= 1 else c.ljust(wd) for i, (c, wd) in enumerate(zip(cells, widths)))
+    out = ["pair interactions per second (op 'step': simulator steps per second)", fmt(head),
+           "  ".join("-" * wd for wd in widths)]
+    out += [fmt(c) for c in lines]
+    return "\n".join(out)
+
+
+def write_csv(rows: Iterable[BenchRow], path) -> None:
+    """Write rows with columns exactly op,method,n,m,d,dtype,pairs_per_s."""
+    try:
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            for r in rows:
+                writer.writerow([r.op, r.method, r.n, r.m, r.d, r.dtype, repr(float(r.pairs_per_s))])
+    except OSError as exc:
+        raise ConfigError(f"cannot write benchmark CSV '{path}': {exc.strerror}") from None
+
+
+def read_csv(path) -> list[BenchRow]:
+    """Read a CSV written by :func:`write_csv` back into rows."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return [BenchRow(r["op"], r["method"], int(r["n"]), int(r["m"]), int(r["d"]), r["dtype"],
+                         float(r["pairs_per_s"])) for r in reader]

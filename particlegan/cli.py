@@ -1,0 +1,305 @@
+"""Command-line interface: parses arguments, then calls the library (nothing else lives here)."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from . import __version__
+from .errors import ParticleGANError
+
+
+def user_errors_to_exit(func):
+    """Turn package errors into a one-line message on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ParticleGANError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__, prog_name="particlegan")
+def main():
+    """particlegan: GAN training simulated as particle dynamics."""
+
+
+# ---- commands are added below; each parses its arguments and calls one library function ----
+
+
+def _load_config(config, overrides, seed, backend=None):
+    from .config import config_from_json, config_from_sources, resolve_config
+
+    extra = list(overrides)
+    if backend:
+        extra.append(f"run.backend={backend}")
+    if config and str(config).endswith(".json"):
+        base = config_from_json(config)
+        return resolve_config(base, extra, seed)
+    return config_from_sources(config, extra, seed)
+
+
+def _format_summary(summary: dict, out_dir) -> str:
+    return (f"status {summary['status']}  steps {summary['steps']}  collapse C {summary['collapse']:.4f}  "
+            f"modes covered {summary['modes_covered']:.0f}  hq fraction {summary['hq_fraction']:.3f}  "
+            f"mmd2 {summary['mmd2']:.3e}  -> {out_dir}")
+
+
+@main.command()
+@click.argument("config", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override any config key (repeatable), e.g. --set generator.phi=0.99.")
+@click.option("--seed", type=int, default=None, help="Override run.seed.")
+@click.option("--backend", type=click.Choice(["numpy", "cpu", "cuda"]), default=None,
+              help="Override run.backend.")
+@click.option("--out", "out_dir", default=None, help="Run directory (default: runs/<run id>).")
+@click.option("--no-plot", is_flag=True, help="Skip particles.png.")
+@click.option("--resume", "resume_dir", default=None, metavar="RUN_DIR",
+              help="Continue a killed run from its checkpoint (needs run.checkpoint_every > 0).")
+@user_errors_to_exit
+def run(config, overrides, seed, backend, out_dir, no_plot, resume_dir):
+    """Run one simulation from CONFIG (TOML, or a stored config.json; default: built-in defaults).
+
+    Exit status: 0 ok, 2 bad input, 3 the run diverged (NaN/inf; last finite state kept).
+    """
+    from .config import config_hash
+    from .progress import Reporter
+    from .simulate import resume_run, run_to_dir
+
+    if resume_dir:
+        if config or overrides or seed is not None or backend or out_dir:
+            raise click.UsageError("--resume takes only the run directory (its config.json is used)")
+        summary = resume_run(resume_dir, reporter=Reporter(), plot=not no_plot)
+        out_dir = resume_dir
+    else:
+        cfg = _load_config(config, overrides, seed, backend)
+        out_dir = out_dir or f"runs/{config_hash(cfg)}"
+        summary = run_to_dir(cfg, out_dir, reporter=Reporter(), plot=not no_plot)
+    click.echo(_format_summary(summary, out_dir))
+    if summary["status"] != "ok":
+        sys.exit(3)
+
+
+@main.command("config")
+@click.argument("config", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE")
+@click.option("--seed", type=int, default=None)
+@click.option("--describe", is_flag=True, help="List every key with its meaning instead.")
+@user_errors_to_exit
+def show_config(config, overrides, seed, describe):
+    """Print the full resolved config as TOML (the defaults when no CONFIG is given)."""
+    from .config import describe_schema, to_toml
+
+    if describe:
+        click.echo(describe_schema())
+        return
+    click.echo(to_toml(_load_config(config, overrides, seed)))
+
+
+@main.command("dispersion")
+@click.option("--kernel", "kernels", multiple=True, metavar="NAME[:KEY=VALUE,...]",
+              help="Kernel (repeatable): gaussian, gaussian_mixture, rq, imq, riesz, energy, distance, "
+                   "distance_induced; parameters e.g. gaussian:sigma=0.5 (lists as a/b/c). "
+                   "Default: gaussian, riesz, energy.")
+@click.option("--dim", type=int, default=2, show_default=True, help="Feature-space dimension m.")
+@click.option("--beta", type=float, default=0.0, show_default=True,
+              help="Weight of the derived critic stabiliser (critic growth < 0 for beta > 1).")
+@click.option("--kmin", type=float, default=0.05, show_default=True, help="Smallest wavenumber.")
+@click.option("--kmax", type=float, default=20.0, show_default=True, help="Largest wavenumber.")
+@click.option("--points", type=int, default=200, show_default=True, help="Number of wavenumbers (log-spaced).")
+@click.option("--out", "out_path", required=True, metavar="PNG", help="Output figure.")
+@user_errors_to_exit
+def dispersion(kernels, dim, beta, kmin, kmax, points, out_path):
+    """Plot dispersion relations r_G(k) and critic growth rates of particle-based-distance flows."""
+    import numpy as np
+
+    from .errors import ConfigError
+    from .plotting_stability import plot_dispersion
+
+    if not (0 < kmin < kmax) or points < 2:
+        raise ConfigError(f"need 0 < --kmin < --kmax and --points >= 2, got {kmin}, {kmax}, {points}")
+    k = np.logspace(np.log10(kmin), np.log10(kmax), points)
+    plot_dispersion(list(kernels) or ["gaussian", "riesz", "energy"], k, out_path, dim=dim, beta=beta)
+    click.echo(f"wrote {out_path}")
+
+
+@main.command("kid")
+@click.argument("real_path", metavar="REAL")
+@click.argument("fake_path", metavar="FAKE")
+@click.option("--subsets", type=int, default=100, show_default=True, help="Number of random subsets.")
+@click.option("--subset-size", type=int, default=1000, show_default=True,
+              help="Rows per subset (capped at the smaller file's row count).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset draws.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@user_errors_to_exit
+def kid_command(real_path, fake_path, subsets, subset_size, seed, as_json):
+    """Kernel Inception Distance between two feature files (.npy, or the first array of a .npz)."""
+    import json
+
+    from .mmd import kid_from_files
+
+    res = kid_from_files(real_path, fake_path, n_subsets=subsets, subset_size=subset_size, seed=seed)
+    if as_json:
+        click.echo(json.dumps(res.to_dict()))
+    else:
+        click.echo(f"KID = {res.kid:.6g} ± {res.kid_std:.6g} ({res.n_subsets} x {res.subset_size})")
+
+
+# ---- sweeps and figures ----
+
+
+def _default_jobs() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@main.command()
+@click.argument("config", required=False)
+@click.option("--grid", "grids", multiple=True, metavar="SECTION.KEY=V1,V2,...",
+              help="Sweep a key over the listed values (repeatable; values are read like --set "
+                   "values). The sweep is the Cartesian product of all grids, times the seeds.")
+@click.option("--logspace", "logspaces", multiple=True, metavar="SECTION.KEY=A:B:N",
+              help="Sweep a key over 10**linspace(A, B, N): N log-spaced values from 10^A to 10^B "
+                   "(repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Fix a key for every run (repeatable).")
+@click.option("--seeds", default="1", show_default=True,
+              help="S runs seeds 0..S-1; or an explicit list 3,5,9; or a range 0..4.")
+@click.option("--jobs", type=int, default=None,
+              help="Parallel worker processes (default: the number of CPU cores).")
+@click.option("--out", "out_dir", required=True, metavar="DIR",
+              help="Sweep directory: DIR/results.csv, DIR/sweep.json, DIR/runs/<run id>/.")
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
+              help="Run on a Dask cluster: a scheduler address, or 'local' for a LocalCluster of "
+                   "--jobs single-threaded worker processes (needs particlegan[dask]).")
+@click.option("--force", is_flag=True, help="Allow sweeps larger than --max-runs.")
+@click.option("--max-runs", type=int, default=10000, show_default=True,
+              help="Refuse sweeps with more runs than this unless --force.")
+@click.option("--no-plot", is_flag=True, help="Skip each run's particles.png.")
+@click.option("--in-process", is_flag=True,
+              help="Run one at a time in this process, with its thread settings (debugging; no "
+                   "protection against crashes).")
+@user_errors_to_exit
+def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_address, force, max_runs,
+          no_plot, in_process):
+    """Run every combination of the grids x seeds, starting from CONFIG (TOML or a stored
+    config.json; default: built-in defaults).
+
+    Each run is stored in DIR/runs/<run id>/ exactly as `particlegan run` stores it; runs that
+    already finished are skipped, so rerunning a sweep completes it. A run that raises is recorded
+    as failed and the sweep goes on; a worker process that dies is retried once.
+
+    Exit status: 0 no run failed (diverged runs are results), 1 some runs failed, 2 bad input.
+    """
+    from .progress import Reporter
+    from .sweep import load_base, parse_grid, parse_logspace, parse_seeds, plan_sweep, run_sweep
+
+    axes = [parse_grid(g) for g in grids] + [parse_logspace(item) for item in logspaces]
+    fixed = [item.split("=", 1)[0].strip() for item in overrides]
+    plan = plan_sweep(load_base(config, overrides), axes, parse_seeds(seeds), max_runs=max_runs,
+                      force=force, config_path=config, fixed_keys=fixed)
+    report = run_sweep(plan, out_dir, jobs=jobs if jobs is not None else _default_jobs(),
+                       dask=dask_address, in_process=in_process, plot=not no_plot, reporter=Reporter())
+    click.echo(report.describe())
+    if report.n_failed:
+        sys.exit(1)
+
+
+@main.group()
+def plot():
+    """Figures of sweeps and runs (PNG; the path written is printed)."""
+
+
+def _echo_figure(path, notes=()):
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(str(path))
+
+
+_WHERE = click.option("--where", multiple=True, metavar="SECTION.KEY=VALUE",
+                      help="Only runs with this value of a swept key (repeatable); needed when the "
+                           "sweep varies a key that is not plotted.")
+
+
+@plot.command("phase")
+@click.argument("sweep_dir", metavar="DIR")
+@click.option("--x", "x_key", required=True, metavar="KEY", help="Swept key on the x axis.")
+@click.option("--y", "y_key", required=True, metavar="KEY", help="Swept key on the y axis.")
+@click.option("--z", "z_key", default="collapse", show_default=True, metavar="OBSERVABLE",
+              help="Observable (a results.csv column) averaged over seeds.")
+@click.option("--log-x", is_flag=True, help="Logarithmic x axis.")
+@click.option("--log-y", is_flag=True, help="Logarithmic y axis.")
+@click.option("--level", type=float, default=None,
+              help="Level of the transition contour (default: midway between min and max).")
+@_WHERE
+@click.option("--no-theory", is_flag=True, help="Leave out the lambda_c lines of the linear theory.")
+@click.option("--out", "out_path", default=None, metavar="PNG", help="Default: DIR/phase_<z>.png.")
+@user_errors_to_exit
+def plot_phase_cmd(sweep_dir, x_key, y_key, z_key, log_x, log_y, level, where, no_theory, out_path):
+    """Phase diagram: seed-averaged OBSERVABLE over two swept keys, with the transition contour."""
+    from .plotting import phase_plot
+
+    _echo_figure(*phase_plot(sweep_dir, x_key, y_key, z_key, log_x, log_y, level, where, out_path,
+                             theory=not no_theory))
+
+
+@plot.command("lines")
+@click.argument("sweep_dir", metavar="DIR")
+@click.option("--x", "x_key", required=True, metavar="KEY", help="Swept key on the x axis.")
+@click.option("--y", "y_key", required=True, metavar="OBSERVABLE",
+              help="Observable (a results.csv column), or convergence_time (needs --threshold).")
+@click.option("--hue", "hue_key", default=None, metavar="KEY", help="Swept key giving one curve per value.")
+@click.option("--log-x", is_flag=True, help="Logarithmic x axis.")
+@click.option("--log-y", is_flag=True, help="Logarithmic y axis.")
+@click.option("--threshold", type=float, default=None,
+              help="convergence_time: the level the series must stay below.")
+@click.option("--series", default="mmd2", show_default=True,
+              help="convergence_time: the recorded series it is measured on.")
+@_WHERE
+@click.option("--no-theory", is_flag=True, help="Leave out the lambda_c marks of the linear theory.")
+@click.option("--out", "out_path", default=None, metavar="PNG", help="Default: DIR/lines_<y>_vs_<x>.png.")
+@user_errors_to_exit
+def plot_lines_cmd(sweep_dir, x_key, y_key, hue_key, log_x, log_y, threshold, series, where, no_theory,
+                   out_path):
+    """Curves of a seed-averaged observable against a swept key (error bars: standard error)."""
+    from .plotting import lines_plot
+
+    _echo_figure(*lines_plot(sweep_dir, x_key, y_key, hue_key, log_x, log_y, where, out_path,
+                             threshold=threshold, series=series, theory=not no_theory))
+
+
+@plot.command("run")
+@click.argument("run_dir")
+@click.option("--out", "out_path", default=None, metavar="PNG", help="Default: RUN_DIR/overview.png.")
+@user_errors_to_exit
+def plot_run_cmd(run_dir, out_path):
+    """Time series of one run (collapse, modes covered, MMD^2, critic gradient, centre-of-mass
+    error) above its particle snapshots."""
+    from .plotting import run_plot
+
+    _echo_figure(run_plot(run_dir, out_path))
+
+
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="Small sizes (N = M up to 3000), finishes in about a minute.")
+@click.option("--csv", "csv_path", default=None, metavar="PATH",
+              help="Also write the measurements as CSV (op,method,n,m,d,dtype,pairs_per_s).")
+@user_errors_to_exit
+def bench(quick, csv_path):
+    """Benchmark Gaussian kernel sums/gradients: pair interactions per second per method."""
+    from .bench import format_table, run_benchmark, write_csv
+
+    rows = run_benchmark(quick=quick)
+    if csv_path:
+        write_csv(rows, csv_path)
+    click.echo(format_table(rows))

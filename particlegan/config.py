@@ -1,0 +1,413 @@
+"""Run configuration: schema with defaults, TOML loading, ``--set`` overrides, validation.
+
+A config is a nested ``dict`` ``{section: {key: value}}``. :func:`resolve_config` merges the
+user's TOML and overrides into the defaults of :data:`SCHEMA`, checks every key, type, range and
+cross-key constraint, and returns the *full resolved* config (defaults included) that a run
+stores in ``config.json`` and that reproduces the run exactly.
+
+Every problem raises :class:`particlegan.errors.ConfigError` with a one-line message that names
+the offending key (with a did-you-mean suggestion for unknown keys).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its default, type tag, allowed choices and an optional range check.
+
+    ``kind`` is one of ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"path"``,
+    ``"float?"`` (float or None), ``"floats"`` (list of floats).
+    ``check(value)`` returns an error message (without the key name) or None.
+    """
+
+    default: Any
+    kind: str
+    doc: str
+    choices: tuple | None = None
+    check: Callable[[Any], str | None] | None = None
+
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _nonneg(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def _at_least(lo):
+    return lambda v: None if v >= lo else f"must be >= {lo}"
+
+
+def _open_unit(v):
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
+def _alpha(v):
+    return None if v > 0 else "must be > 0 (use inf for alpha = infinity)"
+
+
+def _all_positive(vs):
+    return None if len(vs) > 0 and all(v > 0 for v in vs) else "must be a non-empty list of numbers > 0"
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "model": {
+        "type": Key("particle", "str", "particle (effective model) or neural (MLP generator)",
+                    choices=("particle", "neural")),
+    },
+    "target": {
+        "kind": Key("ring", "str", "target distribution", choices=("ring", "grid", "file")),
+        "dim": Key(2, "int", "data dimension d (ring/grid live in the first two coordinates)",
+                   check=_at_least(2)),
+        "modes": Key(8, "int", "number of ring modes", check=_at_least(1)),
+        "radius": Key(0.75, "float", "ring radius", check=_positive),
+        "grid_size": Key(5, "int", "modes per side of the square grid", check=_at_least(1)),
+        "grid_spacing": Key(0.5, "float", "distance between neighbouring grid modes", check=_positive),
+        "sigma": Key(0.075, "float", "isotropic std of each mode (also the 3-sigma quality scale)",
+                     check=_positive),
+        "n_samples": Key(4000, "int", "number M of target samples drawn", check=_at_least(2)),
+        "path": Key("", "path", "(kind='file') .npy/.npz of target samples, shape (M, d)"),
+    },
+    "particles": {
+        "n": Key(256, "int", "number N of particles", check=_at_least(2)),
+        "init": Key("gaussian", "str", "particle initialisation", choices=("gaussian", "file")),
+        "init_sigma": Key(0.1, "float", "std of the Gaussian initialisation at the origin",
+                          check=_positive),
+        "init_path": Key("", "path", "(init='file') .npy/.npz of initial particles, shape (N, d)"),
+    },
+    "generator": {
+        "kernel": Key("universal", "str", "generator coupling kernel",
+                      choices=("universal", "identity", "ntk_relu", "ntk_erf", "matrix")),
+        "g1": Key(1.0, "float", "universal kernel: same-particle constant g1", check=_positive),
+        "phi": Key(0.0, "float", "universal kernel: coupling ratio g2/g1 (PSD: -1/(N-1) <= phi <= 1)"),
+        "g2": Key(None, "float?", "universal kernel: g2 (overrides phi when set; phi := g2/g1)"),
+        "normalization": Key("ntk", "str", "coupling C = K/N ('ntk') or C = K ('none')",
+                             choices=("ntk", "none")),
+        "latent_dim": Key(64, "int", "dimension d_z of the latent codes (sphere of radius sqrt(d_z))",
+                          check=_at_least(1)),
+        "sigma_w": Key(1.0, "float", "NTK weight std", check=_positive),
+        "sigma_b": Key(0.0, "float", "NTK bias std", check=_nonneg),
+        "matrix_path": Key("", "path", "(kernel='matrix') .npy of a symmetric PSD (N, N) kernel"),
+        "dense_max": Key(4096, "int", "build NTK kernels densely up to this N, else matrix-free",
+                         check=_at_least(1)),
+        # neural generator (model.type = 'neural')
+        "width": Key(256, "int", "neural generator: hidden width", check=_at_least(1)),
+        "depth": Key(1, "int", "neural generator: number of hidden layers", check=_at_least(1)),
+        "activation": Key("relu", "str", "neural generator activation",
+                          choices=("relu", "leaky_relu", "tanh")),
+        "bias": Key(False, "bool", "neural generator: use biases"),
+        "latent": Key("sphere", "str", "latent distribution", choices=("gaussian", "sphere")),
+        "parameterization": Key("ntk", "str", "neural generator parameterisation",
+                                choices=("standard", "ntk")),
+        "fresh_latents": Key(False, "bool", "neural generator: fresh latent minibatch every step"),
+        "optimizer": Key("sgd", "str", "neural generator optimizer",
+                         choices=("sgd", "momentum", "adam", "cg")),
+    },
+    "critic": {
+        "type": Key("rff", "str", "critic (discriminator) model",
+                    choices=("rff", "relu_features", "kernel", "mmd", "energy", "riesz", "mlp")),
+        "sigma": Key(0.2, "float", "RBF width of the random-feature / kernel critic", check=_positive),
+        "features": Key(512, "int", "number K of random features", check=_at_least(1)),
+        "memory": Key(0, "int", "kernel critic: past particle snapshots kept (0 = current witness)",
+                      check=_nonneg),
+        "ridge": Key(0.0, "float", "kernel critic: RKHS ridge lambda_r (memory decay 1 - eta_d lambda_r)",
+                     check=_nonneg),
+        "weight_decay": Key(0.0, "float", "L2 decay on trainable critic parameters", check=_nonneg),
+        "optimizer": Key("sgd", "str", "critic optimizer (gradient ascent)",
+                         choices=("sgd", "momentum", "adam", "cg")),
+        "riesz_s": Key(1.0, "float", "riesz critic exponent s (default m - 1 = 1 in d = 2)",
+                       check=_positive),
+        "riesz_eps": Key(1e-3, "float", "riesz critic regularisation eps", check=_positive),
+        "mmd_sigmas": Key([0.2], "floats", "mmd critic: Gaussian widths of the mixture",
+                          check=_all_positive),
+        "width": Key(128, "int", "mlp critic: hidden width", check=_at_least(1)),
+        "depth": Key(2, "int", "mlp critic: hidden layers", check=_at_least(1)),
+        "activation": Key("relu", "str", "mlp critic activation",
+                          choices=("relu", "leaky_relu", "tanh")),
+    },
+    "loss": {
+        "kind": Key("ipm", "str", "objective",
+                    choices=("ipm", "minimax", "nonsaturating", "alpha")),
+        "alpha_d": Key(1.0, "float", "alpha-loss parameter of the critic (inf allowed)", check=_alpha),
+        "alpha_g": Key(1.0, "float", "alpha-loss parameter of the generator (inf allowed)",
+                       check=_alpha),
+        "saturating": Key(True, "bool", "alpha loss: saturating generator (False: non-saturating)"),
+        "penalty": Key("fake", "str", "gradient penalty location",
+                       choices=("none", "fake", "real", "interpolates")),
+        "penalty_weight": Key(1.0, "float", "gradient penalty strength lambda", check=_nonneg),
+        "penalty_form": Key("lambda", "str",
+                            "penalty convention: lambda E||grad f||^2 or (lambda/2) E||grad f||^2",
+                            choices=("lambda", "half_lambda")),
+    },
+    "dynamics": {
+        "eta_g": Key(1.0, "float", "particle (generator) step size eta_G", check=_positive),
+        "eta_d": Key(0.01, "float", "critic learning rate eta_D", check=_positive),
+        "critic_steps": Key(5, "int", "critic steps n_c per particle step", check=_at_least(1)),
+        "critic_steps_startup": Key(100, "int", "critic steps before the first particle step",
+                                    check=_nonneg),
+        "update": Key("alternating", "str", "alternating or simultaneous updates",
+                      choices=("alternating", "simultaneous")),
+    },
+    "observables": {
+        "mmd_sigma": Key(0.2, "float", "Gaussian width of the recorded MMD^2", check=_positive),
+        "mmd_samples": Key(1000, "int", "target samples used for the recorded MMD^2",
+                           check=_at_least(2)),
+        "hq_sigmas": Key(3.0, "float", "high-quality radius in units of target.sigma", check=_positive),
+    },
+    "run": {
+        "steps": Key(1500, "int", "number of particle steps", check=_at_least(1)),
+        "record_every": Key(10, "int", "record observables every this many steps", check=_at_least(1)),
+        "snapshots": Key(6, "int", "particle snapshots stored (evenly spaced, incl. start and end)",
+                         check=_at_least(2)),
+        "seed": Key(0, "int", "master seed", check=_nonneg),
+        "backend": Key("numpy", "str", "compute backend", choices=("numpy", "cpu", "cuda")),
+        "dtype": Key("float64", "str", "floating point type", choices=("float64", "float32")),
+        "checkpoint_every": Key(0, "int", "write a checkpoint every this many steps (0: never)",
+                                check=_nonneg),
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------
+def default_config() -> dict:
+    """Return the full default config as a fresh nested dict."""
+    return {sec: {k: copy.deepcopy(spec.default) for k, spec in keys.items()}
+            for sec, keys in SCHEMA.items()}
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a TOML config file; unreadable or malformed files raise ConfigError naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{p}' does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file '{p}' is a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{p}' cannot be read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from None
+    return data
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """Parse ``section.key=value``; the value is read as a TOML value, else as a bare string."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    lhs, raw = item.split("=", 1)
+    parts = lhs.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {item!r}: the key must look like section.key")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts[0], parts[1], value
+
+
+def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
+    name = f"{section}.{key}"
+    kind = spec.kind
+    if kind == "float?" and value is None:
+        return None
+    if kind in ("float", "float?"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+        if math.isnan(value):
+            raise ConfigError(f"{name} must be a finite number, got nan")
+        if math.isinf(value) and not (key.startswith("alpha") and value > 0):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+    elif kind == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+    elif kind in ("str", "path"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+    elif kind == "floats":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{name} must be a list of numbers, got {value!r}")
+        value = [float(v) for v in value]
+        if not all(math.isfinite(v) for v in value):
+            raise ConfigError(f"{name} must hold finite numbers, got {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, spec.choices))}, got {value!r}"
+                          f"{_suggest(str(value), spec.choices)}")
+    if spec.check is not None and value is not None:
+        msg = spec.check(value)
+        if msg:
+            raise ConfigError(f"{name} {msg}, got {value!r}")
+    return value
+
+
+def _set(cfg: dict, section: str, key: str, value: Any) -> None:
+    if section not in SCHEMA:
+        raise ConfigError(f"unknown config section {section!r}{_suggest(section, SCHEMA)}")
+    if key not in SCHEMA[section]:
+        raise ConfigError(f"unknown config key {section + '.' + key!r}"
+                          f"{_suggest(key, SCHEMA[section])}")
+    cfg[section][key] = _coerce(section, key, SCHEMA[section][key], value)
+
+
+def _check_cross(cfg: dict) -> None:
+    """Constraints that involve several keys; derives phi from g2 when g2 is given."""
+    gen = cfg["generator"]
+    n = cfg["particles"]["n"]
+    if gen["g2"] is not None:
+        gen["phi"] = gen["g2"] / gen["g1"]
+    if gen["kernel"] == "universal":
+        lo = -1.0 / (n - 1)
+        if not (lo <= gen["phi"] <= 1.0):
+            key = "generator.g2" if gen["g2"] is not None else "generator.phi"
+            raise ConfigError(f"{key} gives phi = {gen['phi']!r} outside the PSD range "
+                              f"[{lo:.6g}, 1] for particles.n = {n}")
+    if cfg["target"]["kind"] == "file" and not cfg["target"]["path"]:
+        raise ConfigError("target.path must be set when target.kind = 'file'")
+    if cfg["particles"]["init"] == "file" and not cfg["particles"]["init_path"]:
+        raise ConfigError("particles.init_path must be set when particles.init = 'file'")
+    if gen["kernel"] == "matrix" and not gen["matrix_path"]:
+        raise ConfigError("generator.matrix_path must be set when generator.kernel = 'matrix'")
+    crit, loss = cfg["critic"], cfg["loss"]
+    if crit["type"] in ("kernel", "mmd", "energy", "riesz") and loss["penalty"] != "none":
+        raise ConfigError(f"loss.penalty must be 'none' for critic.type = '{crit['type']}' "
+                          "(a fixed-kernel critic has no trainable parameters to penalise)")
+    if crit["type"] in ("mmd", "energy", "riesz") and loss["kind"] != "ipm":
+        raise ConfigError(f"loss.kind must be 'ipm' for the distance flow critic.type = "
+                          f"'{crit['type']}' (the particles descend the distance directly)")
+
+
+def resolve_config(user: Mapping | None = None, overrides: list[str] | None = None,
+                   seed: int | None = None) -> dict:
+    """Merge ``user`` (parsed TOML) and ``--set`` overrides into the defaults and validate.
+
+    Parameters
+    ----------
+    user : mapping ``{section: {key: value}}`` (e.g. from :func:`load_toml`), optional.
+    overrides : list of ``"section.key=value"`` strings, applied after ``user``.
+    seed : if given, overrides ``run.seed``.
+
+    Returns
+    -------
+    dict : the full resolved config (every key present).
+    """
+    cfg = default_config()
+    for section, table in (user or {}).items():
+        if section not in SCHEMA:
+            raise ConfigError(f"unknown config section {section!r}{_suggest(section, SCHEMA)}")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config section {section!r} must be a table, got {table!r}")
+        for key, value in table.items():
+            _set(cfg, section, key, value)
+    for item in overrides or []:
+        _set(cfg, *parse_override(item))
+    if seed is not None:
+        _set(cfg, "run", "seed", seed)
+    _check_cross(cfg)
+    return cfg
+
+
+def config_from_sources(path: str | Path | None = None, overrides: list[str] | None = None,
+                        seed: int | None = None) -> dict:
+    """Resolve a config from an optional TOML file plus overrides (the CLI entry point)."""
+    user = load_toml(path) if path else {}
+    return resolve_config(user, overrides, seed)
+
+
+def _json_default(obj):
+    raise TypeError(f"not JSON serialisable: {obj!r}")
+
+
+def canonical_json(cfg: Mapping) -> str:
+    """Canonical JSON text of a config: sorted keys, repr floats, schema version included."""
+    payload = {"schema_version": SCHEMA_VERSION, "config": cfg}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=True,
+                      default=_json_default)
+
+
+def config_hash(cfg: Mapping, length: int = 12) -> str:
+    """Run id: the first ``length`` hex digits of sha256 of :func:`canonical_json`."""
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:length]
+
+
+def config_from_json(text_or_path: str | Path) -> dict:
+    """Re-resolve a stored ``config.json`` (as written by a run) so it can be rerun exactly."""
+    p = Path(text_or_path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{p}' does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file '{p}' is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and "config" in data and "schema_version" in data:
+        data = data["config"]
+    return resolve_config(data)
+
+
+def describe_schema() -> str:
+    """Human-readable table of every key with its default and meaning (for docs and --help)."""
+    lines = []
+    for sec, keys in SCHEMA.items():
+        lines.append(f"[{sec}]")
+        for k, spec in keys.items():
+            choices = f" one of {'/'.join(spec.choices)}." if spec.choices else ""
+            lines.append(f"  {k} = {spec.default!r}  # {spec.doc}.{choices}")
+    return "\n".join(lines)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "inf" if v == math.inf else repr(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(v)  # a TOML basic string is a JSON string for our plain-text values
+
+
+def to_toml(cfg: Mapping) -> str:
+    """TOML text of a resolved config (None values are omitted: they mean 'derived')."""
+    lines = []
+    for sec in SCHEMA:
+        lines.append(f"[{sec}]")
+        for k in SCHEMA[sec]:
+            v = cfg[sec][k]
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Discrete-time GAN dynamics of the effective model (effective-gan-spec A2.6).
+
+One outer step (``alternating``, the default)::
+
+    critic:    n_c critic steps (n_c_startup before the first particle step), particles frozen
+    forces:    F_j = -c'(f(x_j)) grad f(x_j)            (= grad f(x_j) for the IPM objective)
+    particles: x_i <- x_i + eta_G sum_j C_ij F_j         (plain gradient step, C = K/N or K)
+
+With ``simultaneous`` updates both players read the same (critic, particles) state: the forces
+are computed with the critic *before* its n_c steps.
+
+The static part of a simulation is a frozen :class:`Model`; the evolving part a frozen
+:class:`State`; :func:`outer_step` is a pure function ``(model, state) -> (state, info)``
+except for the interpolate-noise generator held by the model (its state is checkpointed).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import critics as cr
+from .backends import get_backend
+from .coupling import Coupling, apply_coupling, make_coupling
+from .kernels import KernelSpec
+from .losses import Objective, objective_from_config, penalty_coefficient
+from .optimizers import make_optimizer
+from .targets import Target, init_particles, make_target
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything fixed during a run (built once by :func:`build_model`)."""
+
+    cfg: dict
+    target: Target
+    y: np.ndarray                      # (M, d) target samples in the run dtype
+    coupling: Coupling
+    objective: Objective
+    backend: object
+    critic_type: str
+    feature_map: cr.FeatureMap | None
+    real_features: cr.FeatureBatch | None
+    kernel: KernelSpec | None
+    penalty: str
+    lam: float
+    noise_rng: np.random.Generator     # interpolate noise (checkpointed through its state)
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class State:
+    """Evolving simulation state.
+
+    Attributes
+    ----------
+    step : number of particle steps taken.
+    x : (N, d) particle positions.
+    w : (K,) random-feature critic weights (None for fixed-kernel critics).
+    kernel_state : fixed-kernel critic memory (None for feature critics).
+    critic_opt : the critic optimizer (holds its own moment/direction state).
+    """
+
+    step: int
+    x: np.ndarray
+    w: np.ndarray | None
+    kernel_state: cr.KernelCriticState | None
+    critic_opt: object | None
+
+
+def seed_streams(seed: int) -> dict[str, np.random.Generator]:
+    """Independent generators for each random ingredient, spawned from SeedSequence(seed)."""
+    names = ("target", "particles", "critic", "coupling", "noise", "observables")
+    children = np.random.SeedSequence(seed).spawn(len(names))
+    return {n: np.random.Generator(np.random.PCG64(c)) for n, c in zip(names, children)}
+
+
+def make_critic_optimizer(cfg: dict):
+    """Critic optimizer of ``critic.optimizer`` (gradient ascent, learning rate eta_D)."""
+    return make_optimizer(cfg["critic"]["optimizer"], lr=cfg["dynamics"]["eta_d"])
+
+
+def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None) -> tuple[Model, State]:
+    """Build the static model and the initial state (critic start-up steps included)."""
+    streams = streams or seed_streams(cfg["run"]["seed"])
+    dtype = np.dtype(cfg["run"]["dtype"])
+    backend = get_backend(cfg["run"]["backend"])
+    target = make_target(cfg["target"], streams["target"])
+    x0 = init_particles(cfg["particles"], cfg["target"]["dim"], streams["particles"]).astype(dtype)
+    coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
+    ctype = cfg["critic"]["type"]
+    y = target.samples.astype(dtype)
+    fmap = real = kern = None
+    w = None
+    if ctype in cr.FEATURE_CRITICS:
+        fmap = cr.make_feature_map(ctype, cfg["critic"]["sigma"], cfg["critic"]["features"],
+                                   cfg["target"]["dim"], streams["critic"])
+        fmap = dataclasses.replace(fmap, A=fmap.A.astype(dtype), b=fmap.b.astype(dtype))
+        real = cr.feature_batch(fmap, y, backend)
+        w = np.zeros(cfg["critic"]["features"], dtype=dtype)
+    elif ctype in cr.KERNEL_CRITICS:
+        kern = cr.critic_kernel(cfg["critic"])
+    else:
+        raise NotImplementedError(f"critic.type = {ctype!r} is not available in the particle model")
+    model = Model(cfg=cfg, target=target, y=y, coupling=coupling,
+                  objective=objective_from_config(cfg["loss"]), backend=backend, critic_type=ctype,
+                  feature_map=fmap, real_features=real, kernel=kern,
+                  penalty=cfg["loss"]["penalty"], lam=penalty_coefficient(cfg["loss"]),
+                  noise_rng=streams["noise"], dtype=dtype)
+    state = State(step=0, x=x0, w=w, kernel_state=None,
+                  critic_opt=make_critic_optimizer(cfg) if w is not None else None)
+    n_startup = cfg["dynamics"]["critic_steps_startup"]
+    fake = cr.feature_batch(fmap, x0, backend) if fmap is not None else None
+    state = train_critic(model, state, n_startup, fake)
+    return model, state
+
+
+def train_critic(model: Model, state: State, n_steps: int,
+                 fake: cr.FeatureBatch | None = None) -> State:
+    """Run ``n_steps`` critic steps with the particles frozen at ``state.x``."""
+    dyn = model.cfg["dynamics"]
+    if model.feature_map is None:
+        ccfg = model.cfg["critic"]
+        ks = cr.kernel_critic_update(state.kernel_state, state.x, max(n_steps, 1), dyn["eta_d"],
+                                     ccfg["ridge"], ccfg["memory"])
+        return dataclasses.replace(state, kernel_state=ks)
+    if n_steps == 0:
+        return state
+    fake = fake if fake is not None else cr.feature_batch(model.feature_map, state.x, model.backend)
+    w = state.w
+    opt = state.critic_opt
+    wd = model.cfg["critic"]["weight_decay"]
+    for _ in range(n_steps):
+        pen_batch = None
+        if model.penalty == "interpolates" and model.lam > 0:
+            xhat = cr.interpolates(state.x, model.y, model.noise_rng)
+            pen_batch = cr.feature_batch(model.feature_map, xhat, model.backend)
+        _, grad = cr.feature_critic_objective(model.feature_map, w, model.real_features, fake,
+                                              model.objective, model.penalty, model.lam,
+                                              pen_batch, wd)
+        w = opt.step(w, grad, maximize=True)
+    return dataclasses.replace(state, w=w)
+
+
+def particle_forces(model: Model, state: State, fake: cr.FeatureBatch | None = None):
+    """Per-particle forces F (N, d) and critic gradients grad f(x_i) (N, d) at ``state.x``."""
+    need_values = model.objective.name != "ipm"
+    if model.feature_map is not None:
+        fake = fake if fake is not None else cr.feature_batch(model.feature_map, state.x, model.backend)
+        values, grad = cr.feature_values_and_grads(model.feature_map, fake, state.w)
+    else:
+        values, grad = cr.kernel_critic_eval(state.kernel_state, model.y, state.x, model.kernel,
+                                             model.backend, need_values)
+    if not need_values:
+        return grad, grad
+    _, dc = model.objective.gen_term(values)
+    return -dc[:, None] * grad, grad
+
+
+def outer_step(model: Model, state: State):
+    """One outer step (critic steps + particle step). Returns (new state, critic gradients at x_t)."""
+    dyn = model.cfg["dynamics"]
+    fake = (cr.feature_batch(model.feature_map, state.x, model.backend)
+            if model.feature_map is not None else None)
+    if dyn["update"] == "simultaneous":
+        forces, grad = particle_forces(model, state, fake)
+        state = train_critic(model, state, dyn["critic_steps"], fake)
+    else:
+        state = train_critic(model, state, dyn["critic_steps"], fake)
+        forces, grad = particle_forces(model, state, fake)
+    x_new = state.x + dyn["eta_g"] * apply_coupling(model.coupling, forces, model.backend)
+    return dataclasses.replace(state, step=state.step + 1, x=x_new.astype(model.dtype, copy=False)), grad
+
+
+def state_is_finite(state: State) -> bool:
+    """True when particles and critic parameters are all finite (checked outside fastmath code)."""
+    if not np.all(np.isfinite(state.x)):
+        return False
+    return state.w is None or bool(np.all(np.isfinite(state.w)))

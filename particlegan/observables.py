@@ -1,0 +1,106 @@
+"""Observables of a particle configuration (effective-gan-spec A2.8).
+
+* collapse measure C = log K - H(p) = KL(p || uniform), p_k = fraction of particles whose nearest
+  mode centre is k (Euclidean; the data-point version of Paper A's notebook). C = 0: perfect
+  coverage; C = log K: all particles on one mode.
+* modes covered: modes with at least one particle within ``hq_sigmas`` * sigma of the centre.
+* high-quality fraction: fraction of particles within ``hq_sigmas`` * sigma of their nearest mode.
+* radius of gyration R_g = sqrt(mean_i ||x_i - xbar||^2).
+* MMD^2 (unbiased, Gaussian kernel, P1.2) between the particles and a fixed target subsample.
+* centre-of-mass error ||xbar - ybar|| (the collective mode of A2.9).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import xlogy
+
+from .kernels import KernelSpec, make_kernel
+
+SERIES_KEYS = ("collapse", "modes_covered", "hq_fraction", "radius_gyration", "mmd2",
+               "critic_grad_norm", "com_error")
+
+
+def nearest_mode(x: np.ndarray, centres: np.ndarray):
+    """Index (N,) and distance (N,) of the nearest centre for each particle (chunked in N)."""
+    idx = np.empty(len(x), dtype=np.int64)
+    dist = np.empty(len(x))
+    c2 = np.einsum("kd,kd->k", centres, centres)
+    chunk = max(1, 2_000_000 // max(1, len(centres)))
+    for s in range(0, len(x), chunk):
+        xs = x[s:s + chunk].astype(np.float64)
+        d2 = np.einsum("nd,nd->n", xs, xs)[:, None] - 2.0 * xs @ centres.T + c2[None, :]
+        j = np.argmin(d2, axis=1)
+        idx[s:s + chunk] = j
+        dist[s:s + chunk] = np.sqrt(np.maximum(d2[np.arange(len(xs)), j], 0.0))
+    return idx, dist
+
+
+def collapse_measure(assign: np.ndarray, n_modes: int) -> float:
+    """C = log K + sum_k p_k log p_k (0 log 0 = 0), p_k = bincount(assign)/N."""
+    p = np.bincount(assign, minlength=n_modes) / len(assign)
+    return float(np.log(n_modes) + xlogy(p, p).sum())
+
+
+def modes_covered(x: np.ndarray, centres: np.ndarray, radius: float) -> int:
+    """Number of centres with at least one particle within ``radius``."""
+    covered = np.zeros(len(centres), dtype=bool)
+    chunk = max(1, 2_000_000 // max(1, len(x)))
+    x64 = x.astype(np.float64)
+    x2 = np.einsum("nd,nd->n", x64, x64)
+    for s in range(0, len(centres), chunk):
+        c = centres[s:s + chunk]
+        d2 = np.einsum("kd,kd->k", c, c)[:, None] - 2.0 * c @ x64.T + x2[None, :]
+        covered[s:s + chunk] = d2.min(axis=1) <= radius ** 2
+    return int(covered.sum())
+
+
+def radius_of_gyration(x: np.ndarray) -> float:
+    """R_g = sqrt(mean_i ||x_i - xbar||^2)."""
+    return float(np.sqrt(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1))))
+
+
+@dataclass(frozen=True)
+class MMDReference:
+    """Fixed target subsample Y (m, d) with its precomputed sum_{m != m'} k(y_m, y_m')."""
+
+    y: np.ndarray
+    kernel: KernelSpec
+    yy_offdiag_sum: float
+
+
+def make_mmd_reference(y: np.ndarray, sigma: float, n_max: int, rng: np.random.Generator,
+                       backend) -> MMDReference:
+    """Subsample at most ``n_max`` target points and precompute their kernel sum."""
+    if len(y) > n_max:
+        y = y[np.sort(rng.choice(len(y), n_max, replace=False))]
+    kern = make_kernel("gaussian", sigma=sigma)
+    ones = np.ones(len(y), dtype=y.dtype)
+    total = float(backend.kernel_sum(y, y, ones, kern).sum()) - len(y)  # k(y, y) = 1
+    return MMDReference(y=y, kernel=kern, yy_offdiag_sum=total)
+
+
+def mmd2_unbiased_gaussian(x: np.ndarray, ref: MMDReference, backend) -> float:
+    """Unbiased MMD^2 (P1.2) between particles x (N, d) and the reference sample, Gaussian kernel."""
+    n, m = len(x), len(ref.y)
+    y = ref.y.astype(x.dtype, copy=False)
+    xx = float(backend.kernel_sum(x, x, np.ones(n, dtype=x.dtype), ref.kernel).sum()) - n
+    xy = float(backend.kernel_sum(x, y, np.ones(m, dtype=x.dtype), ref.kernel).sum())
+    return xx / (n * (n - 1)) + ref.yy_offdiag_sum / (m * (m - 1)) - 2.0 * xy / (n * m)
+
+
+def measure(x: np.ndarray, centres: np.ndarray, sigma: float, hq_sigmas: float,
+            mmd_ref: MMDReference | None, backend, target_mean: np.ndarray) -> dict:
+    """All configuration observables of x (N, d) as a dict of floats (critic norm excluded)."""
+    assign, dist = nearest_mode(x, centres)
+    radius = hq_sigmas * sigma
+    out = {
+        "collapse": collapse_measure(assign, len(centres)),
+        "modes_covered": float(modes_covered(x, centres, radius)),
+        "hq_fraction": float(np.mean(dist <= radius)),
+        "radius_gyration": radius_of_gyration(x),
+        "com_error": float(np.linalg.norm(x.mean(axis=0) - target_mean)),
+    }
+    out["mmd2"] = mmd2_unbiased_gaussian(x, mmd_ref, backend) if mmd_ref is not None else float("nan")
+    return out

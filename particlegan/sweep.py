@@ -1,0 +1,848 @@
+"""Parameter sweeps: grids x seeds of runs, executed in parallel, resumable and crash safe.
+
+A sweep directory holds::
+
+    sweep.json      the sweep definition (base config, grids, seeds, run ids)
+    results.csv     one row per run: run_id, each swept key, seed, the summary observables,
+                    status ("ok" | "diverged" | "failed"), wall_time_s, error
+    runs/<id>/      each run stored exactly as ``particlegan run`` stores it; <id> is the
+                    run id (:func:`particlegan.config.config_hash` of the resolved config)
+    .lock           present while a sweep writes to the directory (holds its pid and host)
+
+A run whose ``meta.json`` exists is finished and is never repeated; rerunning a sweep redoes
+only the unfinished runs. Every run is seeded from its own config, so results do not depend on
+the number of workers or on the order in which runs finish.
+
+Execution: local worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn context,
+single-threaded numba/BLAS in each worker), or a Dask cluster through the same
+``concurrent.futures`` interface (``Client.get_executor``). A worker process that dies (SIGKILL,
+out of memory) is detected and its run retried once; a run that dies twice is recorded as failed.
+
+This module imports only the standard library at import time: a spawned worker imports it
+before its initializer limits the thread counts, and numpy/numba must not be loaded by then.
+
+Test-only hook: the environment variable ``PARTICLEGAN_TEST_KILL_RUN`` (read by the sweep
+driver) holds comma-separated run ids whose worker process SIGKILLs itself after the run's first
+particle step, on the first attempt only; ``<run id>:always`` kills it on every attempt. It is
+ignored for in-process execution.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import concurrent.futures.process
+import copy
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import signal
+import socket
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from .config import SCHEMA, _suggest, config_hash, load_toml, parse_override, resolve_config
+from .errors import ConfigError, DataError, ParticleGANError
+from .progress import Reporter, null_reporter
+
+DEFAULT_MAX_RUNS = 10_000
+TEST_KILL_ENV = "PARTICLEGAN_TEST_KILL_RUN"
+# set in every worker before numba/numpy load there: one run per core, no oversubscription
+WORKER_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                     "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+RESULT_COLUMNS_TAIL = ("steps", "status", "wall_time_s", "error")
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep definition
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridAxis:
+    """One swept config key.
+
+    key : "section.key";  values : the values as parsed from the command line;
+    spec : the command-line text that produced them (kept in sweep.json).
+    """
+
+    key: str
+    values: tuple
+    spec: str
+
+
+@dataclass
+class PlannedRun:
+    """One run of a sweep: its id, swept values (as resolved), seed and full resolved config."""
+
+    run_id: str
+    params: dict[str, Any]
+    seed: int
+    cfg: dict
+
+
+@dataclass
+class SweepPlan:
+    """The expanded sweep: axes, seeds and the runs in a fixed order (axes outer, seeds inner)."""
+
+    axes: list[GridAxis]
+    seeds: list[int]
+    runs: list[PlannedRun]
+    base: dict
+    config_path: str | None = None
+
+    def definition(self) -> dict:
+        """JSON-able description stored as sweep.json."""
+        from . import __version__
+
+        return {
+            "particlegan_version": __version__,
+            "config_file": self.config_path,
+            "base": self.base,
+            "grids": [{"key": a.key, "values": list(a.values), "spec": a.spec} for a in self.axes],
+            "seeds": list(self.seeds),
+            "n_runs": len(self.runs),
+            "runs": [{"run_id": r.run_id, "params": r.params, "seed": r.seed} for r in self.runs],
+        }
+
+
+def _check_key(key: str, option: str) -> tuple[str, str]:
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{option} {key!r}: the key must look like section.key")
+    section, name = parts
+    if section not in SCHEMA:
+        raise ConfigError(f"{option}: unknown config section {section!r}{_suggest(section, SCHEMA)}")
+    if name not in SCHEMA[section]:
+        raise ConfigError(f"{option}: unknown config key {key!r}{_suggest(name, SCHEMA[section])}")
+    if key == "run.seed":
+        raise ConfigError(f"{option} run.seed: sweep seeds with --seeds instead")
+    return section, name
+
+
+def _split_values(text: str) -> list[str]:
+    """Split on commas that are not inside brackets or quotes (so list values survive)."""
+    items, depth, quote, current = [], 0, "", []
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    items.append("".join(current))
+    return [s.strip() for s in items]
+
+
+def parse_grid(item: str) -> GridAxis:
+    """Parse ``section.key=v1,v2,...``; each value is read like a ``--set`` value.
+
+    Values are TOML scalars (``0.5``, ``1e-3``, ``true``, ``"text"``, ``[0.1, 0.2]``), else bare
+    strings. ``section.key=`` (no values) gives an empty axis, which :func:`plan_sweep` rejects.
+    """
+    if "=" not in item:
+        raise ConfigError(f"--grid {item!r} must look like section.key=v1,v2,...")
+    key, raw = (s.strip() for s in item.split("=", 1))
+    _check_key(key, "--grid")
+    if not raw:
+        return GridAxis(key, (), item)
+    values = []
+    for token in _split_values(raw):
+        if not token:
+            raise ConfigError(f"--grid {item!r}: empty value between commas")
+        values.append(parse_override(f"{key}={token}")[2])
+    return GridAxis(key, tuple(values), item)
+
+
+def parse_logspace(item: str) -> GridAxis:
+    """Parse ``section.key=a:b:n``: the values ``10**linspace(a, b, n)``."""
+    import numpy as np
+
+    if "=" not in item:
+        raise ConfigError(f"--logspace {item!r} must look like section.key=a:b:n")
+    key, raw = (s.strip() for s in item.split("=", 1))
+    _check_key(key, "--logspace")
+    parts = raw.split(":")
+    if len(parts) != 3:
+        raise ConfigError(f"--logspace {item!r}: the range must look like a:b:n "
+                          "(values 10**linspace(a, b, n))")
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+        n = int(parts[2])
+    except ValueError:
+        raise ConfigError(f"--logspace {item!r}: a and b must be numbers and n an integer") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ConfigError(f"--logspace {item!r}: a and b must be finite")
+    if n < 0:
+        raise ConfigError(f"--logspace {item!r}: n must be >= 0")
+    values = tuple(float(v) for v in 10.0 ** np.linspace(lo, hi, n))
+    return GridAxis(key, values, item)
+
+
+def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
+    """Seeds from ``S`` (seeds 0..S-1), an explicit list ``3,5,9`` (or ``7,`` for the one seed 7)
+    or an inclusive range ``0..4``."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        seeds = list(text)
+    else:
+        s = text.strip()
+        try:
+            if ".." in s:
+                a, b = s.split("..", 1)
+                seeds = list(range(int(a), int(b) + 1))
+            elif "," in s:
+                seeds = [int(t) for t in s.split(",") if t.strip()]
+            else:
+                count = int(s)
+                if count < 0:
+                    raise ConfigError(f"--seeds {text!r}: the number of seeds must be >= 0")
+                seeds = list(range(count))
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r} must be a count S (seeds 0..S-1), a list like "
+                              "3,5,9 or a range like 0..4") from None
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"--seeds: seed {seed!r} must be an integer >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: a seed is given twice")
+    return seeds
+
+
+def load_base(config_path: str | Path | None, overrides: Sequence[str] = ()) -> dict:
+    """The sweep's base as a user dict: the TOML file (or a stored config.json) plus ``--set``."""
+    base: dict = {}
+    if config_path:
+        p = Path(config_path)
+        if p.suffix == ".json":
+            from .config import config_from_json
+
+            base = config_from_json(p)
+        else:
+            base = load_toml(p)
+    base = copy.deepcopy(base)
+    for item in overrides:
+        section, key, value = parse_override(item)
+        if not isinstance(base.setdefault(section, {}), dict):
+            raise ConfigError(f"config section {section!r} must be a table")
+        base[section][key] = value
+    return base
+
+
+def _describe_point(params: Mapping[str, Any], seed: int) -> str:
+    return ", ".join([f"{k}={v!r}" for k, v in params.items()] + [f"seed={seed}"])
+
+
+def plan_sweep(base: Mapping | None, axes: Sequence[GridAxis], seeds: Sequence[int],
+               max_runs: int = DEFAULT_MAX_RUNS, force: bool = False,
+               config_path: str | None = None, fixed_keys: Sequence[str] = ()) -> SweepPlan:
+    """Expand and resolve every run of a sweep before any of them starts.
+
+    Parameters
+    ----------
+    base : user dict (e.g. from :func:`load_base`) that every run starts from.
+    axes : swept keys; their Cartesian product, times ``seeds``, is the sweep.
+    seeds : run seeds (innermost loop).
+    max_runs, force : more than ``max_runs`` runs is refused unless ``force``.
+    config_path : recorded in sweep.json only.
+    fixed_keys : "section.key" set by ``--set``; sweeping one of them is refused.
+
+    Returns
+    -------
+    SweepPlan with runs in a fixed order; runs that resolve to the same config (same id) are
+    kept once.
+
+    Raises
+    ------
+    ConfigError : an empty sweep, too many runs, a key swept twice, or any run whose config is
+        invalid (the message names the sweep point and the bad key).
+    """
+    base = copy.deepcopy(dict(base or {}))
+    seen = set()
+    for axis in axes:
+        if axis.key in seen:
+            raise ConfigError(f"{axis.key} is swept twice (one --grid/--logspace per key)")
+        if axis.key in fixed_keys:
+            raise ConfigError(f"{axis.key} is both swept and set with --set; drop one of them")
+        seen.add(axis.key)
+        if not axis.values:
+            raise ConfigError(f"the sweep expands to no runs: {axis.spec!r} has no values")
+    seeds = list(seeds)
+    if not seeds:
+        raise ConfigError("the sweep expands to no runs: no seeds (use --seeds S with S >= 1)")
+    total = len(seeds) * math.prod(len(a.values) for a in axes)
+    if total > max_runs and not force:
+        raise ConfigError(f"the sweep expands to {total} runs, more than --max-runs {max_runs}; "
+                          "pass --force or raise --max-runs")
+    runs, ids = [], set()
+    for values in itertools.product(*(a.values for a in axes)):
+        user = copy.deepcopy(base)
+        for axis, value in zip(axes, values):
+            section, key = axis.key.split(".")
+            if not isinstance(user.setdefault(section, {}), dict):
+                raise ConfigError(f"config section {section!r} must be a table")
+            user[section][key] = value
+        for seed in seeds:
+            try:
+                cfg = resolve_config(user, seed=seed)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep point {_describe_point(dict(zip((a.key for a in axes), values)), seed)}: "
+                                  f"{exc}") from None
+            run_id = config_hash(cfg)
+            if run_id in ids:
+                continue
+            ids.add(run_id)
+            params = {a.key: cfg[a.key.split(".")[0]][a.key.split(".")[1]] for a in axes}
+            runs.append(PlannedRun(run_id, params, seed, cfg))
+    return SweepPlan(list(axes), seeds, runs, base, config_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# lock
+# ---------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class SweepLock:
+    """Exclusive lock on a sweep directory: the file ``DIR/.lock`` holding "pid host".
+
+    Created with ``O_CREAT | O_EXCL``. A lock left by a dead process on this host is taken
+    over; any other existing lock refuses with :class:`DataError`.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / ".lock"
+        self.token = f"{os.getpid()} {socket.gethostname()}\n"
+        self.held = False
+
+    def _holder(self, path: Path | None = None) -> tuple[int, str] | None:
+        try:
+            text = (path or self.path).read_text()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return (-1, "")
+        parts = text.split()
+        try:
+            return int(parts[0]), (parts[1] if len(parts) > 1 else "")
+        except (IndexError, ValueError):
+            return (-1, "")  # being written right now, or garbage: treat as held
+
+    def _take_over_stale(self, stale: tuple[int, str]) -> None:
+        # move the stale lock aside atomically, then check we moved the one we judged stale
+        grave = self.path.with_name(f".lock.stale.{os.getpid()}")
+        try:
+            os.replace(self.path, grave)
+        except FileNotFoundError:
+            return
+        moved = self._holder(grave)
+        if moved != stale:  # another sweep took over in between: give its lock back
+            try:
+                os.link(grave, self.path)
+            except FileExistsError:
+                pass
+        grave.unlink(missing_ok=True)
+
+    def acquire(self) -> "SweepLock":
+        host = socket.gethostname()
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:  # released meanwhile
+                    continue
+                pid, their_host = holder
+                if pid > 0 and their_host == host and not _pid_alive(pid):
+                    self._take_over_stale(holder)
+                    continue
+                who = f"pid {pid}" + (f" on {their_host}" if their_host and their_host != host else "")
+                if pid <= 0:
+                    who = "unknown process"
+                raise DataError(f"sweep directory '{self.path.parent}' is in use by another sweep "
+                                f"({who}); wait for it, or delete '{self.path}' if no sweep is running")
+            except OSError as exc:
+                raise DataError(f"cannot create lock file '{self.path}': {exc.strerror or exc}") from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.token)
+            self.held = True
+            return self
+        raise DataError(f"cannot take the lock '{self.path}' (it keeps changing hands)")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        try:
+            if self.path.read_text() == self.token:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        self.held = False
+
+    def __enter__(self) -> "SweepLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side
+# ---------------------------------------------------------------------------------------------
+def limit_worker_threads() -> None:
+    """Make this process run numba and BLAS single-threaded (worker initializer).
+
+    The environment variables only act if numba/numpy have not been loaded yet (true in a fresh
+    spawned worker); otherwise numba's thread count is lowered for the calling thread.
+    """
+    os.environ.update(WORKER_THREAD_ENV)
+    import sys
+
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(1)
+
+
+def worker_thread_settings() -> dict:
+    """Thread settings seen by the calling process (used by tests to check the workers)."""
+    import numba
+
+    return {"NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "numba_threads": numba.get_num_threads(), "pid": os.getpid()}
+
+
+class _KillAfterFirstStep(Reporter):
+    """Test hook: SIGKILLs its own process after the first particle step of a run."""
+
+    def __init__(self):
+        super().__init__(enabled=False)
+
+    def advance(self, n: int = 1) -> None:
+        super().advance(n)
+        if self.done >= 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, ParticleGANError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def finished_outcome(run_dir: str | Path) -> dict | None:
+    """Outcome of a finished run read from its directory; None if it is not finished.
+
+    A run is finished when meta.json exists (it is written last) and summary.json is readable.
+    """
+    d = Path(run_dir)
+    meta = _read_json(d / "meta.json")
+    summary = _read_json(d / "summary.json")
+    if meta is None or summary is None:
+        return None
+    return {"status": summary.get("status", meta.get("status", "ok")), "summary": summary,
+            "wall_time_s": float(meta.get("wall_time_s", math.nan)), "error": ""}
+
+
+def execute_run(cfg: dict, run_dir: str, plot: bool = True, test_kill: bool = False,
+                in_worker: bool = True) -> dict:
+    """Run one sweep point into ``run_dir``; never raises for a failing run.
+
+    Resumes from ``checkpoint.npz`` when an earlier attempt left one (run.checkpoint_every > 0).
+    ``in_worker``: this process is a sweep worker, so make it single-threaded first (False
+    leaves the calling process's thread settings alone). ``test_kill``: the test-only hook of
+    the module docstring.
+
+    Returns
+    -------
+    dict with "status" ("ok" | "diverged" | "failed"), "summary" (dict or None),
+    "wall_time_s" and "error" (one-line message, "" unless failed).
+    """
+    if in_worker:
+        limit_worker_threads()
+    t0 = time.perf_counter()
+    finished = finished_outcome(run_dir)
+    if finished is not None:  # a retried run whose earlier attempt completed after all
+        return finished
+    try:
+        from .simulate import run_to_dir
+
+        reporter = _KillAfterFirstStep() if test_kill else None
+        resume = (Path(run_dir) / "checkpoint.npz").exists()
+        try:
+            run_to_dir(cfg, run_dir, reporter=reporter, plot=plot, resume=resume)
+        except DataError:
+            if not resume:
+                raise
+            # unusable checkpoint from the earlier attempt: start the run afresh
+            (Path(run_dir) / "checkpoint.npz").unlink(missing_ok=True)
+            run_to_dir(cfg, run_dir, reporter=reporter, plot=plot, resume=False)
+    except Exception as exc:  # a failing run is data for the sweep, not a reason to stop it
+        return {"status": "failed", "summary": None, "wall_time_s": time.perf_counter() - t0,
+                "error": _one_line(exc)}
+    outcome = finished_outcome(run_dir)
+    if outcome is None:
+        return {"status": "failed", "summary": None, "wall_time_s": time.perf_counter() - t0,
+                "error": f"run finished but '{run_dir}' holds no readable meta.json/summary.json"}
+    return outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# results table
+# ---------------------------------------------------------------------------------------------
+def observable_columns() -> tuple[str, ...]:
+    """The summary observables stored per run (the columns between seed and steps)."""
+    from .simulate import SUMMARY_KEYS
+
+    return tuple(SUMMARY_KEYS)
+
+
+def results_columns(plan: SweepPlan) -> list[str]:
+    """Header of results.csv for ``plan``."""
+    return ["run_id", *(a.key for a in plan.axes), "seed", *observable_columns(), *RESULT_COLUMNS_TAIL]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def result_row(run: PlannedRun, outcome: Mapping) -> dict[str, str]:
+    """One results.csv row (all cells as text) for a run and its outcome."""
+    row = {"run_id": run.run_id}
+    row.update({k: _cell(v) for k, v in run.params.items()})
+    row["seed"] = str(run.seed)
+    summary = outcome.get("summary") or {}
+    for key in observable_columns():
+        row[key] = _cell(summary.get(key))
+    row["steps"] = _cell(summary.get("steps"))
+    row["status"] = outcome["status"]
+    row["wall_time_s"] = _cell(outcome.get("wall_time_s"))
+    row["error"] = outcome.get("error", "")
+    return row
+
+
+def write_results_csv(path: str | Path, plan: SweepPlan, outcomes: Mapping[str, Mapping]) -> None:
+    """Atomically (re)write results.csv: a row per run with an outcome, in plan order."""
+    from .storage import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=results_columns(plan), lineterminator="\n")
+    writer.writeheader()
+    for run in plan.runs:
+        if run.run_id in outcomes:
+            writer.writerow(result_row(run, outcomes[run.run_id]))
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# execution
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SweepReport:
+    """What a sweep did. Counts cover every run of the plan (skipped ones included)."""
+
+    out_dir: Path
+    n_runs: int
+    n_ok: int = 0
+    n_diverged: int = 0
+    n_failed: int = 0
+    n_skipped: int = 0
+    n_retried: int = 0
+    outcomes: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / "results.csv"
+
+    def describe(self) -> str:
+        """One-line summary for the CLI."""
+        return (f"{self.n_runs} runs: {self.n_ok} ok, {self.n_diverged} diverged, {self.n_failed} failed "
+                f"({self.n_skipped} already finished and skipped, {self.n_retried} retried after a "
+                f"worker crash) -> {self.results_path}")
+
+
+@dataclass
+class _Task:
+    run: PlannedRun
+    attempts: int = 0
+    crashes: int = 0
+
+
+class _InlineExecutor(cf.Executor):
+    """Runs each call immediately in this process (``in_process=True``)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the caller through the future, as a pool does
+            fut.set_exception(exc)
+        return fut
+
+
+def _process_pool(workers: int) -> cf.ProcessPoolExecutor:
+    import multiprocessing
+
+    # spawn, not fork: numba's OpenMP/TBB layers and CUDA contexts are not fork-safe
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=limit_worker_threads)
+
+
+def _require_dask():
+    """The dask and distributed modules, or ConfigError naming the optional extra."""
+    try:
+        import dask
+        import distributed
+    except ImportError:
+        raise ConfigError("--dask needs the optional extra: pip install 'particlegan[dask]'") from None
+    return dask, distributed
+
+
+@contextmanager
+def _dask_executor(address: str, jobs: int) -> Iterator[tuple[cf.Executor, type]]:
+    """A concurrent.futures executor on a Dask cluster and its lost-worker exception type."""
+    dask, distributed = _require_dask()
+    import logging
+
+    cluster = None
+    saved_environ = dict(os.environ)
+    if address == "local":
+        # one task per worker at a time and no scheduler-side retries: a worker death is then
+        # blamed on exactly the run it was executing, and retried once by the sweep itself
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                              "distributed.scheduler.worker-saturation": 1.0}):
+            cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, silence_logs=logging.CRITICAL,
+                                               env=dict(WORKER_THREAD_ENV))
+            client = distributed.Client(cluster)
+    else:
+        try:
+            client = distributed.Client(address, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(f"--dask: cannot connect to the Dask scheduler at {address!r}: "
+                              f"{_one_line(exc)}") from None
+    try:
+        yield client.get_executor(pure=False), distributed.KilledWorker
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+            # the in-process nannies export dask's pre-spawn variables into our environment
+            for key in set(os.environ) - set(saved_environ):
+                del os.environ[key]
+            os.environ.update(saved_environ)
+
+
+def _test_kill_ids() -> dict[str, bool]:
+    """run id -> kill on every attempt, from PARTICLEGAN_TEST_KILL_RUN (test-only hook)."""
+    out = {}
+    for item in os.environ.get(TEST_KILL_ENV, "").split(","):
+        item = item.strip()
+        if item:
+            run_id, _, mode = item.partition(":")
+            out[run_id] = mode == "always"
+    return out
+
+
+def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | None = None,
+              in_process: bool = False, plot: bool = True,
+              reporter: Reporter | None = None) -> SweepReport:
+    """Execute the unfinished runs of ``plan`` into ``out_dir`` and write results.csv.
+
+    Parameters
+    ----------
+    plan : from :func:`plan_sweep`.
+    out_dir : sweep directory (created); locked for the duration of the sweep.
+    jobs : number of local worker processes (or of Dask workers with ``dask="local"``).
+    dask : None (local processes), ``"local"`` (start a ``distributed.LocalCluster`` with
+        ``jobs`` single-threaded worker processes) or a scheduler address.
+    in_process : run one at a time in this process (no crash isolation; for debugging).
+    plot : write each run's particles.png (as ``particlegan run`` does).
+    reporter : progress bar over the runs to execute.
+
+    Returns
+    -------
+    SweepReport with the counts of ok / diverged / failed / skipped runs.
+
+    Raises
+    ------
+    DataError : the directory is locked by another sweep or not writable.
+    ConfigError : bad ``jobs``, or ``dask`` requested without the optional extra.
+    """
+    from .storage import atomic_write_json, ensure_dir
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    if dask is not None:
+        if in_process:
+            raise ConfigError("--in-process and --dask exclude each other")
+        _require_dask()  # before touching the directory
+    reporter = reporter or null_reporter()
+    out = ensure_dir(out_dir)
+    report = SweepReport(out_dir=out, n_runs=len(plan.runs))
+    with SweepLock(out):
+        atomic_write_json(out / "sweep.json", plan.definition())
+        ensure_dir(out / "runs")
+        csv_path = out / "results.csv"
+        outcomes = report.outcomes
+        todo = []
+        for run in plan.runs:
+            done = finished_outcome(out / "runs" / run.run_id)
+            if done is None:
+                todo.append(_Task(run))
+            else:
+                outcomes[run.run_id] = done
+                report.n_skipped += 1
+        write_results_csv(csv_path, plan, outcomes)
+        if report.n_skipped:
+            reporter.info(f"{report.n_skipped} of {len(plan.runs)} runs already finished in '{out}'; "
+                          "skipping them")
+        if todo:
+            reporter.start(total=len(todo), label="sweep")
+
+            def record(task: _Task, outcome: dict) -> None:
+                outcomes[task.run.run_id] = outcome
+                write_results_csv(csv_path, plan, outcomes)
+                if outcome["status"] == "failed":
+                    reporter.info(f"run {task.run.run_id} failed: {outcome['error']}")
+                reporter.advance(1)
+
+            kill_ids = {} if in_process else _test_kill_ids()
+            if in_process:
+                _drive(todo, out, plot, record, report, lambda n: _InlineExecutor(), 1, (), False, {},
+                       in_worker=False)
+            elif dask is not None:
+                with _dask_executor(dask, jobs) as (executor, killed_worker):
+                    # the scheduler queues tasks itself: submit everything at once
+                    _drive(todo, out, plot, record, report, lambda n: executor, len(todo),
+                           (killed_worker,), False, kill_ids, shutdown=False)
+            else:
+                _drive(todo, out, plot, record, report, _process_pool, jobs,
+                       (concurrent.futures.process.BrokenProcessPool,), True, kill_ids)
+            reporter.finish()
+        write_results_csv(csv_path, plan, outcomes)
+    for outcome in outcomes.values():
+        status = outcome["status"]
+        report.n_ok += status == "ok"
+        report.n_diverged += status == "diverged"
+        report.n_failed += status == "failed"
+    return report
+
+
+def _drive(tasks: list[_Task], out: Path, plot: bool, record, report: SweepReport, make_executor,
+           capacity: int, lost_worker: tuple[type, ...], isolate: bool, kill_ids: dict[str, bool],
+           shutdown: bool = True, in_worker: bool = True) -> None:
+    """Submit tasks, collect outcomes, retry runs whose worker died.
+
+    With ``isolate`` (local process pool, where a dead worker breaks the whole pool and every
+    run in flight with it) the runs caught in a crash are retried one at a time in a separate
+    one-worker pool, so a second crash is attributed to exactly the run that caused it.
+    """
+    todo = deque(tasks)
+    retry = deque()
+    pools: dict[str, cf.Executor | None] = {"main": None, "isolated": None}
+    inflight: dict[cf.Future, tuple[_Task, str, cf.Executor]] = {}
+
+    def submit(task: _Task, kind: str) -> None:
+        for _ in range(2):
+            if pools[kind] is None:
+                pools[kind] = make_executor(1 if kind == "isolated" else capacity)
+            executor = pools[kind]
+            task.attempts += 1
+            kill = task.run.run_id in kill_ids and (kill_ids[task.run.run_id] or task.attempts == 1)
+            try:
+                fut = executor.submit(execute_run, task.run.cfg, str(out / "runs" / task.run.run_id),
+                                      plot, kill, in_worker)
+            except lost_worker:  # the pool broke before we saw it: start a new one
+                task.attempts -= 1
+                pools[kind] = None
+                continue
+            inflight[fut] = (task, kind, executor)
+            return
+        raise RuntimeError("cannot start worker processes")
+
+    def drop_pool(kind: str, executor: cf.Executor) -> None:
+        if pools[kind] is executor:
+            pools[kind] = None
+            if shutdown:
+                executor.shutdown(wait=False, cancel_futures=True)
+
+    try:
+        while todo or retry or inflight:
+            isolated_busy = any(kind == "isolated" for _, kind, _ in inflight.values())
+            if retry and not isolated_busy:
+                if isolate:
+                    submit(retry.popleft(), "isolated")
+                    isolated_busy = True
+                else:
+                    while retry:
+                        submit(retry.popleft(), "main")
+            # the isolation worker takes one of the `capacity` slots while it runs
+            limit = capacity - 1 if (isolated_busy and capacity > 1) else capacity
+            n_main = sum(kind == "main" for _, kind, _ in inflight.values())
+            while todo and n_main < limit:
+                submit(todo.popleft(), "main")
+                n_main += 1
+            done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                task, kind, executor = inflight.pop(fut)
+                exc = fut.exception()
+                if exc is None:
+                    record(task, fut.result())
+                elif lost_worker and isinstance(exc, lost_worker):
+                    task.crashes += 1
+                    drop_pool(kind, executor)
+                    if task.crashes >= 2:
+                        record(task, {"status": "failed", "summary": None, "wall_time_s": math.nan,
+                                      "error": "the worker process died twice while running this run "
+                                               "(killed by a signal, or out of memory)"})
+                    else:
+                        report.n_retried += 1
+                        retry.append(task)
+                else:
+                    record(task, {"status": "failed", "summary": None, "wall_time_s": math.nan,
+                                  "error": _one_line(exc)})
+    finally:
+        for fut in inflight:
+            fut.cancel()
+        if shutdown:
+            for executor in pools.values():
+                if executor is not None:
+                    executor.shutdown(wait=not inflight, cancel_futures=True)

@@ -1,0 +1,133 @@
+"""Target distributions and particle initialisation.
+
+* ``ring``: K isotropic Gaussians of std sigma, means on a circle of radius R in the first two
+  coordinates (USD ``mog`` target: K = 8, R = 0.75, sigma = 0.075), zero in the other d - 2.
+* ``grid``: a ``G x G`` square grid of Gaussians with spacing s, centred on the origin.
+* ``file``: user samples from ``.npy``/``.npz``; each sample is its own "mode" for the
+  order parameters (as in Paper A's MNIST analysis, where K = M data points).
+
+Particles start as a Gaussian at the origin (std 0.1, USD ``gauss`` source) or from a file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target sample together with its mode centres.
+
+    Attributes
+    ----------
+    samples : (M, d) target samples y_m.
+    centres : (K, d) mode centres (the samples themselves for file targets).
+    sigma : mode std (sets the 3-sigma high-quality radius).
+    """
+
+    samples: np.ndarray
+    centres: np.ndarray
+    sigma: float
+
+
+def ring_centres(modes: int, radius: float, dim: int) -> np.ndarray:
+    """Centres ``(R cos 2 pi k/K, R sin 2 pi k/K, 0, ...)``, k = 0..K-1. Shape (K, dim)."""
+    angles = 2.0 * np.pi * np.arange(modes) / modes
+    c = np.zeros((modes, dim))
+    c[:, 0] = radius * np.cos(angles)
+    c[:, 1] = radius * np.sin(angles)
+    return c
+
+
+def grid_centres(size: int, spacing: float, dim: int) -> np.ndarray:
+    """Centres of a ``size x size`` grid with the given spacing, centred at 0. Shape (size^2, dim)."""
+    ticks = (np.arange(size) - (size - 1) / 2.0) * spacing
+    gx, gy = np.meshgrid(ticks, ticks, indexing="ij")
+    c = np.zeros((size * size, dim))
+    c[:, 0] = gx.ravel()
+    c[:, 1] = gy.ravel()
+    return c
+
+
+def sample_mixture(centres: np.ndarray, sigma: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw n samples from the equal-weight isotropic mixture; modes get n//K (+1) samples each.
+
+    Stratified by mode (as USD's ``size_class`` samples per mode) so the target sample has
+    exactly balanced modes. Shape (n, d).
+    """
+    k, d = centres.shape
+    labels = np.arange(n) % k
+    return centres[labels] + sigma * rng.standard_normal((n, d))
+
+
+def load_array(path: str | Path, what: str, ncols: int | None = None) -> np.ndarray:
+    """Load a 2-D float array from .npy/.npz (first array) safely; DataError on any problem."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{what} file '{p}' does not exist")
+    try:
+        with open(p, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise DataError(f"{what} file '{p}' cannot be read: {exc.strerror or exc}") from None
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise DataError(f"{what} file '{p}' is not a readable .npy/.npz file")
+    try:
+        obj = np.load(p, allow_pickle=False)
+        if isinstance(obj, np.lib.npyio.NpzFile):
+            with obj:
+                if not obj.files:
+                    raise DataError(f"{what} file '{p}' holds no arrays")
+                arr = obj[obj.files[0]]
+        else:
+            arr = obj
+    except DataError:
+        raise
+    except ValueError as exc:
+        raise DataError(f"{what} file '{p}' holds an object array, which is refused (allow_pickle=False)") from None
+    except Exception as exc:  # zip errors, truncated files, not an npy at all
+        raise DataError(f"{what} file '{p}' is not a readable .npy/.npz file: {exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"{what} file '{p}' must hold numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise DataError(f"{what} file '{p}' must hold a 2-D array (n, d), got shape {arr.shape}")
+    if arr.shape[0] < 1:
+        raise DataError(f"{what} file '{p}' is empty")
+    if ncols is not None and arr.shape[1] != ncols:
+        raise DataError(f"{what} file '{p}' has {arr.shape[1]} columns, expected d = {ncols}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{what} file '{p}' contains NaN or inf")
+    return arr
+
+
+def make_target(tcfg: dict, rng: np.random.Generator) -> Target:
+    """Build the target of config section ``target`` (see module docstring)."""
+    dim = tcfg["dim"]
+    if tcfg["kind"] == "ring":
+        centres = ring_centres(tcfg["modes"], tcfg["radius"], dim)
+    elif tcfg["kind"] == "grid":
+        centres = grid_centres(tcfg["grid_size"], tcfg["grid_spacing"], dim)
+    else:
+        samples = load_array(tcfg["path"], "target.path", ncols=dim)
+        if samples.shape[0] < 2:
+            raise DataError(f"target.path file '{tcfg['path']}' needs at least 2 samples")
+        return Target(samples=samples, centres=samples, sigma=float(tcfg["sigma"]))
+    samples = sample_mixture(centres, tcfg["sigma"], tcfg["n_samples"], rng)
+    return Target(samples=samples, centres=centres, sigma=float(tcfg["sigma"]))
+
+
+def init_particles(pcfg: dict, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Initial particles x_i(0), shape (N, d): N(0, init_sigma^2 I) or loaded from a file."""
+    n = pcfg["n"]
+    if pcfg["init"] == "file":
+        x = load_array(pcfg["init_path"], "particles.init_path", ncols=dim)
+        if x.shape[0] != n:
+            raise DataError(f"particles.init_path file '{pcfg['init_path']}' has {x.shape[0]} rows, "
+                            f"expected particles.n = {n}")
+        return x
+    return pcfg["init_sigma"] * rng.standard_normal((n, dim))

@@ -1,0 +1,43 @@
+"""Run the pair-sum benchmark (same function as `particlegan bench`) and print its table.
+
+Usage: python sims/bench/run_bench.py [--quick] [--csv PATH] [--sizes 1000,10000] [--dims 2,3]
+       [--dtypes float64,float32] [--methods cpu,scipy_cdist]
+"""
+import argparse
+import sys
+
+from particlegan.bench import format_table, run_benchmark, write_csv
+from particlegan.errors import ParticleGANError
+
+
+def _ints(text):
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def _names(text):
+    return tuple(v for v in text.split(",") if v)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute on 2 cores")
+    parser.add_argument("--csv", default=None, help="also write op,method,n,m,d,dtype,pairs_per_s rows here")
+    parser.add_argument("--sizes", type=_ints, default=None, help="N = M values, comma separated")
+    parser.add_argument("--dims", type=_ints, default=None, help="dimensions d, comma separated")
+    parser.add_argument("--dtypes", type=_names, default=("float64",), help="float64 and/or float32")
+    parser.add_argument("--methods", type=_names, default=None, help="subset of the available methods")
+    args = parser.parse_args(argv)
+    try:
+        rows = run_benchmark(quick=args.quick, sizes=args.sizes, dims=args.dims, dtypes=args.dtypes,
+                             methods=args.methods)
+        if args.csv:
+            write_csv(rows, args.csv)
+    except ParticleGANError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Benchmark: the baselines compute the right sums, rows/CSV/table format, hooks, CLI and script."""
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from particlegan import bench
+from particlegan.cli import main
+from particlegan.errors import ConfigError
+from particlegan.kernels import kernel_grad_matrix, kernel_matrix, make_kernel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("method", ["numpy_broadcast", "scipy_cdist"])
+@pytest.mark.parametrize("op", ["kernel_sum", "kernel_grad"])
+@pytest.mark.parametrize("d", [2, 7])
+def test_baselines_compute_the_gaussian_sums(method, op, d, monkeypatch):
+    monkeypatch.setattr(bench, "_CHUNK_ELEMS", 50 * d)  # several row chunks
+    rng = np.random.default_rng(d)
+    X, Y, w = rng.normal(size=(30, d)), rng.normal(size=(25, d)), rng.normal(size=25)
+    spec = make_kernel("gaussian", sigma=1.0)
+    got = bench._method_fn(method)(op, X, Y, w, 0.5)
+    if op == "kernel_sum":
+        expect = kernel_matrix(X, Y, spec) @ w
+    else:
+        expect = np.einsum("ijk,j->ik", kernel_grad_matrix(X, Y, spec), w)
+    np.testing.assert_allclose(got, expect, rtol=1e-10, atol=1e-12)
+
+
+def test_run_benchmark_rows_and_table():
+    rows = bench.run_benchmark(quick=True, sizes=(40, 80), dims=(2,), methods=("numpy_broadcast", "scipy_cdist"),
+                               extra_rows=[bench.BenchRow("step", "cpu", 80, 80, 2, "float64", 123.0)])
+    got = {(r.op, r.method, r.n) for r in rows}
+    for op in ("kernel_sum", "kernel_grad"):
+        for meth in ("numpy_broadcast", "scipy_cdist"):
+            assert {(op, meth, 40), (op, meth, 80)} <= got
+    assert ("step", "cpu", 80) in got
+    assert all(math.isfinite(r.pairs_per_s) and r.pairs_per_s > 0 for r in rows)
+    table = bench.format_table(rows)
+    assert "numpy_broadcast" in table and "scipy_cdist" in table
+    assert any(line.startswith("step") and "123" in line for line in table.splitlines())
+
+
+def test_budget_skips_sizes_that_would_take_too_long():
+    rows = bench.run_benchmark(sizes=(30, 3000), dims=(2,), methods=("numpy_broadcast",), ops=("kernel_sum",),
+                               budget_s=1e-9)
+    assert [r.n for r in rows] == [30]  # the smallest size is always measured, the next is skipped
+
+
+def test_row_hooks_add_rows(monkeypatch):
+    monkeypatch.setattr(bench, "ROW_HOOKS", [lambda quick: [bench.BenchRow("step", "cpu", 10, 10, 2, "float64",
+                                                                           5.0 if quick else 1.0)]])
+    rows = bench.run_benchmark(quick=True, sizes=(20,), dims=(2,), methods=("scipy_cdist",), ops=("kernel_sum",))
+    assert rows[-1] == bench.BenchRow("step", "cpu", 10, 10, 2, "float64", 5.0)
+
+
+def test_csv_has_exact_columns_and_round_trips(tmp_path):
+    rows = [bench.BenchRow("kernel_sum", "cpu", 1000, 1000, 2, "float64", 1.25e9),
+            bench.BenchRow("step", "cpu", 256, 256, 2, "float32", 31.5)]
+    path = tmp_path / "b.csv"
+    bench.write_csv(rows, path)
+    with open(path, newline="") as fh:
+        assert next(csv.reader(fh)) == ["op", "method", "n", "m", "d", "dtype", "pairs_per_s"]
+    assert bench.read_csv(path) == rows
+
+
+@pytest.mark.parametrize("kwargs, bad", [(dict(methods=("gpu9",)), "gpu9"), (dict(ops=("kernel_hess",)), "kernel_hess"),
+                                         (dict(dtypes=("float16",)), "float16")])
+def test_bad_arguments_are_config_errors(kwargs, bad):
+    with pytest.raises(ConfigError, match=bad):
+        bench.run_benchmark(sizes=(10,), dims=(2,), **kwargs)
+
+
+def test_unavailable_method_is_a_config_error():
+    missing = [m for m in bench.METHODS if m not in bench.available_methods()]
+    if not missing:
+        pytest.skip("every method is available here")
+    with pytest.raises(ConfigError, match=missing[0]):
+        bench.run_benchmark(sizes=(10,), dims=(2,), methods=(missing[0],))
+
+
+def test_cli_bench_writes_csv_and_prints_table(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(quick=False, **kw):
+        calls.append(quick)
+        return [bench.BenchRow("kernel_sum", "cpu", 10, 10, 2, "float64", 7.0)]
+    monkeypatch.setattr(bench, "run_benchmark", fake_run)
+    path = tmp_path / "out.csv"
+    result = CliRunner().invoke(main, ["bench", "--quick", "--csv", str(path)])
+    assert result.exit_code == 0, result.output
+    assert calls == [True] and "kernel_sum" in result.output
+    assert bench.read_csv(path)[0].pairs_per_s == 7.0
+    bad = CliRunner().invoke(main, ["bench", "--csv", str(tmp_path / "no" / "such" / "dir.csv")])
+    assert bad.exit_code == 2 and "cannot write benchmark CSV" in bad.output
+
+
+def test_script_runs_the_same_function(tmp_path):
+    out = tmp_path / "s.csv"
+    proc = subprocess.run([sys.executable, "sims/bench/run_bench.py", "--sizes", "30", "--dims", "2",
+                           "--methods", "scipy_cdist", "--csv", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "scipy_cdist" in proc.stdout
+    assert {r.op for r in bench.read_csv(out)} == {"kernel_sum", "kernel_grad"}

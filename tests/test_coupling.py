@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from particlegan.config import resolve_config
+from particlegan.coupling import apply_coupling, coupling_matrix, make_coupling, sample_sphere
+from particlegan.errors import DataError
+
+
+def _gen(*overrides):
+    return resolve_config(overrides=list(overrides))["generator"]
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.3, 0.99, -0.01])
+@pytest.mark.parametrize("norm", ["ntk", "none"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_universal_rank_one_apply_equals_dense_product(phi, norm, dtype):
+    n = 37
+    c = make_coupling(_gen(f"generator.phi={phi}", "generator.g1=1.7", f"generator.normalization={norm}"),
+                      n, np.random.default_rng(0))
+    F = np.random.default_rng(1).normal(size=(n, 3)).astype(dtype)
+    # independent dense kernel of (A-2): K_ij = g1 delta_ij + g2 (1 - delta_ij)
+    g1, g2 = 1.7, 1.7 * phi
+    K = np.where(np.eye(n, dtype=bool), g1, g2) * (1.0 / n if norm == "ntk" else 1.0)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    out = apply_coupling(c, F)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, K @ F.astype(np.float64), rtol=tol, atol=tol)
+    np.testing.assert_allclose(coupling_matrix(c), K, rtol=1e-12)
+
+
+def test_universal_eigenmodes():
+    n, phi = 12, 0.4
+    C = coupling_matrix(make_coupling(_gen(f"generator.phi={phi}"), n, np.random.default_rng(0)))
+    ev = np.sort(np.linalg.eigvalsh(C * n))
+    np.testing.assert_allclose(ev[-1], 1 + (n - 1) * phi, rtol=1e-12)   # centre of mass
+    np.testing.assert_allclose(ev[:-1], 1 - phi, rtol=1e-12)             # N - 1 relative modes
+
+
+def test_identity_is_uncoupled():
+    c = make_coupling(_gen("generator.kernel=identity", "generator.normalization=none"), 5,
+                      np.random.default_rng(0))
+    F = np.arange(10.0).reshape(5, 2)
+    np.testing.assert_array_equal(apply_coupling(c, F), F)
+
+
+@pytest.mark.parametrize("kind", ["ntk_relu", "ntk_erf"])
+def test_ntk_dense_and_matrix_free_apply_agree(kind):
+    n = 30
+    dense = make_coupling(_gen(f"generator.kernel={kind}", "generator.latent_dim=8"), n, np.random.default_rng(4))
+    free = make_coupling(_gen(f"generator.kernel={kind}", "generator.latent_dim=8", "generator.dense_max=1"),
+                         n, np.random.default_rng(4))
+    assert dense.dense is not None and free.dense is None
+    F = np.random.default_rng(2).normal(size=(n, 2))
+    np.testing.assert_allclose(apply_coupling(free, F), apply_coupling(dense, F), rtol=1e-10, atol=1e-12)
+    C = coupling_matrix(dense)
+    np.testing.assert_allclose(C, C.T, atol=1e-14)
+    assert np.linalg.eigvalsh(C).min() > -1e-10
+
+
+def test_relu_ntk_on_sphere_has_the_universal_constants():
+    # bias-free one-hidden-layer ReLU NTK on latents of radius sqrt(d_z): Theta(z, z) = 1 and
+    # Theta(z, z') -> kappa(0)/kappa(1) = 1/(2 pi) for nearly orthogonal latents (A2.3)
+    c = make_coupling(_gen("generator.kernel=ntk_relu", "generator.latent_dim=4096"), 40, np.random.default_rng(0))
+    K = c.dense
+    np.testing.assert_allclose(np.diag(K), 1.0, rtol=1e-12)
+    off = K[~np.eye(40, dtype=bool)]
+    np.testing.assert_allclose(off.mean(), 1 / (2 * np.pi), rtol=0.02)
+
+
+def test_sphere_latents_radius():
+    z = sample_sphere(10, 7, np.random.default_rng(0))
+    np.testing.assert_allclose(np.sum(z * z, axis=1), 7.0)
+
+
+def test_user_matrix(tmp_path):
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(6, 6))
+    K = B @ B.T
+    np.save(tmp_path / "k.npy", K)
+    c = make_coupling(_gen("generator.kernel=matrix", f"generator.matrix_path={tmp_path / 'k.npy'}"), 6, rng)
+    F = rng.normal(size=(6, 2))
+    np.testing.assert_allclose(apply_coupling(c, F), K @ F / 6, rtol=1e-12)
+    np.save(tmp_path / "asym.npy", B)
+    with pytest.raises(DataError, match="not symmetric"):
+        make_coupling(_gen("generator.kernel=matrix", f"generator.matrix_path={tmp_path / 'asym.npy'}"), 6, rng)
+    np.save(tmp_path / "neg.npy", -K)
+    with pytest.raises(DataError, match="positive semi-definite"):
+        make_coupling(_gen("generator.kernel=matrix", f"generator.matrix_path={tmp_path / 'neg.npy'}"), 6, rng)
+    with pytest.raises(DataError, match="shape"):
+        make_coupling(_gen("generator.kernel=matrix", f"generator.matrix_path={tmp_path / 'k.npy'}"), 5, rng)

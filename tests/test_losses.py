@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from particlegan.losses import (alpha_loss_fake, alpha_loss_real, make_objective, penalty_coefficient,
+                                sigmoid)
+
+ALPHAS = [0.2, 0.3, 0.5, 1.0, 1.2, 2.0, 5.0, np.inf]
+S = np.linspace(-8, 8, 33)
+
+
+def reference_alpha_loss(y, yhat, alpha):
+    """Direct (probability-space) alpha-loss of P3.1, written independently of the log-space code."""
+    if alpha == 1.0:
+        return -y * np.log(yhat) - (1 - y) * np.log(1 - yhat)
+    if np.isinf(alpha):
+        return 1 - y * yhat - (1 - y) * (1 - yhat)
+    e = (alpha - 1) / alpha
+    return alpha / (alpha - 1) * (1 - y * yhat ** e - (1 - y) * (1 - yhat) ** e)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_alpha_loss_matches_probability_form(alpha):
+    yhat = 1.0 / (1.0 + np.exp(-S))
+    v1, _ = alpha_loss_real(S, alpha)
+    v0, _ = alpha_loss_fake(S, alpha)
+    np.testing.assert_allclose(v1, reference_alpha_loss(1, yhat, alpha), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(v0, reference_alpha_loss(0, yhat, alpha), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_alpha_loss_derivative_finite_difference(alpha):
+    h = 1e-6
+    for fn in (alpha_loss_real, alpha_loss_fake):
+        _, d = fn(S, alpha)
+        fd = (fn(S + h, alpha)[0] - fn(S - h, alpha)[0]) / (2 * h)
+        np.testing.assert_allclose(d, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_alpha_special_cases_are_limits():
+    # alpha -> 1 and alpha -> inf of the general formula approach the exact special cases
+    for a_near, a_exact in [(1.0 + 1e-7, 1.0), (1e9, np.inf)]:
+        np.testing.assert_allclose(alpha_loss_real(S, a_near)[0], alpha_loss_real(S, a_exact)[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_alpha_half_closed_form():
+    # l_{1/2}(1, y) = 1/y - 1 (P3.1)
+    yhat = sigmoid(S)
+    np.testing.assert_allclose(alpha_loss_real(S, 0.5)[0], 1 / yhat - 1, rtol=1e-9)
+
+
+def test_log_space_is_stable_for_small_alpha_and_large_logits():
+    s = np.array([-60.0, -30.0, 30.0, 60.0])
+    for alpha in (0.2, 0.5, 1.0, 3.0, np.inf):
+        v, d = alpha_loss_real(s, alpha)
+        assert np.all(np.isfinite(v)) and np.all(np.isfinite(d))
+
+
+def test_objectives_signs_and_special_cases():
+    s = np.array([-1.0, 0.5, 2.0])
+    ipm = make_objective("ipm")
+    np.testing.assert_allclose(ipm.real_term(s)[0], s)
+    np.testing.assert_allclose(ipm.gen_term(s)[1], -np.ones(3))
+    mm = make_objective("minimax")
+    # vanilla critic: log D(real) + log(1 - D(fake))
+    np.testing.assert_allclose(mm.real_term(s)[0], np.log(sigmoid(s)), rtol=1e-12)
+    np.testing.assert_allclose(mm.fake_term(s)[0], np.log(1 - sigmoid(s)), rtol=1e-12)
+    # saturating generator minimises log(1 - D); non-saturating minimises -log D
+    np.testing.assert_allclose(mm.gen_term(s)[0], np.log(1 - sigmoid(s)), rtol=1e-12)
+    ns = make_objective("nonsaturating")
+    np.testing.assert_allclose(ns.gen_term(s)[0], -np.log(sigmoid(s)), rtol=1e-12)
+    a = make_objective("alpha", 1.0, 1.0, True)
+    np.testing.assert_allclose(a.gen_term(s)[0], mm.gen_term(s)[0])
+
+
+@pytest.mark.parametrize("kind,ad,ag,sat", [("alpha", 0.3, 1.0, True), ("alpha", 0.5, 1.2, False),
+                                            ("minimax", 1, 1, True), ("nonsaturating", 1, 1, False),
+                                            ("alpha", np.inf, 2.0, True)])
+def test_objective_derivatives_finite_difference(kind, ad, ag, sat):
+    obj = make_objective(kind, ad, ag, sat)
+    h = 1e-6
+    for fn in (obj.real_term, obj.fake_term, obj.gen_term):
+        fd = (fn(S + h)[0] - fn(S - h)[0]) / (2 * h)
+        np.testing.assert_allclose(fn(S)[1], fd, rtol=1e-6, atol=1e-9)
+
+
+def test_generator_force_direction_pushes_towards_real():
+    # every generator loss decreases when the critic logit of a fake sample increases
+    for obj in (make_objective("ipm"), make_objective("minimax"), make_objective("nonsaturating"),
+                make_objective("alpha", 0.3, 1.0, True), make_objective("alpha", 0.5, 1.2, False)):
+        assert np.all(obj.gen_term(S)[1] < 0)
+
+
+def test_penalty_coefficient_conventions():
+    base = {"penalty": "fake", "penalty_weight": 0.4, "penalty_form": "lambda"}
+    assert penalty_coefficient(base) == 0.4
+    assert penalty_coefficient({**base, "penalty_form": "half_lambda"}) == 0.2
+    assert penalty_coefficient({**base, "penalty": "none"}) == 0.0

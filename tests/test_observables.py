@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from particlegan.backends import get_backend
+from particlegan.observables import (collapse_measure, make_mmd_reference, measure, mmd2_unbiased_gaussian,
+                                     modes_covered, nearest_mode, radius_of_gyration)
+from particlegan.targets import ring_centres
+
+NP = get_backend("numpy")
+CENTRES = ring_centres(8, 0.75, 2)
+
+
+def test_collapse_measure_extremes_and_kl_identity():
+    assign_uniform = np.arange(800) % 8
+    assert collapse_measure(assign_uniform, 8) == pytest.approx(0.0, abs=1e-12)
+    assert collapse_measure(np.zeros(100, dtype=int), 8) == pytest.approx(np.log(8), rel=1e-12)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 3, 500)
+    p = np.bincount(a, minlength=8) / 500
+    kl = sum(pk * np.log(pk * 8) for pk in p if pk > 0)   # KL(p || uniform)
+    assert collapse_measure(a, 8) == pytest.approx(kl, rel=1e-12)
+
+
+def test_nearest_mode_matches_brute_force_and_chunking():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3001, 2))
+    idx, dist = nearest_mode(x, CENTRES)
+    d = np.linalg.norm(x[:, None] - CENTRES[None], axis=-1)
+    np.testing.assert_array_equal(idx, d.argmin(1))
+    np.testing.assert_allclose(dist, d.min(1), rtol=1e-10, atol=1e-12)
+
+
+def test_modes_covered_and_hq_fraction():
+    sigma = 0.075
+    x = np.concatenate([CENTRES[:3] + 0.5 * sigma, CENTRES[3:4] + 4 * sigma, np.zeros((2, 2))])
+    assert modes_covered(x, CENTRES, 3 * sigma) == 3
+    obs = measure(x, CENTRES, sigma, 3.0, None, NP, np.zeros(2))
+    assert obs["modes_covered"] == 3
+    assert obs["hq_fraction"] == pytest.approx(3 / 6)
+    assert np.isnan(obs["mmd2"])
+
+
+def test_radius_of_gyration():
+    x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) + 5.0
+    assert radius_of_gyration(x) == pytest.approx(1.0)
+
+
+def test_mmd2_matches_direct_unbiased_estimator():
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=(40, 2))
+    x = rng.normal(size=(25, 2)) + 0.3
+    ref = make_mmd_reference(y, 0.5, 1000, rng, NP)
+
+    def k(a, b):
+        return np.exp(-np.sum((a[:, None] - b[None]) ** 2, -1) / (2 * 0.25))
+
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    direct = ((kxx.sum() - np.trace(kxx)) / (25 * 24) + (kyy.sum() - np.trace(kyy)) / (40 * 39)
+              - 2 * kxy.mean())
+    assert mmd2_unbiased_gaussian(x, ref, NP) == pytest.approx(direct, rel=1e-10)
+
+
+def test_mmd_reference_subsamples():
+    y = np.random.default_rng(3).normal(size=(500, 2))
+    ref = make_mmd_reference(y, 0.5, 100, np.random.default_rng(0), NP)
+    assert ref.y.shape == (100, 2)

@@ -1,0 +1,144 @@
+"""Sweep and run figures: phase diagrams, seed-averaged lines, run overviews."""
+import matplotlib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from particlegan.cli import main
+from particlegan.plotting import _cell_edges, axis_label, plot_phase_diagram, plot_seed_lines
+from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["particles.n=16", "run.steps=20", "target.n_samples=64", "critic.features=32",
+        "dynamics.critic_steps_startup=5", "observables.mmd_samples=64"]
+
+
+def assert_png(path, min_bytes=10_000):
+    data = path.read_bytes()
+    assert data[:8] == PNG and len(data) > min_bytes
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """phi x lambda x 2 seeds of tiny runs (in-process: fast)."""
+    out = tmp_path_factory.mktemp("plots") / "sw"
+    plan = plan_sweep(load_base(None, TINY), [parse_grid("generator.phi=0,0.5"),
+                                              parse_grid("loss.penalty_weight=0.1,1.0")], [0, 1])
+    report = run_sweep(plan, out, in_process=True, plot=False)
+    assert report.n_ok == 8
+    return out
+
+
+def test_labels_use_symbols():
+    assert axis_label("generator.phi") == r"$\phi = g_2/g_1$"
+    assert axis_label("dynamics.eta_d") == r"$\eta_D$"
+    assert axis_label("loss.penalty_weight") == r"$\lambda$"
+    assert axis_label("collapse") == r"collapse $C = \log K - H(p)$"
+    assert axis_label("made.up") == "made.up"
+
+
+def test_cell_edges_sit_halfway_in_the_axis_scale():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    edges = _cell_edges(np.array([1.0, 10.0, 100.0]), ax.xaxis.get_transform())
+    np.testing.assert_allclose(edges, 10.0 ** np.array([-0.5, 0.5, 1.5, 2.5]))
+    ax.set_yscale("linear")
+    np.testing.assert_allclose(_cell_edges(np.array([0.0, 1.0, 3.0]), ax.yaxis.get_transform()),
+                               [-0.5, 0.5, 2.0, 4.0])
+    plt.close(fig)
+
+
+def test_phase_diagram_shows_the_means_with_categorical_axes_and_contour():
+    cells = [{"generator.phi": phi, "dynamics.update": upd, "mean": phi + (1.0 if upd == "simultaneous" else 0),
+              "n": 2} for phi in (0.0, 0.1, 0.5) for upd in ("alternating", "simultaneous")]
+    fig = plot_phase_diagram(cells, "generator.phi", "dynamics.update", "collapse", log_x=True)
+    ax = fig.axes[0]
+    mesh = next(c for c in ax.collections if isinstance(c, matplotlib.collections.QuadMesh))
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(2, 3),
+                               [[0.0, 0.1, 0.5], [1.0, 1.1, 1.5]])
+    assert ax.get_xscale() == "symlog"  # phi = 0 on a log axis
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["alternating", "simultaneous"]
+    assert ax.get_xlabel() == r"$\phi = g_2/g_1$" and "collapse" in fig.axes[1].get_ylabel()
+    assert ax.get_legend() is None  # no contour between categories
+    matplotlib.pyplot.close(fig)
+
+
+def test_phase_diagram_contour_sits_at_the_midpoint_level():
+    cells = [{"generator.phi": phi, "dynamics.eta_d": eta, "mean": phi * 10 + eta, "n": 1}
+             for phi in (0.0, 0.5, 1.0) for eta in (0.01, 0.1, 1.0)]
+    fig = plot_phase_diagram(cells, "generator.phi", "dynamics.eta_d", "collapse", log_y=True)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == r"$\eta_D$"
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == [f"transition: collapse = {0.5 * (0.01 + 11.0):.3g}"]
+    fig = plot_phase_diagram(cells, "generator.phi", "dynamics.eta_d", "collapse", level=2.0)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["transition: collapse = 2"]
+    matplotlib.pyplot.close("all")
+
+
+def test_seed_lines_draw_mean_with_standard_error():
+    groups = {0.0: [{"loss.penalty_weight": 0.1, "mean": 1.0, "sem": 0.1, "n": 2},
+                    {"loss.penalty_weight": 1.0, "mean": 2.0, "sem": 0.2, "n": 2}],
+              0.5: [{"loss.penalty_weight": 0.1, "mean": 3.0, "sem": np.nan, "n": 1},
+                    {"loss.penalty_weight": 1.0, "mean": np.inf, "sem": np.nan, "n": 1}]}
+    fig = plot_seed_lines(groups, "loss.penalty_weight", "collapse", "generator.phi", log_x=True,
+                          vlines=[{"x": 0.3, "hue": 0.0, "label": "lambda_c"}])
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(labels) == sorted([r"$\phi = g_2/g_1$ = 0", r"$\phi = g_2/g_1$ = 0.5", "lambda_c"])
+    assert any("not drawn" in t.get_text() for t in ax.texts)  # the inf point
+    matplotlib.pyplot.close(fig)
+
+
+def test_plot_phase_cli(sweep_dir):
+    res = CliRunner().invoke(main, ["plot", "phase", str(sweep_dir), "--x", "generator.phi",
+                                    "--y", "loss.penalty_weight", "--z", "collapse", "--log-x", "--log-y"])
+    assert res.exit_code == 0, res.output
+    path = sweep_dir / "phase_collapse.png"
+    assert res.output.strip() == str(path)
+    assert_png(path)
+    out = sweep_dir / "custom.png"
+    res = CliRunner().invoke(main, ["plot", "phase", str(sweep_dir), "--x", "loss.penalty_weight",
+                                    "--y", "generator.phi", "--z", "mmd2", "--level", "0.01", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert_png(out)
+
+
+def test_plot_lines_cli(sweep_dir):
+    res = CliRunner().invoke(main, ["plot", "lines", str(sweep_dir), "--x", "loss.penalty_weight",
+                                    "--y", "mmd2", "--hue", "generator.phi", "--log-x", "--log-y"])
+    assert res.exit_code == 0, res.output
+    assert_png(sweep_dir / "lines_mmd2_vs_loss.penalty_weight.png")
+    res = CliRunner().invoke(main, ["plot", "lines", str(sweep_dir), "--x", "loss.penalty_weight",
+                                    "--y", "convergence_time", "--threshold", "10", "--series", "mmd2",
+                                    "--where", "generator.phi=0.5"])
+    assert res.exit_code == 0, res.output
+    assert_png(sweep_dir / "lines_convergence_time_vs_loss.penalty_weight.png")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["lines", "--x", "generator.phi", "--y", "collapse"], ["also varies loss.penalty_weight", "--where"]),
+    (["lines", "--x", "generator.phi", "--y", "nope", "--hue", "loss.penalty_weight"], ["no column 'nope'"]),
+    (["lines", "--x", "generator.phi", "--y", "convergence_time", "--hue", "loss.penalty_weight"],
+     ["--threshold"]),
+    (["phase", "--x", "generator.phi", "--y", "loss.penalty_weight", "--where", "generator.phi=0.3"],
+     ["no run"]),
+])
+def test_plot_refusals_are_one_line_errors(sweep_dir, args, words):
+    res = CliRunner().invoke(main, ["plot", args[0], str(sweep_dir)] + args[1:])
+    assert res.exit_code == 2
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output
+    for word in words:
+        assert word in res.output
+
+
+def test_plot_run_cli(sweep_dir, tmp_path):
+    run_dir = next((sweep_dir / "runs").iterdir())
+    res = CliRunner().invoke(main, ["plot", "run", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == str(run_dir / "overview.png")
+    assert_png(run_dir / "overview.png", min_bytes=30_000)
+    res = CliRunner().invoke(main, ["plot", "run", str(tmp_path)])
+    assert res.exit_code == 2 and "no result.npz" in res.output

@@ -1,0 +1,107 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from particlegan.config import resolve_config
+from particlegan.simulate import run_to_dir, simulate
+
+TINY = ["particles.n=24", "run.steps=30", "run.record_every=5", "target.n_samples=200",
+        "critic.features=64", "dynamics.critic_steps_startup=10", "observables.mmd_samples=100"]
+
+
+def tiny(*extra):
+    return resolve_config(overrides=TINY + list(extra))
+
+
+def test_run_directory_contents(tmp_path):
+    cfg = tiny()
+    summary = run_to_dir(cfg, tmp_path / "r")
+    files = sorted(os.listdir(tmp_path / "r"))
+    assert files == ["config.json", "meta.json", "particles.png", "result.npz", "summary.json"]
+    for key in ("collapse", "modes_covered", "hq_fraction", "mmd2", "status", "steps"):
+        assert key in summary
+    assert summary["status"] == "ok" and summary["steps"] == 30
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert stored["config"] == cfg                       # full resolved config, defaults included
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["seed"] == 0 and {"numpy", "numba", "particlegan"} <= set(meta["versions"])
+    with np.load(tmp_path / "r" / "result.npz") as z:
+        np.testing.assert_array_equal(z["step"], np.arange(0, 31, 5))
+        assert z["snapshots"].shape[1:] == (24, 2)
+        assert z["snapshot_steps"][0] == 0 and z["snapshot_steps"][-1] == 30
+    assert (tmp_path / "r" / "particles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("extra", [[], ["critic.type=relu_features", "loss.kind=alpha", "loss.alpha_d=0.3"],
+                                   ["critic.type=kernel", "loss.penalty=none", "critic.memory=3",
+                                    "critic.ridge=0.5"],
+                                   ["loss.penalty=interpolates", "dynamics.update=simultaneous"],
+                                   ["generator.kernel=ntk_relu", "loss.kind=nonsaturating"]])
+def test_same_seed_gives_bitwise_identical_results(tmp_path, extra):
+    cfg = tiny(*extra)
+    run_to_dir(cfg, tmp_path / "a", plot=False)
+    run_to_dir(cfg, tmp_path / "b", plot=False)
+    assert (tmp_path / "a" / "result.npz").read_bytes() == (tmp_path / "b" / "result.npz").read_bytes()
+    run_to_dir(tiny(*extra, "run.seed=1"), tmp_path / "c", plot=False)
+    assert (tmp_path / "a" / "result.npz").read_bytes() != (tmp_path / "c" / "result.npz").read_bytes()
+
+
+def test_divergence_stops_with_last_finite_state():
+    res = simulate(tiny("dynamics.eta_g=1e300", "loss.penalty=none", "generator.normalization=none"))
+    assert res.status == "diverged"
+    assert res.diverged_step is not None and res.steps == res.diverged_step
+    assert np.all(np.isfinite(res.final_state.x))
+    assert res.summary()["status"] == "diverged"
+
+
+@pytest.mark.parametrize("extra", [[], ["critic.type=kernel", "loss.penalty=none", "critic.memory=2"],
+                                   ["loss.penalty=interpolates"]])
+def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
+    from particlegan.checkpoint import load_checkpoint
+    from particlegan.config import config_hash
+
+    cfg = tiny("run.checkpoint_every=10", *extra)
+    run_to_dir(cfg, tmp_path / "full", plot=False)
+    assert not (tmp_path / "full" / "checkpoint.npz").exists()    # removed when complete
+    # simulate a kill after the step-20 checkpoint: run a truncated copy that leaves its checkpoint
+    part = tmp_path / "part"
+    part.mkdir()
+    import shutil
+
+    from particlegan.simulate import simulate as sim
+
+    sim(cfg, checkpoint_path=part / "checkpoint.npz")               # writes checkpoints at 10, 20
+    assert load_checkpoint(part / "checkpoint.npz", config_hash(cfg))["step"] == 20
+    shutil.copy(tmp_path / "full" / "config.json", part / "config.json")
+    from particlegan.simulate import resume_run
+
+    resume_run(part, plot=False)
+    assert (part / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    overrides = TINY[:-1] + ["run.steps=400", "run.checkpoint_every=20", "particles.n=64"]
+    args = [a for o in overrides for a in ("--set", o)]
+    full = subprocess.run([sys.executable, "-m", "particlegan", "run", *args, "--out", str(tmp_path / "full"),
+                           "--no-plot"], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "particlegan", "run", *args, "--out", str(tmp_path / "kill"),
+                             "--no-plot"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "kill" / "checkpoint.npz"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "kill" / "meta.json").exists()
+    res = subprocess.run([sys.executable, "-m", "particlegan", "run", "--resume", str(tmp_path / "kill"),
+                          "--no-plot"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "kill" / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()

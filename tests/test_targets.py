@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from particlegan.config import resolve_config
+from particlegan.errors import DataError
+from particlegan.targets import grid_centres, init_particles, load_array, make_target, ring_centres
+
+
+@pytest.mark.parametrize("dim", [2, 3, 5])
+def test_ring_target_geometry(dim):
+    cfg = resolve_config(overrides=[f"target.dim={dim}", "target.n_samples=8000"])
+    t = make_target(cfg["target"], np.random.default_rng(0))
+    assert t.samples.shape == (8000, dim) and t.centres.shape == (8, dim)
+    np.testing.assert_allclose(np.linalg.norm(t.centres[:, :2], axis=1), 0.75)
+    np.testing.assert_allclose(t.centres[:, 2:], 0.0)
+    # each sample belongs to its stratified mode; the spread is sigma in every coordinate
+    labels = np.arange(8000) % 8
+    resid = t.samples - t.centres[labels]
+    np.testing.assert_allclose(resid.std(axis=0), 0.075, rtol=0.05)
+
+
+def test_grid_target_geometry():
+    c = grid_centres(5, 0.5, 3)
+    assert c.shape == (25, 3)
+    np.testing.assert_allclose(sorted(set(np.round(c[:, 0], 12))), [-1.0, -0.5, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(c.mean(axis=0), 0.0, atol=1e-15)
+    np.testing.assert_allclose(ring_centres(4, 1.0, 2), [[1, 0], [0, 1], [-1, 0], [0, -1]], atol=1e-15)
+
+
+def test_file_target_and_file_init(tmp_path):
+    y = np.random.default_rng(0).normal(size=(50, 3))
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "x.npz", x=y[:10])
+    cfg = resolve_config(overrides=["target.kind=file", f"target.path={tmp_path / 'y.npy'}", "target.dim=3",
+                                    "particles.init=file", f"particles.init_path={tmp_path / 'x.npz'}",
+                                    "particles.n=10"])
+    t = make_target(cfg["target"], np.random.default_rng(0))
+    np.testing.assert_array_equal(t.samples, y)
+    np.testing.assert_array_equal(init_particles(cfg["particles"], 3, np.random.default_rng(0)), y[:10])
+
+
+def test_gaussian_init_statistics():
+    cfg = resolve_config(overrides=["particles.n=20000"])
+    x = init_particles(cfg["particles"], 2, np.random.default_rng(0))
+    np.testing.assert_allclose(x.std(axis=0), 0.1, rtol=0.03)
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=0.004)
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "does not exist"),
+    (np.array([1.0, 2.0]), "2-D"),
+    (np.zeros((0, 2)), "empty"),
+    (np.array([[1.0, np.nan]]), "NaN"),
+    (np.zeros((4, 3)), "columns"),
+    (np.array([["a", "b"]]), "must hold numbers"),
+    (np.array([[object(), 1]], dtype=object), "object"),
+    (b"not an npy file", "not a readable"),
+])
+def test_load_array_rejects_bad_files(tmp_path, content, fragment):
+    p = tmp_path / "bad.npy"
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    elif content is not None:
+        np.save(p, content, allow_pickle=True)
+    with pytest.raises(DataError) as err:
+        load_array(p, "target.path", ncols=2)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
