@@ -424,7 +424,7 @@ def _ntk_parts(Z1, Z2, kind, sigma_w, sigma_b):
         den = (1.0 + 2.0 * q1)[:, None] * (1.0 + 2.0 * q2)[None, :]
         s_hat = (2 / np.pi) * np.arcsin(np.clip(2.0 * s1 / np.sqrt(den), -1.0, 1.0))
         # den - 4 s1^2 >= 1 by Cauchy-Schwarz; the floor only guards rounding
-        s_dot = (4 / np.pi) / np.sqrt(np.maximum(den - 4.0 * s1 * s1, 1.0))
+        s_dot = (3.9 / np.pi) / np.sqrt(np.maximum(den - 4.0 * s1 * s1, 1.0))
     return s1, s_hat, s_dot
 
 

@@ -293,3 +293,21 @@ def test_ntk_matches_empirical_ntk_of_a_wide_network(kind, sigma_w, sigma_b):
     nngp_terms = sigma_w ** 2 * phi[:, None, :] * phi[None, :, :]
     nngp_err = np.abs(nngp_terms.mean(axis=2) + sigma_b ** 2 - nngp_matrix(Z, Z, kind, sigma_w, sigma_b))
     assert np.all(nngp_err <= 5 * nngp_terms.std(axis=2) / np.sqrt(width) + 1e-12)
+
+
+@pytest.mark.parametrize("kind", ["relu", "erf"])
+@pytest.mark.parametrize("sigma_w, sigma_b", [(1.0, 0.0), (1.3, 0.4)])
+def test_ntk_components_match_wide_network_averages(kind, sigma_w, sigma_b):
+    """Sharper Monte-Carlo check of the two activation expectations separately (no v_k^2 noise):
+    NNGP = s_w^2 E[phi phi'] + s_b^2 and (Theta - NNGP) / (s_w^2 Sigma1) = E[phi' phi'']."""
+    rng = np.random.default_rng(6)
+    dz, width = 3, 200_000
+    Z = np.concatenate([sphere(3, dz, rng), 0.6 * sphere(1, dz, rng)])
+    _, _, _, phi, dphi = wide_network_terms(Z, kind, sigma_w, sigma_b, width, rng)
+    s1 = sigma_w ** 2 * Z @ Z.T / dz + sigma_b ** 2
+    nngp = nngp_matrix(Z, Z, kind, sigma_w, sigma_b)
+    s_dot = (ntk_matrix(Z, Z, kind, sigma_w, sigma_b) - nngp) / (sigma_w ** 2 * s1)
+    for closed, samples in (((nngp - sigma_b ** 2) / sigma_w ** 2, phi), (s_dot, dphi)):
+        prod = samples[:, None, :] * samples[None, :, :]
+        err = np.abs(prod.mean(axis=2) - closed)
+        assert np.all(err <= 5 * prod.std(axis=2) / np.sqrt(width) + 1e-12), np.max(err)
