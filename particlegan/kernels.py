@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 # ------------------------------------------------------------------------------ specs ------
 
@@ -314,7 +314,6 @@ def kernel_parts(kernel: KernelSpec, r2, ab, aa, bb, d: int):
 def _as_points(X, what: str) -> np.ndarray:
     X = np.asarray(X)
     if X.ndim != 2:
-        from .errors import DataError
         raise DataError(f"{what} must be a 2-d array (n, d), got shape {X.shape}")
     return X
 
@@ -397,7 +396,6 @@ def _check_ntk_args(Z1, Z2, kind, sigma_w, sigma_b):
         raise ConfigError(f"NTK sigma_b must be >= 0, got {sigma_b!r}")
     Z1, Z2 = _as_points(Z1, "Z1"), _as_points(Z2, "Z2")
     if Z1.shape[1] != Z2.shape[1]:
-        from .errors import DataError
         raise DataError(f"latent codes have different dimensions: {Z1.shape[1]} and {Z2.shape[1]}")
     return Z1.astype(np.float64, copy=False), Z2.astype(np.float64, copy=False)
 
@@ -424,7 +422,7 @@ def _ntk_parts(Z1, Z2, kind, sigma_w, sigma_b):
         den = (1.0 + 2.0 * q1)[:, None] * (1.0 + 2.0 * q2)[None, :]
         s_hat = (2 / np.pi) * np.arcsin(np.clip(2.0 * s1 / np.sqrt(den), -1.0, 1.0))
         # den - 4 s1^2 >= 1 by Cauchy-Schwarz; the floor only guards rounding
-        s_dot = (3.9 / np.pi) / np.sqrt(np.maximum(den - 4.0 * s1 * s1, 1.0))
+        s_dot = (4 / np.pi) / np.sqrt(np.maximum(den - 4.0 * s1 * s1, 1.0))
     return s1, s_hat, s_dot
 
 

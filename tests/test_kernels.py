@@ -299,7 +299,8 @@ def test_ntk_matches_empirical_ntk_of_a_wide_network(kind, sigma_w, sigma_b):
 @pytest.mark.parametrize("sigma_w, sigma_b", [(1.0, 0.0), (1.3, 0.4)])
 def test_ntk_components_match_wide_network_averages(kind, sigma_w, sigma_b):
     """Sharper Monte-Carlo check of the two activation expectations separately (no v_k^2 noise):
-    NNGP = s_w^2 E[phi phi'] + s_b^2 and (Theta - NNGP) / (s_w^2 Sigma1) = E[phi' phi'']."""
+    NNGP = s_w^2 E[phi(h) phi(h~)] + s_b^2 and (Theta - NNGP) / (s_w^2 Sigma1) = E[phi'(h) phi'(h~)],
+    h, h~ the pre-activations at z, z~."""
     rng = np.random.default_rng(6)
     dz, width = 3, 200_000
     Z = np.concatenate([sphere(3, dz, rng), 0.6 * sphere(1, dz, rng)])

@@ -105,3 +105,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
                           "--no-plot"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "kill" / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
+
+
+def test_physics_sanity_default_ring_coverage_vs_collapse():
+    """Default config (ring, N = 256, universal kernel): phi = 0 covers all 8 modes with C ~ 0;
+    phi = 0.99 (same everything else) collapses: C near log 8 and most modes empty."""
+    free = simulate(resolve_config()).summary()
+    assert free["status"] == "ok"
+    assert free["modes_covered"] == 8 and free["collapse"] < 0.05 and free["hq_fraction"] > 0.7
+    locked = simulate(resolve_config(overrides=["generator.phi=0.99"])).summary()
+    assert locked["status"] == "ok"
+    assert locked["collapse"] > 1.0 and locked["modes_covered"] <= 2

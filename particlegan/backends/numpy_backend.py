@@ -93,12 +93,11 @@ def kernel_grad_sum(X, Y, w, kernel: KernelSpec) -> np.ndarray:
     X64, Y64, w64 = (a.astype(np.float64, copy=False) for a in (X, Y, w))
     x0 = anchor(kernel, d)
     out = np.empty((n, d))
-    shape_of = np.broadcast_shapes
     for rows in _row_blocks(n, Y.shape[0] * max(d, 1)):
         Xb = X64[rows]
         diff, r2, ab, aa, bb = _block_parts(Xb, Y64, kernel, x0)
         _, k_r2, k_ab, k_aa = kernel_parts(kernel, r2, ab, aa, bb, d)
-        shape = shape_of(r2.shape)
+        shape = r2.shape
         c_r2 = np.broadcast_to(k_r2, shape) * w64
         g = 2.0 * np.einsum("ij,ijk->ik", c_r2, diff)
         if np.ndim(k_ab) or k_ab != 0:
