@@ -130,6 +130,7 @@ def train_critic(model: Model, state: State, n_steps: int,
     fake = fake if fake is not None else cr.feature_batch(model.feature_map, state.x, model.backend)
     w = state.w
     opt = state.critic_opt
+    opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
     wd = model.cfg["critic"]["weight_decay"]
     for _ in range(n_steps):
         pen_batch = None
