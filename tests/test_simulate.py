@@ -128,3 +128,17 @@ def test_numpy_and_cpu_backends_give_the_same_run(extra):
     np.testing.assert_allclose(b.final_state.x, a.final_state.x, rtol=1e-8, atol=1e-10)
     for k in ("collapse", "mmd2", "critic_grad_norm", "radius_gyration"):
         np.testing.assert_allclose(b.series[k], a.series[k], rtol=1e-8, atol=1e-10)
+
+
+def test_cpu_backend_is_bitwise_identical_across_thread_counts(tmp_path):
+    """Same config + seed + backend: identical result.npz with 1 or 2 numba threads."""
+    args = [a for o in TINY + ["run.backend=cpu"] for a in ("--set", o)]
+    blobs = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "NUMBA_NUM_THREADS": threads}
+        out = tmp_path / f"t{threads}"
+        res = subprocess.run([sys.executable, "-m", "particlegan", "run", *args, "--out", str(out), "--no-plot"],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr
+        blobs.append((out / "result.npz").read_bytes())
+    assert blobs[0] == blobs[1]
