@@ -4,7 +4,11 @@ Measured operations, for X, Y of N = M points in R^d, weights w, sigma = 1:
 
 * ``kernel_sum``   out_i = sum_j w_j exp(-|x_i - y_j|^2 / (2 sigma^2))
 * ``kernel_grad``  out_i = sum_j w_j grad_1 k(x_i, y_j) = -sum_j w_j k_ij (x_i - y_j) / sigma^2
-* ``step``         simulator steps (rows supplied by hooks, see :data:`ROW_HOOKS`)
+* ``step``         outer steps per second of the simulator on the default model (8-mode ring,
+                   universal coupling, RFF critic, n_c = 5) at N = M = ``step_n``: critic update +
+                   particle forces + coupling, start-up critic steps and observables excluded
+                   (:func:`simulator_step_rows`); method ``numpy_broadcast`` is the numpy reference
+                   backend there, ``cpu`` / ``cuda`` the particlegan backends
 
 Methods: ``numpy_broadcast`` ((x_i - y_j) by broadcasting, row-chunked to cap memory),
 ``scipy_cdist`` (cdist 'sqeuclidean' + exp + matvec/matmul, row-chunked), ``cpu`` and ``cuda``
@@ -32,6 +36,7 @@ METHODS = ("numpy_broadcast", "scipy_cdist", "cpu", "cuda", "pykeops")
 FULL_SIZES = (1_000, 10_000, 30_000)
 QUICK_SIZES = (1_000, 3_000)
 DIMS = (2, 3, 16, 100)
+STEP_N = 10_000  # N = M of the simulator-step rows
 _CHUNK_ELEMS = 1 << 23  # cap of the (rows, m[, d]) temporaries of the numpy/scipy baselines (64 MB f64)
 
 # Hooks that contribute extra rows (e.g. simulator steps/s): callables f(quick: bool) -> iterable
@@ -156,7 +161,7 @@ def _best_time(fn, min_time: float, max_repeats: int) -> float:
 def run_benchmark(quick: bool = False, sizes: Iterable[int] | None = None, dims: Iterable[int] | None = None,
                   dtypes: Iterable[str] = ("float64",), methods: Iterable[str] | None = None,
                   ops: Iterable[str] = ("kernel_sum", "kernel_grad"), budget_s: float | None = None,
-                  extra_rows: Iterable[BenchRow] = (), seed: int = 0,
+                  extra_rows: Iterable[BenchRow] = (), seed: int = 0, step_n: int | None = None,
                   progress: Callable[[str], None] | None = None) -> list[BenchRow]:
     """Measure pair interactions per second of Gaussian kernel sums and gradients.
 
@@ -171,7 +176,10 @@ def run_benchmark(quick: bool = False, sizes: Iterable[int] | None = None, dims:
     ops : subset of ("kernel_sum", "kernel_grad").
     budget_s : skip a measurement whose estimated single-call time exceeds this (default 1 s quick,
         30 s otherwise); the estimate scales the method's last measured rate.
-    extra_rows : rows appended as they are (e.g. simulator steps/s); rows of :data:`ROW_HOOKS` too.
+    step_n : when set, also measure simulator steps/s at N = M = step_n
+        (:func:`simulator_step_rows`, on the numpy reference and the particlegan backends among
+        ``methods``, first dtype).
+    extra_rows : rows appended as they are; rows of :data:`ROW_HOOKS` too.
     progress : optional callable receiving one-line status messages.
 
     Returns
@@ -217,9 +225,40 @@ def run_benchmark(quick: bool = False, sizes: Iterable[int] | None = None, dims:
                         rows.append(BenchRow(op, meth, n, n, d, dt, rate[meth]))
                         if progress:
                             progress(f"{op} {meth} n={n} d={d} {dt}: {rate[meth]:.3g} pairs/s")
+    if step_n:
+        step_methods = [m for m in methods if m in ("numpy_broadcast", "cpu", "cuda")]
+        rows.extend(simulator_step_rows(step_n, step_methods, tuple(dtypes)[0], min_time=min_time,
+                                        max_repeats=3 if quick else 5, seed=seed))
     rows.extend(extra_rows)
     for hook in ROW_HOOKS:
         rows.extend(hook(quick))
+    return rows
+
+
+def simulator_step_rows(n: int = 10_000, methods: Iterable[str] = ("numpy_broadcast", "cpu"),
+                        dtype: str = "float64", min_time: float = 0.5, max_repeats: int = 5,
+                        seed: int = 0) -> list[BenchRow]:
+    """Outer steps per second of the default model at N = M = ``n`` on each backend.
+
+    ``methods`` name backends as in :data:`METHODS` ("numpy_broadcast" = the numpy backend).
+    One untimed step first (it also compiles), then the best of repeated single steps.
+    """
+    from . import dynamics as dyn
+    from .config import resolve_config
+
+    rows = []
+    for meth in methods:
+        backend = "numpy" if meth == "numpy_broadcast" else meth
+        cfg = resolve_config({}, [f"particles.n={n}", f"target.n_samples={n}", f"run.backend={backend}",
+                                  f"run.dtype={dtype}", "dynamics.critic_steps_startup=0"], seed=seed)
+        model, state = dyn.build_model(cfg)
+        state, _ = dyn.outer_step(model, state)  # warm-up (and compilation)
+        holder = [state]
+
+        def one_step():
+            holder[0], _ = dyn.outer_step(model, holder[0])
+        best = _best_time(one_step, min_time, max_repeats)
+        rows.append(BenchRow("step", meth, n, n, cfg["target"]["dim"], dtype, 1.0 / best))
     return rows
 
 

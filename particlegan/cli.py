@@ -297,9 +297,9 @@ def plot_run_cmd(run_dir, out_path):
 @user_errors_to_exit
 def bench(quick, csv_path):
     """Benchmark Gaussian kernel sums/gradients: pair interactions per second per method."""
-    from .bench import format_table, run_benchmark, write_csv
+    from .bench import STEP_N, format_table, run_benchmark, write_csv
 
-    rows = run_benchmark(quick=quick)
+    rows = run_benchmark(quick=quick, step_n=STEP_N)
     if csv_path:
         write_csv(rows, csv_path)
     click.echo(format_table(rows))

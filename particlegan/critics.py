@@ -87,8 +87,11 @@ def feature_batch(fm: FeatureMap, X: np.ndarray, backend) -> FeatureBatch:
 
 
 def feature_values_and_grads(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray):
-    """f(x) = psi w  (n,) and grad f(x) = (dpsi * w) A  (n, d)."""
-    return fb.psi @ w, (fb.dpsi * w) @ fm.A.astype(w.dtype, copy=False)
+    """f(x) = psi w  (n,) and grad f(x) = (dpsi * w) A = dpsi (w[:, None] * A)  (n, d).
+
+    The second form is one skinny GEMM over dpsi, without an (n, K) temporary.
+    """
+    return fb.psi @ w, fb.dpsi @ (w[:, None] * fm.A.astype(w.dtype, copy=False))
 
 
 def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam: float, form: str):
@@ -96,16 +99,20 @@ def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam: float, f
 
     With G_i = grad f(x_i) = A^T (dpsi_i * w):  d||G_i||^2/dw = 2 dpsi_i * (A G_i).
     form 'sq': P = lam mean ||G_i||^2;  'gp': P = lam mean (||G_i|| - 1)^2.
+    The weighted sum over samples of the rows dpsi_i * (A G_i) is evaluated as
+    sum_c A_kc (dpsi^T (c G))_kc: two skinny GEMMs over dpsi and no (n, K) temporaries.
     """
     A = fm.A.astype(w.dtype, copy=False)
-    G = (fb.dpsi * w) @ A                      # (n, d)
-    back = fb.dpsi * (G @ A.T)                 # (n, K): rows are (1/2) d||G_i||^2/dw
+    G = fb.dpsi @ (w[:, None] * A)             # (n, d)
+
+    def weighted_back(c):                      # sum_i c_i dpsi_i * (A G_i), shape (K,)
+        return np.einsum("kc,kc->k", A, fb.dpsi.T @ (c[:, None] * G))
     sq = np.einsum("ij,ij->i", G, G)
     if form == "sq":
-        return lam * sq.mean(), (2.0 * lam / len(sq)) * back.sum(axis=0)
+        return lam * sq.mean(), (2.0 * lam / len(sq)) * weighted_back(np.ones_like(sq))
     norm = np.sqrt(sq + 1e-12)
     coef = 2.0 * (norm - 1.0) / norm
-    return lam * np.mean((norm - 1.0) ** 2), (lam / len(sq)) * (coef @ back)
+    return lam * np.mean((norm - 1.0) ** 2), (lam / len(sq)) * weighted_back(coef)
 
 
 def feature_critic_objective(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, fake: FeatureBatch,

@@ -109,3 +109,18 @@ def test_script_runs_the_same_function(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "scipy_cdist" in proc.stdout
     assert {r.op for r in bench.read_csv(out)} == {"kernel_sum", "kernel_grad"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_simulator_step_rows_time_the_default_model(dtype):
+    rows = bench.simulator_step_rows(n=200, methods=("numpy_broadcast", "cpu"), dtype=dtype, min_time=0.0,
+                                     max_repeats=2)
+    assert [(r.op, r.method, r.n, r.m, r.d, r.dtype) for r in rows] == [
+        ("step", meth, 200, 200, 2, dtype) for meth in ("numpy_broadcast", "cpu")]
+    assert all(math.isfinite(r.pairs_per_s) and r.pairs_per_s > 0 for r in rows)
+
+
+def test_run_benchmark_adds_step_rows_for_backend_methods_only():
+    rows = bench.run_benchmark(quick=True, sizes=(30,), dims=(2,), methods=("scipy_cdist", "cpu"),
+                               ops=("kernel_sum",), step_n=150)
+    assert [(r.method, r.n) for r in rows if r.op == "step"] == [("cpu", 150)]

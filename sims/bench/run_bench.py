@@ -1,12 +1,12 @@
 """Run the pair-sum benchmark (same function as `particlegan bench`) and print its table.
 
 Usage: python sims/bench/run_bench.py [--quick] [--csv PATH] [--sizes 1000,10000] [--dims 2,3]
-       [--dtypes float64,float32] [--methods cpu,scipy_cdist]
+       [--dtypes float64,float32] [--methods cpu,scipy_cdist] [--step-n 10000]
 """
 import argparse
 import sys
 
-from particlegan.bench import format_table, run_benchmark, write_csv
+from particlegan.bench import STEP_N, format_table, run_benchmark, write_csv
 from particlegan.errors import ParticleGANError
 
 
@@ -26,10 +26,11 @@ def main(argv=None):
     parser.add_argument("--dims", type=_ints, default=None, help="dimensions d, comma separated")
     parser.add_argument("--dtypes", type=_names, default=("float64",), help="float64 and/or float32")
     parser.add_argument("--methods", type=_names, default=None, help="subset of the available methods")
+    parser.add_argument("--step-n", type=int, default=STEP_N, help="N = M of the simulator-step rows (0: skip)")
     args = parser.parse_args(argv)
     try:
         rows = run_benchmark(quick=args.quick, sizes=args.sizes, dims=args.dims, dtypes=args.dtypes,
-                             methods=args.methods)
+                             methods=args.methods, step_n=args.step_n)
         if args.csv:
             write_csv(rows, args.csv)
     except ParticleGANError as exc:
