@@ -66,7 +66,7 @@ def _format_summary(summary: dict, out_dir) -> str:
 def run(config, overrides, seed, backend, out_dir, no_plot, resume_dir):
     """Run one simulation from CONFIG (TOML, or a stored config.json; default: built-in defaults).
 
-    Exit status: 0 ok, 2 bad input, 3 the run diverged (NaN/inf; last finite state kept).
+    Exit status: 0 ok, 2 bad input, 3 the run diverged (NaN/inf or runaway; last good state kept).
     """
     from .config import config_hash
     from .progress import Reporter

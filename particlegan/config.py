@@ -179,6 +179,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dtype": Key("float64", "str", "floating point type", choices=("float64", "float32")),
         "checkpoint_every": Key(0, "int", "write a checkpoint every this many steps (0: never)",
                                 check=_nonneg),
+        "divergence_bound": Key(1e6, "float",
+                                "stop as diverged when max |x_i| exceeds this times (1 + max |y|) "
+                                "(runaway growth; 0: only NaN/inf)", check=_nonneg),
     },
 }
 

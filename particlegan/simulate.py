@@ -37,7 +37,8 @@ class SimResult:
 
     series : observable name -> (R,) array, plus "step" (R,) int array.
     snapshots : (S, N, d) particle positions at ``snapshot_steps``.
-    status : "ok" or "diverged";  diverged_step : first step whose update was non-finite.
+    status : "ok" or "diverged";  diverged_step : first step whose update was non-finite or ran
+        away (max |x_i| above ``run.divergence_bound`` (1 + max |y|));  diverged_reason : which.
     final_state : last finite :class:`particlegan.dynamics.State`.
     """
 
@@ -49,6 +50,7 @@ class SimResult:
     final_state: dyn.State
     model: dyn.Model
     diverged_step: int | None = None
+    diverged_reason: str | None = None
     wall_time: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -59,6 +61,7 @@ class SimResult:
         out["steps"] = int(self.steps)
         if self.diverged_step is not None:
             out["diverged_step"] = int(self.diverged_step)
+            out["diverged_reason"] = self.diverged_reason
         return out
 
 
@@ -72,7 +75,8 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     """Run the particle model described by the resolved config ``cfg``.
 
     Stops early with status "diverged" when an update produces NaN/inf in the particles or the
-    critic; the last finite state is kept (and recorded as the final row).
+    critic, or when the particles run away (max |x_i| > run.divergence_bound (1 + max |y|));
+    the last good state is kept (and recorded as the final row).
 
     With ``checkpoint_path`` and ``run.checkpoint_every`` > 0 a checkpoint is written atomically
     every that many steps; ``resume=True`` continues from it. A resumed run produces exactly the
@@ -99,14 +103,16 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
         snapshots, snapshot_taken = ck["snapshots"], ck["snapshot_taken"]
 
     def record(st: dyn.State, grad: np.ndarray) -> None:
-        obs = measure(st.x, model.target.centres, model.target.sigma, ocfg["hq_sigmas"], mmd_ref,
-                      model.backend, target_mean)
-        obs["critic_grad_norm"] = float(np.sqrt(np.mean(np.sum(grad.astype(np.float64) ** 2, axis=1))))
+        with np.errstate(over="ignore", invalid="ignore"):  # a last good state may be huge: inf, no warning
+            obs = measure(st.x, model.target.centres, model.target.sigma, ocfg["hq_sigmas"], mmd_ref,
+                          model.backend, target_mean)
+            obs["critic_grad_norm"] = float(np.sqrt(np.mean(np.sum(grad.astype(np.float64) ** 2, axis=1))))
         series["step"].append(st.step)
         for k in SERIES_KEYS:
             series[k].append(obs[k])
 
-    status, diverged_step = "ok", None
+    status, diverged_step, diverged_reason = "ok", None, None
+    bound = cfg["run"]["divergence_bound"] * (1.0 + float(np.max(np.abs(model.y))))
     reporter.start(total=steps, label="run")
     reporter.advance(state.step)
     while state.step < steps:
@@ -121,7 +127,10 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
         if state.step % every == 0:
             record(state, grad)
         if not dyn.state_is_finite(new_state) or not np.all(np.isfinite(grad)):
-            status, diverged_step = "diverged", state.step
+            status, diverged_step, diverged_reason = "diverged", state.step, "non-finite"
+            break
+        if bound > 0 and float(np.max(np.abs(new_state.x))) > bound:
+            status, diverged_step, diverged_reason = "diverged", state.step, "runaway"
             break
         state = new_state
         reporter.advance(1)
@@ -136,7 +145,8 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     arrays = {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in series.items()}
     return SimResult(series=arrays, snapshots=np.stack(snapshots), snapshot_steps=np.asarray(snapshot_taken),
                      status=status, steps=state.step, final_state=state, model=model,
-                     diverged_step=diverged_step, wall_time=time.perf_counter() - t0)
+                     diverged_step=diverged_step, diverged_reason=diverged_reason,
+                     wall_time=time.perf_counter() - t0)
 
 
 def restore_state(model: dyn.Model, fresh: dyn.State, ck: dict) -> dyn.State:
@@ -191,6 +201,7 @@ def write_run(res: SimResult, cfg: dict, out_dir: str | Path, plot: bool = True)
     }
     if res.diverged_step is not None:
         meta["diverged_step"] = res.diverged_step
+        meta["diverged_reason"] = res.diverged_reason
     atomic_write_json(out / "meta.json", meta)  # written last: its presence marks a finished run
     return summary
 
@@ -207,7 +218,9 @@ def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None,
     if not resume:
         atomic_write_bytes(out / "config.json", (canonical_json(cfg) + "\n").encode())
     ckpt = out / "checkpoint.npz"
-    res = simulate(cfg, reporter, checkpoint_path=ckpt, resume=resume)
+    # divergence is detected explicitly (NaN/inf, runaway): numpy's overflow warnings would be noise
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        res = simulate(cfg, reporter, checkpoint_path=ckpt, resume=resume)
     summary = write_run(res, cfg, out, plot=plot)
     if ckpt.exists():
         ckpt.unlink()

@@ -52,12 +52,22 @@ def test_same_seed_gives_bitwise_identical_results(tmp_path, extra):
     assert (tmp_path / "a" / "result.npz").read_bytes() != (tmp_path / "c" / "result.npz").read_bytes()
 
 
-def test_divergence_stops_with_last_finite_state():
-    res = simulate(tiny("dynamics.eta_d=1e6"))
-    assert res.status == "diverged"
+@pytest.mark.parametrize("bound, reason", [(1e6, "runaway"), (0.0, "non-finite")])
+def test_divergence_stops_with_last_good_state(bound, reason):
+    res = simulate(tiny("dynamics.eta_d=1e6", f"run.divergence_bound={bound}"))
+    assert res.status == "diverged" and res.diverged_reason == reason
     assert res.diverged_step is not None and res.steps == res.diverged_step
     assert np.all(np.isfinite(res.final_state.x))
-    assert res.summary()["status"] == "diverged"
+    if bound:  # the kept state is inside the bound: its observables are finite
+        assert np.max(np.abs(res.final_state.x)) <= bound * (1 + np.max(np.abs(res.model.y)))
+        assert all(np.all(np.isfinite(v)) for v in res.series.values())
+    summary = res.summary()
+    assert summary["status"] == "diverged" and summary["diverged_reason"] == reason
+
+
+def test_a_converging_run_is_not_flagged_as_runaway():
+    res = simulate(tiny())
+    assert res.status == "ok" and res.diverged_reason is None and "diverged_reason" not in res.summary()
 
 
 @pytest.mark.parametrize("extra", [[], ["critic.type=kernel", "loss.penalty=none", "critic.memory=2"],
