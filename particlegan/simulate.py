@@ -214,17 +214,36 @@ def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None,
     :func:`resume_run` when ``run.checkpoint_every`` > 0. The checkpoint is removed once the
     run's files are complete.
     """
+    from .errors import ParticleGANError
+
+    new_dirs = [p for p in (Path(out_dir), *Path(out_dir).parents) if not p.exists()]
     out = ensure_dir(out_dir)
     if not resume:
         atomic_write_bytes(out / "config.json", (canonical_json(cfg) + "\n").encode())
     ckpt = out / "checkpoint.npz"
-    # divergence is detected explicitly (NaN/inf, runaway): numpy's overflow warnings would be noise
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        res = simulate(cfg, reporter, checkpoint_path=ckpt, resume=resume)
+    try:
+        # divergence is detected explicitly (NaN/inf, runaway): numpy's overflow warnings would be noise
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            res = simulate(cfg, reporter, checkpoint_path=ckpt, resume=resume)
+    except ParticleGANError:
+        if not resume:  # bad input found while building the model: leave nothing behind
+            _remove_partial_run(out, new_dirs)
+        raise
     summary = write_run(res, cfg, out, plot=plot)
     if ckpt.exists():
         ckpt.unlink()
     return summary
+
+
+def _remove_partial_run(out: Path, new_dirs: list[Path]) -> None:
+    """Remove the config.json/checkpoint of a run that never started, and the folders made for it."""
+    for name in ("config.json", "checkpoint.npz"):
+        (out / name).unlink(missing_ok=True)
+    for d in new_dirs:  # deepest first
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def resume_run(run_dir: str | Path, reporter: Reporter | None = None, plot: bool = True) -> dict:

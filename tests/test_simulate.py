@@ -152,3 +152,21 @@ def test_cpu_backend_is_bitwise_identical_across_thread_counts(tmp_path):
         assert res.returncode == 0, res.stderr
         blobs.append((out / "result.npz").read_bytes())
     assert blobs[0] == blobs[1]
+
+
+@pytest.mark.parametrize("bad", ["object", "wrong_columns", "empty"])
+def test_bad_data_file_leaves_no_partial_run_directory(tmp_path, bad):
+    from click.testing import CliRunner
+
+    from particlegan.cli import main
+
+    arrays = {"object": np.array([{"a": 1}], dtype=object), "wrong_columns": np.zeros((5, 3)),
+              "empty": np.zeros((0, 2))}
+    path = tmp_path / f"{bad}.npy"
+    np.save(path, arrays[bad], allow_pickle=True)
+    (tmp_path / "keep").mkdir()
+    result = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "keep" / "new" / "run"), "--set",
+                                       "target.kind=file", "--set", f"target.path={path}", "--no-plot"])
+    assert result.exit_code == 2 and result.output.startswith("error:") and "Traceback" not in result.output
+    assert str(path.name) in result.output
+    assert list((tmp_path / "keep").iterdir()) == []  # the folders made for the run are gone too
