@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DataError
-from .targets import load_array
+from .storage import load_sample_array
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def make_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
                         sigma_w=float(gcfg["sigma_w"]), sigma_b=float(gcfg["sigma_b"]))
     # user matrix
     path = gcfg["matrix_path"]
-    k = load_array(path, "generator.matrix_path")
+    k = load_sample_array(path, "generator.matrix_path")
     if k.shape != (n, n):
         raise DataError(f"generator.matrix_path file '{path}' has shape {k.shape}, expected ({n}, {n})")
     if not np.allclose(k, k.T, rtol=1e-10, atol=1e-12 * np.abs(k).max()):

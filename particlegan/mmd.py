@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy.spatial.distance import cdist
 from scipy.special import ndtr
 
 from .errors import ConfigError, DataError
+from .storage import load_sample_array
 
 __all__ = [
     "mmd2_unbiased", "mmd2_ustat", "mmd2_biased", "mmd2_and_variance", "energy_distance",
@@ -407,67 +407,12 @@ def kid(real_features, fake_features, n_subsets: int = 100, subset_size: int = 1
 
 
 def load_feature_file(path) -> np.ndarray:
-    """Load a (n, d) feature matrix from ``.npy`` or ``.npz`` (first array) as float64.
+    """Load a (n, d) feature matrix (n >= 2) from ``.npy`` or ``.npz`` (first array) as float64.
 
-    Loaded with ``allow_pickle=False``. Accepted: a 2-D array of real numbers (float or integer
-    dtype) with >= 2 rows, >= 1 column and only finite values. Anything else raises DataError
-    naming the file and the problem.
-
-    Parameters
-    ----------
-    path : str or Path.
-
-    Returns
-    -------
-    (n, d) float64 array.
+    See :func:`particlegan.storage.load_sample_array` (allow_pickle=False; DataError naming the
+    file and the problem for anything but a finite 2-D real array).
     """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"feature file '{p}' does not exist")
-    if not p.is_file():
-        raise DataError(f"feature file '{p}' is not a regular file")
-    suffix = p.suffix.lower()
-    if suffix not in (".npy", ".npz"):
-        raise DataError(f"feature file '{p}' must be .npy or .npz, got '{p.suffix or '(no suffix)'}'")
-    # np.load treats a file without the npy/zip magic as a pickle; say "not numpy" instead
-    magic = b"\x93NUMPY" if suffix == ".npy" else b"PK"
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(len(magic))
-    except OSError as exc:
-        raise DataError(f"feature file '{p}' cannot be read: {exc.strerror or exc}") from None
-    if head != magic:
-        raise DataError(f"feature file '{p}' is not a readable numpy file (bad {suffix} header)")
-    try:
-        loaded = np.load(p, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                if not loaded.files:
-                    raise DataError(f"feature file '{p}' is an empty .npz archive")
-                arr = loaded[loaded.files[0]]
-        else:
-            arr = loaded
-    except DataError:
-        raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise DataError(f"feature file '{p}' holds an object array (pickled data is not loaded)") from None
-        raise DataError(f"feature file '{p}' is not a readable numpy file: {exc}") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"feature file '{p}' is not a readable numpy file: {exc}") from None
-    if arr.dtype == object:
-        raise DataError(f"feature file '{p}' holds an object array")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise DataError(f"feature file '{p}' must hold real numbers, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise DataError(f"feature file '{p}' must hold a 2-D (n_samples, dim) array, got ndim {arr.ndim} "
-                        f"(shape {arr.shape})")
-    if arr.shape[0] < 2 or arr.shape[1] < 1:
-        raise DataError(f"feature file '{p}' needs at least 2 rows and 1 column, got shape {arr.shape}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise DataError(f"feature file '{p}' contains NaN or infinite values")
-    return arr
+    return load_sample_array(path, "feature", min_rows=2)
 
 
 def kid_from_files(real_path, fake_path, n_subsets: int = 100, subset_size: int = 1000,

@@ -87,3 +87,61 @@ def versions() -> dict:
         "scipy": scipy.__version__,
         "python": platform.python_version(),
     }
+
+
+def load_sample_array(path: str | Path, what: str, ncols: int | None = None, min_rows: int = 1) -> np.ndarray:
+    """Load a 2-D array of samples (n, d) from ``.npy`` or ``.npz`` (its first array) as float64.
+
+    Loaded with ``allow_pickle=False``; a file without the npy/zip magic is refused before
+    ``np.load`` sees it (np.load would treat it as a pickle). Accepted: a 2-D array of real
+    numbers (float or integer dtype), at least ``min_rows`` rows, ``ncols`` columns when given,
+    only finite values. Anything else raises DataError naming ``what``, the file and the problem.
+    """
+    p = Path(path)
+    label = f"{what} file '{p}'"
+    if not p.exists():
+        raise DataError(f"{label} does not exist")
+    if not p.is_file():
+        raise DataError(f"{label} is not a regular file")
+    suffix = p.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise DataError(f"{label} must be .npy or .npz, got '{p.suffix or '(no suffix)'}'")
+    magic = b"\x93NUMPY" if suffix == ".npy" else b"PK"
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(len(magic))
+    except OSError as exc:
+        raise DataError(f"{label} cannot be read: {exc.strerror or exc}") from None
+    if head != magic:
+        raise DataError(f"{label} is not a readable numpy file (bad {suffix} header)")
+    try:
+        loaded = np.load(p, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if not loaded.files:
+                    raise DataError(f"{label} is an empty .npz archive")
+                arr = loaded[loaded.files[0]]
+        else:
+            arr = loaded
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise DataError(f"{label} holds an object array (pickled data is not loaded)") from None
+        raise DataError(f"{label} is not a readable numpy file: {exc}") from None
+    except Exception as exc:  # zip errors, truncated files
+        raise DataError(f"{label} is not a readable numpy file: {exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"{label} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise DataError(f"{label} must hold a 2-D (n_samples, dim) array, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"{label} is empty (shape {arr.shape})")
+    if arr.shape[0] < min_rows:
+        raise DataError(f"{label} needs at least {min_rows} rows, got shape {arr.shape}")
+    if ncols is not None and arr.shape[1] != ncols:
+        raise DataError(f"{label} has {arr.shape[1]} columns, expected d = {ncols}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{label} contains NaN or infinite values")
+    return arr

@@ -11,11 +11,11 @@ Particles start as a Gaussian at the origin (std 0.1, USD ``gauss`` source) or f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
+from .storage import load_sample_array
 
 
 @dataclass(frozen=True)
@@ -64,47 +64,6 @@ def sample_mixture(centres: np.ndarray, sigma: float, n: int, rng: np.random.Gen
     return centres[labels] + sigma * rng.standard_normal((n, d))
 
 
-def load_array(path: str | Path, what: str, ncols: int | None = None) -> np.ndarray:
-    """Load a 2-D float array from .npy/.npz (first array) safely; DataError on any problem."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{what} file '{p}' does not exist")
-    try:
-        with open(p, "rb") as fh:
-            magic = fh.read(6)
-    except OSError as exc:
-        raise DataError(f"{what} file '{p}' cannot be read: {exc.strerror or exc}") from None
-    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
-        raise DataError(f"{what} file '{p}' is not a readable .npy/.npz file")
-    try:
-        obj = np.load(p, allow_pickle=False)
-        if isinstance(obj, np.lib.npyio.NpzFile):
-            with obj:
-                if not obj.files:
-                    raise DataError(f"{what} file '{p}' holds no arrays")
-                arr = obj[obj.files[0]]
-        else:
-            arr = obj
-    except DataError:
-        raise
-    except ValueError as exc:
-        raise DataError(f"{what} file '{p}' holds an object array, which is refused (allow_pickle=False)") from None
-    except Exception as exc:  # zip errors, truncated files, not an npy at all
-        raise DataError(f"{what} file '{p}' is not a readable .npy/.npz file: {exc}") from None
-    if arr.dtype.kind not in "fiu":
-        raise DataError(f"{what} file '{p}' must hold numbers, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise DataError(f"{what} file '{p}' must hold a 2-D array (n, d), got shape {arr.shape}")
-    if arr.shape[0] < 1:
-        raise DataError(f"{what} file '{p}' is empty")
-    if ncols is not None and arr.shape[1] != ncols:
-        raise DataError(f"{what} file '{p}' has {arr.shape[1]} columns, expected d = {ncols}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise DataError(f"{what} file '{p}' contains NaN or inf")
-    return arr
-
-
 def make_target(tcfg: dict, rng: np.random.Generator) -> Target:
     """Build the target of config section ``target`` (see module docstring)."""
     dim = tcfg["dim"]
@@ -113,9 +72,7 @@ def make_target(tcfg: dict, rng: np.random.Generator) -> Target:
     elif tcfg["kind"] == "grid":
         centres = grid_centres(tcfg["grid_size"], tcfg["grid_spacing"], dim)
     else:
-        samples = load_array(tcfg["path"], "target.path", ncols=dim)
-        if samples.shape[0] < 2:
-            raise DataError(f"target.path file '{tcfg['path']}' needs at least 2 samples")
+        samples = load_sample_array(tcfg["path"], "target.path", ncols=dim, min_rows=2)
         return Target(samples=samples, centres=samples, sigma=float(tcfg["sigma"]))
     samples = sample_mixture(centres, tcfg["sigma"], tcfg["n_samples"], rng)
     return Target(samples=samples, centres=centres, sigma=float(tcfg["sigma"]))
@@ -125,7 +82,7 @@ def init_particles(pcfg: dict, dim: int, rng: np.random.Generator) -> np.ndarray
     """Initial particles x_i(0), shape (N, d): N(0, init_sigma^2 I) or loaded from a file."""
     n = pcfg["n"]
     if pcfg["init"] == "file":
-        x = load_array(pcfg["init_path"], "particles.init_path", ncols=dim)
+        x = load_sample_array(pcfg["init_path"], "particles.init_path", ncols=dim)
         if x.shape[0] != n:
             raise DataError(f"particles.init_path file '{pcfg['init_path']}' has {x.shape[0]} rows, "
                             f"expected particles.n = {n}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from particlegan.errors import DataError
-from particlegan.storage import atomic_save_npz, atomic_write_json, ensure_dir, npz_bytes
+from particlegan.storage import atomic_save_npz, atomic_write_json, ensure_dir, load_sample_array, npz_bytes
 
 
 def test_npz_is_deterministic_and_loadable(tmp_path):
@@ -41,3 +41,34 @@ def test_ensure_dir_errors(tmp_path):
     f.write_text("")
     with pytest.raises(DataError, match="cannot be created"):
         ensure_dir(f / "sub")
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "does not exist"),
+    (np.array([1.0, 2.0]), "2-D"),
+    (np.zeros((0, 2)), "empty"),
+    (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN"),
+    (np.zeros((4, 3)), "columns"),
+    (np.array([["a", "b"]]), "must hold real numbers"),
+    (np.array([[object(), 1]], dtype=object), "object"),
+    (b"not an npy file", "not a readable"),
+    (np.zeros((1, 2)), "at least 2 rows"),
+])
+def test_load_sample_array_rejects_bad_files(tmp_path, content, fragment):
+    p = tmp_path / "bad.npy"
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    elif content is not None:
+        np.save(p, content, allow_pickle=True)
+    with pytest.raises(DataError) as err:
+        load_sample_array(p, "target.path", ncols=2, min_rows=2)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_load_sample_array_reads_npy_and_first_npz_array(tmp_path):
+    a = np.arange(6, dtype=np.int32).reshape(3, 2)
+    np.save(tmp_path / "a.npy", a)
+    np.savez(tmp_path / "b.npz", first=a * 2, second=np.zeros(1))
+    got = load_sample_array(tmp_path / "a.npy", "x")
+    assert got.dtype == np.float64 and np.array_equal(got, a)
+    assert np.array_equal(load_sample_array(tmp_path / "b.npz", "x", ncols=2), a * 2)

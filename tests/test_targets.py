@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from particlegan.config import resolve_config
-from particlegan.errors import DataError
-from particlegan.targets import grid_centres, init_particles, load_array, make_target, ring_centres
+from particlegan.targets import grid_centres, init_particles, make_target, ring_centres
 
 
 @pytest.mark.parametrize("dim", [2, 3, 5])
@@ -44,24 +43,3 @@ def test_gaussian_init_statistics():
     x = init_particles(cfg["particles"], 2, np.random.default_rng(0))
     np.testing.assert_allclose(x.std(axis=0), 0.1, rtol=0.03)
     np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=0.004)
-
-
-@pytest.mark.parametrize("content,fragment", [
-    (None, "does not exist"),
-    (np.array([1.0, 2.0]), "2-D"),
-    (np.zeros((0, 2)), "empty"),
-    (np.array([[1.0, np.nan]]), "NaN"),
-    (np.zeros((4, 3)), "columns"),
-    (np.array([["a", "b"]]), "must hold numbers"),
-    (np.array([[object(), 1]], dtype=object), "object"),
-    (b"not an npy file", "not a readable"),
-])
-def test_load_array_rejects_bad_files(tmp_path, content, fragment):
-    p = tmp_path / "bad.npy"
-    if isinstance(content, bytes):
-        p.write_bytes(content)
-    elif content is not None:
-        np.save(p, content, allow_pickle=True)
-    with pytest.raises(DataError) as err:
-        load_array(p, "target.path", ncols=2)
-    assert fragment in str(err.value) and "\n" not in str(err.value)
