@@ -2,7 +2,8 @@
 
 A checkpoint (``checkpoint.npz``, written atomically, no pickles) holds the particle positions,
 the critic state (random-feature weights or the kernel critic's memory), the critic optimizer's
-state, the interpolate-noise generator state, the step counter, and the observables and
+state, the interpolate-noise generator state (neural model: also the generator parameters, the
+latents, the generator optimizer's state and the latent generator state), the step counter, and the observables and
 snapshots recorded so far. The static model is rebuilt from the stored config and seed.
 """
 from __future__ import annotations
@@ -32,8 +33,14 @@ def _split_state_dict(prefix: str, sd: dict, arrays: dict, scalars: dict) -> Non
 
 
 def save_checkpoint(path: str | Path, run_id: str, state, noise_rng: np.random.Generator,
-                    series: dict[str, list], snapshots: list, snapshot_taken: list) -> None:
-    """Atomically write the checkpoint of ``state`` (a :class:`particlegan.dynamics.State`)."""
+                    series: dict[str, list], snapshots: list, snapshot_taken: list,
+                    extra: tuple[dict, dict] | None = None) -> None:
+    """Atomically write the checkpoint of ``state`` (a :class:`particlegan.dynamics.State`).
+
+    ``extra`` = (arrays, JSON scalars) of an engine's own state (the neural model's generator
+    parameters, latents, generator optimizer ``gopt__*`` and latent RNG state; see
+    :func:`particlegan.neural_model.checkpoint_payload`), stored under their own names.
+    """
     arrays: dict[str, np.ndarray] = {"x": state.x}
     scalars: dict = {"run_id": run_id, "step": int(state.step),
                      "noise_rng": noise_rng.bit_generator.state}
@@ -49,6 +56,9 @@ def save_checkpoint(path: str | Path, run_id: str, state, noise_rng: np.random.G
     if snapshots:
         arrays["snapshots"] = np.stack(snapshots)
     arrays["snapshot_taken"] = np.asarray(snapshot_taken, dtype=np.int64)
+    if extra is not None:
+        arrays.update(extra[0])
+        scalars.update(extra[1])
     arrays[_JSON_KEY] = _json_bytes(scalars)
     atomic_save_npz(path, arrays)
 
@@ -67,6 +77,8 @@ def load_checkpoint(path: str | Path, run_id: str) -> dict:
     if scalars.get("run_id") != run_id:
         raise DataError(f"checkpoint '{p}' belongs to run {scalars.get('run_id')}, not {run_id}")
     opt = {k[len("opt__"):]: v for k, v in {**arrays, **scalars}.items() if k.startswith("opt__")}
+    gen_opt = {k[len("gopt__"):]: v for k, v in {**arrays, **scalars}.items()
+               if k.startswith("gopt__")}
     series = {k[len("series__"):]: list(v) for k, v in arrays.items() if k.startswith("series__")}
     return {
         "step": scalars["step"], "x": arrays["x"], "w": arrays.get("w"),
@@ -74,4 +86,7 @@ def load_checkpoint(path: str | Path, run_id: str) -> dict:
         "opt": opt, "noise_rng": scalars["noise_rng"], "series": series,
         "snapshots": list(arrays["snapshots"]) if "snapshots" in arrays else [],
         "snapshot_taken": [int(s) for s in arrays["snapshot_taken"]],
+        # neural model (absent for the particle model)
+        "theta_g": arrays.get("theta_g"), "z": arrays.get("z"), "gen_opt": gen_opt,
+        "latent_rng": scalars.get("latent_rng"),
     }

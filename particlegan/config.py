@@ -65,6 +65,51 @@ def _all_positive(vs):
     return None if len(vs) > 0 and all(v > 0 for v in vs) else "must be a non-empty list of numbers > 0"
 
 
+def _adam_betas(vs):
+    return None if len(vs) == 2 and all(0 <= v < 1 for v in vs) else "must be two numbers in [0, 1)"
+
+
+def _unit_interval_open_closed(v):
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _unit_interval_half_open(v):
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+def _optimizer_keys(who: str) -> dict[str, Key]:
+    """Optimizer option keys of one player section (read by optimizers.optimizer_from_config;
+    each applies only to the optimizers named in its doc, the others ignore it)."""
+    return {
+        "momentum": Key(0.9, "float", f"{who}: momentum coefficient mu (optimizer = momentum)",
+                        check=_unit_interval_half_open),
+        "nesterov": Key(False, "bool", f"{who}: Nesterov momentum (optimizer = momentum)"),
+        "betas": Key([0.9, 0.999], "floats", f"{who}: Adam (beta1, beta2) (optimizer = adam)",
+                     check=_adam_betas),
+        "amsgrad": Key(False, "bool", f"{who}: AMSGrad variant (optimizer = adam)"),
+        "adam_eps": Key(1e-8, "float", f"{who}: Adam epsilon (optimizer = adam)", check=_positive),
+        "adam_reset": Key(False, "bool", f"{who}: reset optimizer moments/directions at every "
+                          "outer step (USD's Adam re-created each step; any optimizer)"),
+        "cg_rule": Key("FR", "str", f"{who}: conjugate-gradient beta rule (optimizer = cg)",
+                       choices=("FR", "PRP", "HS", "DY", "HS_DY", "FR_PRP", "HZ")),
+        "cg_beta_scale": Key(1.0, "float", f"{who}: CG scale c, gamma = c beta (optimizer = cg)",
+                             check=_nonneg),
+        "cg_beta_clip": Key("default", "str", f"{who}: CG beta clip: default [0, 1/2], code "
+                            "(reference code: min(beta, 1/2) only), none (textbook)",
+                            choices=("default", "code", "none")),
+        "lr_schedule": Key("constant", "str", f"{who}: learning-rate rule: constant, diminishing "
+                           "lr/(n+1)^lr_power, inv_sqrt, inv lr/(n+1), step_decay "
+                           "lr lr_decay^(n // lr_every)",
+                           choices=("constant", "diminishing", "inv_sqrt", "inv", "step_decay")),
+        "lr_power": Key(0.5, "float", f"{who}: exponent of lr_schedule = diminishing",
+                        check=_unit_interval_open_closed),
+        "lr_decay": Key(0.9, "float", f"{who}: factor of lr_schedule = step_decay",
+                        check=_unit_interval_open_closed),
+        "lr_every": Key(10000, "int", f"{who}: period (steps) of lr_schedule = step_decay",
+                        check=_at_least(1)),
+    }
+
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "type": Key("particle", "str", "particle (effective model) or neural (MLP generator)",
@@ -115,8 +160,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "parameterization": Key("ntk", "str", "neural generator parameterisation",
                                 choices=("standard", "ntk")),
         "fresh_latents": Key(False, "bool", "neural generator: fresh latent minibatch every step"),
-        "optimizer": Key("sgd", "str", "neural generator optimizer",
+        "optimizer": Key("sgd", "str", "neural generator optimizer (learning rate dynamics.eta_g)",
                          choices=("sgd", "momentum", "adam", "cg")),
+        **_optimizer_keys("neural generator"),
     },
     "critic": {
         "type": Key("rff", "str", "critic (discriminator) model",
@@ -128,8 +174,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ridge": Key(0.0, "float", "kernel critic: RKHS ridge lambda_r (memory decay 1 - eta_d lambda_r)",
                      check=_nonneg),
         "weight_decay": Key(0.0, "float", "L2 decay on trainable critic parameters", check=_nonneg),
-        "optimizer": Key("sgd", "str", "critic optimizer (gradient ascent)",
+        "optimizer": Key("sgd", "str", "critic optimizer (gradient ascent, learning rate dynamics.eta_d)",
                          choices=("sgd", "momentum", "adam", "cg")),
+        **_optimizer_keys("critic"),
         "riesz_s": Key(1.0, "float", "riesz critic exponent s (default m - 1 = 1 in d = 2)",
                        check=_positive),
         "riesz_eps": Key(1e-3, "float", "riesz critic regularisation eps", check=_positive),
@@ -305,6 +352,9 @@ def _check_cross(cfg: dict) -> None:
     if gen["kernel"] == "matrix" and not gen["matrix_path"]:
         raise ConfigError("generator.matrix_path must be set when generator.kernel = 'matrix'")
     crit, loss = cfg["critic"], cfg["loss"]
+    if crit["type"] == "mlp" and cfg["model"]["type"] != "neural":
+        raise ConfigError("critic.type = 'mlp' needs model.type = 'neural' (the particle model's "
+                          "critics are rff, relu_features, kernel, mmd, energy, riesz)")
     if crit["type"] in ("kernel", "mmd", "energy", "riesz") and loss["penalty"] != "none":
         raise ConfigError(f"loss.penalty must be 'none' for critic.type = '{crit['type']}' "
                           "(a fixed-kernel critic has no trainable parameters to penalise)")

@@ -25,7 +25,7 @@ from .backends import get_backend
 from .coupling import Coupling, apply_coupling, make_coupling
 from .kernels import KernelSpec
 from .losses import Objective, objective_from_config, penalty_coefficient
-from .optimizers import make_optimizer
+from .optimizers import optimizer_from_config
 from .targets import Target, init_particles, make_target
 
 
@@ -77,8 +77,11 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
 
 
 def make_critic_optimizer(cfg: dict):
-    """Critic optimizer of ``critic.optimizer`` (gradient ascent, learning rate eta_D)."""
-    return make_optimizer(cfg["critic"]["optimizer"], lr=cfg["dynamics"]["eta_d"])
+    """Critic optimizer of ``critic.optimizer`` and the ``critic`` optimizer keys (momentum,
+    betas, cg_rule, lr_schedule, ...; see :func:`particlegan.optimizers.optimizer_from_config`),
+    learning rate eta_D = ``dynamics.eta_d``; used for gradient ascent."""
+    return optimizer_from_config(cfg["critic"], cfg["dynamics"]["eta_d"], "critic",
+                                 lr_key="dynamics.eta_d")
 
 
 def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None) -> tuple[Model, State]:

@@ -242,3 +242,124 @@ def two_layer_relu_constants(sigma_w: float = 1.0) -> dict:
     c = sigma_w ** 4 / 2.0
     return {"c": c, "g1": 2.0 * c, "g2": c / np.pi, "phi": 1.0 / (2.0 * np.pi),
             "slope_at_0": c}
+
+
+# ------------------------------------------------------------- the `ntk` command's logic ----
+def _two_layer_relu_applies(gcfg: dict) -> bool:
+    return (gcfg["depth"] == 1 and gcfg["activation"] == "relu"
+            and gcfg["parameterization"] == "ntk")
+
+
+def generator_ntk_report(cfg: dict, method: str = "layerwise") -> tuple[dict, np.ndarray]:
+    """Empirical NTK of a config's neural generator at initialisation on its fixed latents.
+
+    The generator and latents are exactly those of a ``model.type = "neural"`` run with the same
+    config and seed (:func:`particlegan.neural_model.build_model`: same random streams), so the
+    measured constants describe that run's generator at step 0.
+
+    Parameters
+    ----------
+    cfg : resolved config (``generator.*`` architecture, ``particles.n`` latents, ``run.seed``).
+    method : see :func:`empirical_ntk_scalar`.
+
+    Returns
+    -------
+    report : dict with the :func:`ntk_summary` constants (g1, g2, phi, offdiag_std,
+        offdiag_rel_spread, diag_std, n), the architecture (width, depth, latent_dim, latent,
+        activation, bias, parameterization, sigma_w, sigma_b, n_params), and, for a
+        one-hidden-layer ReLU generator in NTK parameterisation, ``closed_form``: the
+        infinite-width kernel of :func:`two_layer_relu_ntk` averaged the same way on the SAME
+        latents (g1, g2, phi; bias allowed), the relative errors of the measured g1 and g2
+        against it, and, without bias, ``sphere_limit``: the d_z -> infinity values on the sphere
+        (effective-gan-spec A2.3: g1 = sigma_w^4, g2 = sigma_w^4/(2 pi), phi = 1/(2 pi); they
+        assume latents on the sphere of radius sqrt(d_z) with overlaps u_ij -> 0, i.e. a large
+        latent_dim; Gaussian latents only approach them as their norms concentrate).
+    theta : (N, N) trace-normalised empirical NTK (float64).
+    """
+    from .dynamics import seed_streams
+    from .neural_model import draw_latents, make_generator
+
+    streams = seed_streams(cfg["run"]["seed"])
+    gen = make_generator(cfg, streams["coupling"], np.float64)
+    z = draw_latents(cfg, streams["particles"], np.float64)
+    theta = empirical_ntk_scalar(gen, z, method)
+    g = cfg["generator"]
+    report = dict(ntk_summary(theta))
+    report.update({"width": g["width"], "depth": g["depth"], "latent_dim": g["latent_dim"],
+                   "latent": g["latent"], "activation": g["activation"], "bias": g["bias"],
+                   "parameterization": g["parameterization"], "sigma_w": g["sigma_w"],
+                   "sigma_b": g["sigma_b"], "n_params": gen.n_params, "seed": cfg["run"]["seed"]})
+    if _two_layer_relu_applies(g):
+        sb = g["sigma_b"] if g["bias"] else 0.0
+        exact = ntk_summary(two_layer_relu_ntk(z, sigma_w=g["sigma_w"], sigma_b=sb))
+        closed = {k: exact[k] for k in ("g1", "g2", "phi")}
+        closed["rel_err_g1"] = report["g1"] / exact["g1"] - 1.0
+        closed["rel_err_g2"] = report["g2"] / exact["g2"] - 1.0 if exact["g2"] else math.nan
+        report["closed_form"] = closed
+        if not g["bias"]:
+            lim = two_layer_relu_constants(g["sigma_w"])
+            report["sphere_limit"] = {
+                "g1": lim["g1"], "g2": lim["g2"], "phi": lim["phi"],
+                "rel_err_g1": report["g1"] / lim["g1"] - 1.0,
+                "rel_err_g2": report["g2"] / lim["g2"] - 1.0}
+    return report, theta
+
+
+def particle_config_from_ntk(cfg: dict, report: dict, matrix_path: str | None = None) -> dict:
+    """Particle-model config equivalent to ``cfg``'s neural run, with the measured kernel.
+
+    ``model.type = "particle"``; ``generator.kernel = "universal"`` with g1 = report["g1"] and
+    phi = report["phi"] (g2 unset: derived), or, with ``matrix_path``, ``kernel = "matrix"``
+    reading the full (N, N) empirical NTK from that .npy. The normalisation is "ntk" (C = K/N),
+    which is what the neural generator's SGD step gives to first order in eta_G
+    (:mod:`particlegan.neural_model`), so dynamics.eta_g carries over unchanged.
+
+    Returns
+    -------
+    resolved config (ConfigError if the measured phi is outside the PSD range).
+    """
+    from .config import resolve_config
+
+    out = {sec: dict(vals) for sec, vals in cfg.items()}
+    out["model"]["type"] = "particle"
+    gen = out["generator"]
+    gen.update({"g1": float(report["g1"]), "phi": float(report["phi"]), "g2": None,
+                "normalization": "ntk"})
+    if matrix_path is not None:
+        gen.update({"kernel": "matrix", "matrix_path": str(matrix_path)})
+    else:
+        gen["kernel"] = "universal"
+    return resolve_config(out)
+
+
+def run_ntk(cfg: dict, out_path: str, matrix_path: str | None = None) -> dict:
+    """The ``particlegan ntk`` command: measure, write the particle config (TOML) and, with
+    ``matrix_path``, the full empirical NTK (.npy). Returns the report (plus ``config_path``
+    and ``matrix_path``)."""
+    from pathlib import Path
+
+    from .config import to_toml
+    from .errors import DataError
+    from .storage import atomic_write_bytes, ensure_dir
+
+    report, theta = generator_ntk_report(cfg)
+    if matrix_path is not None:
+        mp = Path(matrix_path)
+        if mp.suffix != ".npy":
+            raise DataError(f"--matrix '{mp}': the kernel is written as .npy")
+        ensure_dir(mp.parent)
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, theta, allow_pickle=False)
+        atomic_write_bytes(mp, buf.getvalue())
+    pcfg = particle_config_from_ntk(cfg, report, None if matrix_path is None else str(matrix_path))
+    op = Path(out_path)
+    ensure_dir(op.parent)
+    header = (f"# particle-model config from the empirical NTK of the neural generator\n"
+              f"# g1 = {report['g1']!r}, g2 = {report['g2']!r}, phi = {report['phi']!r}, "
+              f"offdiag_std = {report['offdiag_std']!r}\n")
+    atomic_write_bytes(op, (header + to_toml(pcfg)).encode())
+    report["config_path"] = str(op)
+    report["matrix_path"] = None if matrix_path is None else str(matrix_path)
+    return report

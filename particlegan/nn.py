@@ -19,8 +19,8 @@ Parameterisations (``parameterization``):
   c = sigma_b. The default sigma_w = 1 is used on *every* layer, including the linear output
   layer, so that the one-hidden-layer bias-free ReLU network on latents of norm sqrt(d_z) has
   NTK Theta^{mu nu}(z, z') = delta^{mu nu} (sigma_w^4 / 2) kappa(u) (see
-  :mod:`particlegan.empirical_ntk`); sigma_w = sqrt(2) (He scaling) would give exactly kappa(u)
-  for that net but is not the default. The default sigma_b = 1 only matters with ``bias=True``.
+  :mod:`particlegan.empirical_ntk`): g1 = sigma_w^4 = 1 by default; sigma_w = 2^(1/4) would
+  give exactly kappa(u) (g1 = kappa(1) = 2), He scaling sigma_w = sqrt(2) gives 2 kappa(u). The default sigma_b = 1 only matters with ``bias=True``.
 
 Parameters live in ONE flat vector ``MLP.theta`` (what optimizers and checkpoints see), laid
 out layer by layer as ``W_0`` (row-major), ``b_0``, ``W_1``, ``b_1``, ...; ``MLP.weight(k)`` and

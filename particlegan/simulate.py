@@ -85,7 +85,8 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     reporter = reporter or null_reporter()
     t0 = time.perf_counter()
     streams = dyn.seed_streams(cfg["run"]["seed"])
-    model, state = dyn.build_model(cfg, streams)
+    engine = simulation_engine(cfg)
+    model, state = engine.build_model(cfg, streams)
     ocfg = cfg["observables"]
     mmd_ref = make_mmd_reference(model.y, ocfg["mmd_sigma"], ocfg["mmd_samples"],
                                  streams["observables"], model.backend)
@@ -119,14 +120,16 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
         if ckpt_every and state.step % ckpt_every == 0 and state.step > 0 and not (
                 resume and state.step == ck["step"]):
             save_checkpoint(checkpoint_path, run_id, state, model.noise_rng, series, snapshots,
-                            snapshot_taken)
+                            snapshot_taken,
+                            extra=(engine.checkpoint_payload(model, state)
+                                   if hasattr(engine, "checkpoint_payload") else None))
         if state.step in snap_steps:
             snapshots.append(state.x.copy())
             snapshot_taken.append(state.step)
-        new_state, grad = dyn.outer_step(model, state)
+        new_state, grad = engine.outer_step(model, state)
         if state.step % every == 0:
             record(state, grad)
-        if not dyn.state_is_finite(new_state) or not np.all(np.isfinite(grad)):
+        if not engine.state_is_finite(new_state) or not np.all(np.isfinite(grad)):
             status, diverged_step, diverged_reason = "diverged", state.step, "non-finite"
             break
         if bound > 0 and float(np.max(np.abs(new_state.x))) > bound:
@@ -136,7 +139,7 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
         reporter.advance(1)
     reporter.finish()
     # final row: the last finite state, with the critic gradient at that state
-    _, grad = dyn.particle_forces(model, state)
+    _, grad = engine.particle_forces(model, state)
     if not series["step"] or series["step"][-1] != state.step:
         record(state, grad)
     if not snapshot_taken or snapshot_taken[-1] != state.step:
@@ -149,10 +152,22 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
                      wall_time=time.perf_counter() - t0)
 
 
+def simulation_engine(cfg: dict):
+    """Module implementing build_model / outer_step / particle_forces / state_is_finite for
+    ``model.type``: :mod:`particlegan.dynamics` (particle) or :mod:`particlegan.neural_model`."""
+    if cfg["model"]["type"] == "neural":
+        from . import neural_model
+
+        return neural_model
+    return dyn
+
+
 def restore_state(model: dyn.Model, fresh: dyn.State, ck: dict) -> dyn.State:
     """State of a checkpoint (``ck`` from :func:`load_checkpoint`) on the rebuilt ``model``."""
     from .critics import KernelCriticState
 
+    if simulation_engine(model.cfg) is not dyn:
+        return simulation_engine(model.cfg).restore_state(model, fresh, ck)
     model.noise_rng.bit_generator.state = ck["noise_rng"]
     kstate = None
     if ck["kernel_snapshots"] is not None:
@@ -174,6 +189,8 @@ def result_arrays(res: SimResult) -> dict[str, np.ndarray]:
     arrays["mode_centres"] = res.model.target.centres
     if res.final_state.w is not None:
         arrays["critic_weights"] = res.final_state.w
+    if getattr(res.final_state, "theta_g", None) is not None:  # neural generator parameters
+        arrays["generator_theta"] = res.final_state.theta_g
     return arrays
 
 

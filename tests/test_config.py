@@ -129,3 +129,9 @@ def test_default_config_is_a_fresh_copy():
     a = default_config()
     a["critic"]["mmd_sigmas"].append(9.0)
     assert default_config()["critic"]["mmd_sigmas"] == [0.2]
+
+
+def test_mlp_critic_needs_the_neural_model():
+    with pytest.raises(ConfigError, match="model.type"):
+        resolve_config(overrides=["critic.type=mlp"])
+    assert resolve_config(overrides=["critic.type=mlp", "model.type=neural"])["critic"]["type"] == "mlp"

@@ -98,7 +98,6 @@ def _gauss_value_grad_lowd(X, Yt, w, mix, out_v, out_g):
     n_items = (n + ROWS - 1) // ROWS
     for item in prange(n_items):
         r2 = np.empty(TILE)
-        kb = np.empty(TILE)
         gb = np.empty(TILE)
         g = np.empty(d)
         for i in range(item * ROWS, min(n, (item + 1) * ROWS)):

@@ -1,0 +1,193 @@
+"""(alpha_D, alpha_G)-GAN on the 8-Gaussian ring (losses-metrics-optim-spec Paper 3, 3.3-3.4),
+at laptop scale, with the neural engine of particlegan (model.type = "neural").
+
+Settings (paper 3.3 -> here):
+  target        8 Gaussians, radius 1, std 0.01                     -> same (M real samples, full batch)
+  G             2 -> 400 x 4 -> 2, ReLU, PyTorch init               -> 2 -> WIDTH_G x DEPTH_G -> 2, ReLU, standard init
+  D             2 -> 200 x 4 -> 1, LeakyReLU(0.2), logit            -> 2 -> WIDTH_D x DEPTH_D -> 1, LeakyReLU(0.2)
+  latents       z ~ N(0, I_2), batch 128                            -> same (fresh minibatch of N = 128 per step)
+  optimizer     Adam (0.9, 0.999), lr 1e-4 both, 1 D step / G step  -> Adam (0.9, 0.999), lr LR both, 1 D step
+  iterations    ~156k                                               -> STEPS
+  seeds         200                                                 -> SEEDS
+  evaluation    25,000 test latents (seed 1): modes with >= 1 HQ sample (within 3 std of the nearest
+                mode), HQ fraction; success = 8/8 modes, failure = 0/8  -> same metric on N_EVAL test latents
+
+Usage:  python sims/alpha_gan_ring/run_study.py [--quick] [--jobs 2] [--seeds 10] [--out DIR]
+Writes DIR/results.csv, DIR/results.md and figures/alpha_gan_ring.png (full run only).
+"""
+from __future__ import annotations
+
+import os
+
+# one BLAS thread per worker: the runs are parallel over seeds (oversubscription is very slow)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from particlegan import nn  # noqa: E402
+from particlegan.config import resolve_config  # noqa: E402
+from particlegan.neural_model import make_generator  # noqa: E402
+from particlegan.simulate import simulate  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FIG = HERE.parent.parent / "figures" / "alpha_gan_ring.png"
+
+# (label, loss overrides, paper success %, paper failure % (None: not reported))
+SETTINGS = [
+    ("vanilla (1,1) sat", ["loss.alpha_d=1", "loss.alpha_g=1", "loss.saturating=true"], 46, 30),
+    ("(0.3,1) sat", ["loss.alpha_d=0.3", "loss.alpha_g=1", "loss.saturating=true"], 87, 2),
+    ("(0.5,1) sat", ["loss.alpha_d=0.5", "loss.alpha_g=1", "loss.saturating=true"], 80, 4),
+    ("vanilla (1,1) NS", ["loss.alpha_d=1", "loss.alpha_g=1", "loss.saturating=false"], 22, 1),
+    ("(0.5,1.2) NS", ["loss.alpha_d=0.5", "loss.alpha_g=1.2", "loss.saturating=false"], 45, 0),
+]
+FULL = dict(width_g=64, depth_g=3, width_d=64, depth_d=3, steps=8000, lr=1e-3, batch=128,
+            n_real=256, n_eval=10000, seeds=8)
+QUICK = dict(width_g=16, depth_g=2, width_d=16, depth_d=2, steps=40, lr=1e-3, batch=32,
+             n_real=64, n_eval=500, seeds=2)
+
+
+def base_overrides(p: dict) -> list[str]:
+    return ["model.type=neural", f"particles.n={p['batch']}", "generator.fresh_latents=true",
+            "generator.latent=gaussian", "generator.latent_dim=2", f"generator.width={p['width_g']}",
+            f"generator.depth={p['depth_g']}", "generator.activation=relu", "generator.bias=true",
+            "generator.parameterization=standard", "critic.type=mlp", f"critic.width={p['width_d']}",
+            f"critic.depth={p['depth_d']}", "critic.activation=leaky_relu", "loss.kind=alpha",
+            "loss.penalty=none", "critic.optimizer=adam", "generator.optimizer=adam",
+            "critic.betas=[0.9, 0.999]", "generator.betas=[0.9, 0.999]",
+            f"dynamics.eta_d={p['lr']}", f"dynamics.eta_g={p['lr']}", "dynamics.critic_steps=1",
+            "dynamics.critic_steps_startup=0", "target.kind=ring", "target.modes=8", "target.radius=1",
+            "target.sigma=0.01", f"target.n_samples={p['n_real']}", f"run.steps={p['steps']}",
+            f"run.record_every={max(1, p['steps'] // 10)}", "observables.mmd_samples=200",
+            "observables.mmd_sigma=0.1", "observables.hq_sigmas=3"]
+
+
+def evaluate(cfg: dict, theta_g: np.ndarray, n_eval: int) -> dict:
+    """Paper metrics on n_eval test latents drawn once with seed 1 (shared by every run)."""
+    gen = make_generator(cfg, np.random.default_rng(0)).with_theta(theta_g)
+    z = np.random.default_rng(1).standard_normal((n_eval, 2))
+    x = nn.mlp_apply(gen, z)
+    angles = 2 * np.pi * np.arange(8) / 8
+    centres = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    d2 = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+    nearest = d2.argmin(1)
+    hq = np.sqrt(d2[np.arange(len(x)), nearest]) <= 3 * 0.01
+    modes = len(np.unique(nearest[hq]))
+    return {"modes": modes, "hqs": float(hq.mean()), "success": modes == 8, "failure": modes == 0,
+            "samples": x[:2000]}
+
+
+def one_run(args):
+    label, loss, seed, p = args
+    cfg = resolve_config(overrides=base_overrides(p) + loss, seed=seed)
+    t0 = time.perf_counter()
+    res = simulate(cfg)
+    ev = evaluate(cfg, res.final_state.theta_g, p["n_eval"])
+    ev.update(setting=label, seed=seed, status=res.status, seconds=time.perf_counter() - t0)
+    return ev
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    table = []
+    for label, _, ps, pf in SETTINGS:
+        r = [x for x in rows if x["setting"] == label]
+        table.append({"setting": label, "seeds": len(r),
+                      "success": np.mean([x["success"] for x in r]),
+                      "failure": np.mean([x["failure"] for x in r]),
+                      "mean_modes": np.mean([x["modes"] for x in r]),
+                      "mean_hqs": np.mean([x["hqs"] for x in r]),
+                      "diverged": sum(x["status"] != "ok" for x in r),
+                      "paper_success": ps, "paper_failure": pf})
+    return table
+
+
+def markdown(table: list[dict], p: dict) -> str:
+    lines = [f"Scale: G 2-{p['width_g']}x{p['depth_g']}-2, D 2-{p['width_d']}x{p['depth_d']}-1, "
+             f"batch {p['batch']}, {p['n_real']} real samples (full batch), Adam (0.9, 0.999) lr {p['lr']:g}, "
+             f"{p['steps']} iterations, {p['seeds']} seeds (0..{p['seeds'] - 1}), evaluation on "
+             f"{p['n_eval']} test latents. Paper: 400x4 / 200x4, lr 1e-4, ~156k iterations, 200 seeds, "
+             "25,000 test latents.", "",
+             "| setting | success (8/8) | failure (0/8) | mean modes | mean HQS | paper success | paper failure |",
+             "|---|---|---|---|---|---|---|"]
+    for t in table:
+        pf = "-" if t["paper_failure"] is None else f"{t['paper_failure']}%"
+        lines.append(f"| {t['setting']} | {100 * t['success']:.0f}% | {100 * t['failure']:.0f}% | "
+                     f"{t['mean_modes']:.2f} | {t['mean_hqs']:.3f} | {t['paper_success']}% | {pf} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows, table, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SETTINGS) + 1, figsize=(4 * (len(SETTINGS) + 1), 4))
+    ax = axes[0]
+    idx = np.arange(len(table))
+    ax.bar(idx - 0.3, [100 * t["success"] for t in table], 0.2, label="success (here)", color="C2")
+    ax.bar(idx - 0.1, [t["paper_success"] for t in table], 0.2, label="success (paper)", color="C2",
+           alpha=0.4)
+    ax.bar(idx + 0.1, [100 * t["failure"] for t in table], 0.2, label="failure (here)", color="C3")
+    ax.bar(idx + 0.3, [t["paper_failure"] or 0 for t in table], 0.2, label="failure (paper)",
+           color="C3", alpha=0.4)
+    ax.set_xticks(idx, [t["setting"] for t in table], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("% of seeds")
+    ax.legend(fontsize=7)
+    angles = 2 * np.pi * np.arange(8) / 8
+    for ax, (label, *_) in zip(axes[1:], SETTINGS):
+        r = [x for x in rows if x["setting"] == label][0]
+        ax.scatter(r["samples"][:, 0], r["samples"][:, 1], s=2, alpha=0.3)
+        ax.scatter(np.cos(angles), np.sin(angles), marker="x", color="k")
+        ax.set_xlim(-1.6, 1.6)
+        ax.set_ylim(-1.6, 1.6)
+        ax.set_aspect("equal")
+        ax.set_title(f"{label}, seed {r['seed']}: {r['modes']} modes", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny networks, 2 seeds, 40 steps (a smoke test)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--out", default=str(HERE))
+    a = ap.parse_args(argv)
+    p = dict(QUICK if a.quick else FULL)
+    if a.seeds:
+        p["seeds"] = a.seeds
+    if a.steps:
+        p["steps"] = a.steps
+    jobs = [(label, loss, seed, p) for label, loss, *_ in SETTINGS for seed in range(p["seeds"])]
+    if a.jobs <= 1:
+        rows = [one_run(j) for j in jobs]
+    else:
+        with mp.get_context("spawn").Pool(a.jobs) as pool:
+            rows = pool.map(one_run, jobs, chunksize=1)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["setting", "seed", "modes", "hqs", "success", "failure", "status", "seconds"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in w.fieldnames})
+    table = summarise(rows)
+    (out / "results.md").write_text(markdown(table, p))
+    figure(rows, table, out / "alpha_gan_ring.png" if a.quick else FIG)
+    sys.stdout.write(markdown(table, p))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
