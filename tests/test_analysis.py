@@ -124,7 +124,7 @@ def test_critical_penalties_follow_the_a29_formula():
     frozen = critical_penalties(resolve_config(cfg, ["generator.phi=1.0"]))
     assert math.isnan(frozen["rel"]) and frozen["cm"] > 0
     assert critical_penalties(resolve_config(cfg, ["loss.penalty=none"])) is None
-    assert critical_penalties(resolve_config(cfg, ["critic.type=kernel"])) is None
+    assert critical_penalties(resolve_config(cfg, ["generator.kernel=identity"])) is None
 
 
 def test_load_run_and_convergence_times_of_a_sweep(tmp_path):
