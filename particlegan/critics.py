@@ -27,6 +27,7 @@ plus (weight_decay/2) ||w||^2.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,17 @@ class FeatureBatch:
     psi: np.ndarray
     dpsi: np.ndarray
     mean_psi: np.ndarray
+
+
+def build_feature_critic(ccfg: dict, y: np.ndarray, backend, rng: np.random.Generator):
+    """Random-feature critic of config section ``critic`` (type rff / relu_features) in y's dtype.
+
+    Returns (feature map, features of the targets y (M, d), zero initial weights (K,)).
+    """
+    dtype = y.dtype
+    fmap = make_feature_map(ccfg["type"], ccfg["sigma"], ccfg["features"], y.shape[1], rng)
+    fmap = dataclasses.replace(fmap, A=fmap.A.astype(dtype), b=fmap.b.astype(dtype))
+    return fmap, feature_batch(fmap, y, backend), np.zeros(ccfg["features"], dtype=dtype)
 
 
 def feature_batch(fm: FeatureMap, X: np.ndarray, backend) -> FeatureBatch:

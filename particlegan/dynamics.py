@@ -97,11 +97,7 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     fmap = real = kern = None
     w = None
     if ctype in cr.FEATURE_CRITICS:
-        fmap = cr.make_feature_map(ctype, cfg["critic"]["sigma"], cfg["critic"]["features"],
-                                   cfg["target"]["dim"], streams["critic"])
-        fmap = dataclasses.replace(fmap, A=fmap.A.astype(dtype), b=fmap.b.astype(dtype))
-        real = cr.feature_batch(fmap, y, backend)
-        w = np.zeros(cfg["critic"]["features"], dtype=dtype)
+        fmap, real, w = cr.build_feature_critic(cfg["critic"], y, backend, streams["critic"])
     elif ctype in cr.KERNEL_CRITICS:
         kern = cr.critic_kernel(cfg["critic"])
     else:

@@ -174,11 +174,7 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
         net = make_critic_mlp(cfg, streams["critic"], dtype)
         w = net.theta.copy()
     elif ctype in cr.FEATURE_CRITICS:
-        fmap = cr.make_feature_map(ctype, cfg["critic"]["sigma"], cfg["critic"]["features"],
-                                   cfg["target"]["dim"], streams["critic"])
-        fmap = dataclasses.replace(fmap, A=fmap.A.astype(dtype), b=fmap.b.astype(dtype))
-        real = cr.feature_batch(fmap, y, backend)
-        w = np.zeros(cfg["critic"]["features"], dtype=dtype)
+        fmap, real, w = cr.build_feature_critic(cfg["critic"], y, backend, streams["critic"])
     else:
         kern = cr.critic_kernel(cfg["critic"])
     model = NeuralModel(cfg=cfg, target=target, y=y, generator=gen, critic_net=net,
