@@ -118,11 +118,8 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
 def train_critic(model: Model, state: State, n_steps: int,
                  fake: cr.FeatureBatch | None = None) -> State:
     """Run ``n_steps`` critic steps with the particles frozen at ``state.x``."""
-    dyn = model.cfg["dynamics"]
     if model.feature_map is None:
-        ccfg = model.cfg["critic"]
-        ks = cr.kernel_critic_update(state.kernel_state, state.x, max(n_steps, 1), dyn["eta_d"],
-                                     ccfg["ridge"], ccfg["memory"])
+        ks = cr.kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state

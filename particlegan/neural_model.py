@@ -248,11 +248,8 @@ def critic_objective(model: NeuralModel, w: np.ndarray, x: np.ndarray,
 
 def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> NeuralState:
     """Run ``n_steps`` critic steps with the generated points frozen at ``state.x``."""
-    dyn = model.cfg["dynamics"]
     if model.kernel is not None:
-        ccfg = model.cfg["critic"]
-        ks = cr.kernel_critic_update(state.kernel_state, state.x, max(n_steps, 1), dyn["eta_d"],
-                                     ccfg["ridge"], ccfg["memory"])
+        ks = cr.kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
