@@ -338,21 +338,33 @@ def add_convergence_times(rows: Sequence[dict], sweep_dir: str | Path, series: s
     return rows
 
 
-def critical_penalties(cfg: Mapping) -> dict[str, float] | None:
+def critical_penalties(cfg: Mapping, point_mass: float = 1.0) -> dict[str, float] | None:
     """Critical gradient-penalty strengths lambda_c of the centre-of-mass ("cm") and relative
-    ("rel") modes (effective-gan-spec A2.9) for a run's resolved config.
+    ("rel") modes (effective-gan-spec A2.9) for a run's resolved config [derived].
 
-    Uses :mod:`particlegan.stability`: kernel eigenvalues of the universal kernel (divided by N
-    under the NTK normalisation) and the random-feature curvature h = 1/sigma^2. A mode whose
-    rate kappa is not positive (phi = 1 freezes the relative mode) gets nan.
+    lambda_c,a = sqrt(eta_G kappa_a / (eta_D,eff h_eff)) (twice that for the half_lambda form),
+    with
+
+    * kappa_a the eigenvalues of the universal kernel, divided by N under the NTK normalisation;
+    * eta_D,eff = dynamics.critic_steps * dynamics.eta_d: the critic's learning "time" per
+      particle step (the A2.9 oscillator is written per unit time for both players);
+    * h_eff = point_mass * h, h = 1/sigma^2 the random-feature curvature. ``point_mass`` is the
+      target probability mass each particle's critic response sees: 1 when all data and
+      particles sit within one critic width (a single cluster, the spec's h), 1/N for N
+      isolated target points with one particle each (the expectations E_P, E_Q weight each point
+      by 1/N, so the critic's restoring rate per point is eta_D h / N).
+
+    A mode whose rate kappa is not positive (phi = 1 freezes the relative mode) gets nan.
 
     Returns None where the linear theory does not apply: a kernel other than the universal
-    one, a critic other than the random-feature ones (rff, relu_features), or no gradient
-    penalty.
+    one, a critic other than the random-feature ones (rff, relu_features) or not trained by
+    plain SGD, or no gradient penalty.
     """
     gen, crit, loss, dyn = cfg["generator"], cfg["critic"], cfg["loss"], cfg["dynamics"]
-    if gen["kernel"] != "universal" or loss["penalty"] == "none":
+    if gen["kernel"] != "universal" or loss["penalty"] == "none" or crit.get("optimizer", "sgd") != "sgd":
         return None
+    if not (point_mass > 0 and math.isfinite(point_mass)):
+        raise DataError(f"point_mass must be a positive number, got {point_mass!r}")
     from .stability import critical_penalty, kernel_eigenvalues, relu_feature_curvature, rff_curvature
 
     if crit["type"] == "rff":
@@ -365,9 +377,11 @@ def critical_penalties(cfg: Mapping) -> dict[str, float] | None:
     g1 = gen["g1"]
     g2 = gen["g2"] if gen["g2"] is not None else gen["phi"] * g1
     norm = n if gen["normalization"] == "ntk" else 1.0
+    eta_d_eff = dyn["critic_steps"] * dyn["eta_d"]
     out = {}
     for mode, eigenvalue in zip(("cm", "rel"), kernel_eigenvalues(g1, g2, n)):
         kappa = eigenvalue / norm
-        out[mode] = (float(critical_penalty(dyn["eta_g"], dyn["eta_d"], kappa, h, loss["penalty_form"]))
+        out[mode] = (float(critical_penalty(dyn["eta_g"], eta_d_eff, kappa, point_mass * h,
+                                            loss["penalty_form"]))
                      if kappa > 0 else math.nan)
     return out

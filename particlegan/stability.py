@@ -36,7 +36,7 @@ from .errors import ConfigError
 __all__ = [
     "SYMBOL_KERNELS", "fourier_symbol", "dispersion_relation", "kernel_eigenvalues", "timescale_ratio",
     "critical_penalty", "critical_penalty_ratio", "damping_ratio", "oscillator_eigenvalues",
-    "linear_system_matrix", "rbf_curvature", "rff_curvature", "relu_feature_curvature",
+    "linear_system_matrix", "mode_trajectory", "rbf_curvature", "rff_curvature", "relu_feature_curvature",
     "feature_curvature_matrix",
 ]
 
@@ -405,6 +405,49 @@ def linear_system_matrix(lam: float, eta_g: float, eta_d: float, kappa: float, h
     c = _damping_factor(convention)
     _check_rates(eta_g=eta_g, eta_d=eta_d, kappa=kappa, h=h)
     return np.array([[0.0, eta_g * kappa], [-eta_d * h, -c * lam * eta_d * h]])
+
+
+def mode_trajectory(lam: float, eta_g: float, eta_d: float, kappa: float, h: float, steps: int,
+                    critic_steps: int = 1, convention: str = "lambda",
+                    update: str = "alternating") -> np.ndarray:
+    """Error e_t / e_0 of one mode under the *discrete* linearised simulator (A2.9) [derived].
+
+    The exact linearisation of :func:`particlegan.dynamics.outer_step` with an SGD critic:
+    every outer step first runs ``critic_steps`` critic updates
+    ``v <- v - eta_D h (e + c lam v)`` (particles frozen), then moves the particles
+    ``e <- e + eta_G kappa v`` with the updated critic ("alternating"; "simultaneous" moves the
+    particles with the critic of the start of the step). Starts from (e, v) = (1, 0).  Its
+    continuous-time limit is :func:`linear_system_matrix` with eta_D -> critic_steps * eta_D.
+
+    Parameters
+    ----------
+    lam, eta_g, eta_d, kappa, h, convention : as in :func:`linear_system_matrix`.
+    steps : number of outer steps.  critic_steps : critic updates n_c per outer step.
+
+    Returns
+    -------
+    (steps + 1,) array of e_t for t = 0 .. steps.
+    """
+    c = _damping_factor(convention)
+    _check_rates(eta_g=eta_g, eta_d=eta_d, kappa=kappa, h=h)
+    if update not in ("alternating", "simultaneous"):
+        raise ConfigError(f"update must be 'alternating' or 'simultaneous', got {update!r}")
+    # one outer step is linear in (e, v): build its 2x2 matrix once
+    critic = np.array([[1.0, 0.0], [-eta_d * h, 1.0 - c * lam * eta_d * h]])
+    critic_n = np.linalg.matrix_power(critic, int(critic_steps))
+    move = np.array([[1.0, eta_g * kappa], [0.0, 1.0]])
+    if update == "alternating":
+        step = move @ critic_n
+    else:  # particles use v of the start of the step, critic trains at the old e
+        step = np.array([[1.0, eta_g * kappa], [0.0, 0.0]]) + np.array([[0.0, 0.0], [0.0, 1.0]]) @ critic_n
+    out = np.empty(int(steps) + 1)
+    state = np.array([1.0, 0.0])
+    out[0] = 1.0
+    with np.errstate(over="ignore", invalid="ignore"):  # an unstable critic step grows to inf
+        for t in range(1, int(steps) + 1):
+            state = step @ state
+            out[t] = state[0]
+    return out
 
 
 def rbf_curvature(sigma: float) -> float:

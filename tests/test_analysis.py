@@ -117,8 +117,16 @@ def test_critical_penalties_follow_the_a29_formula():
                                     "generator.phi=0.5", "critic.sigma=0.2"])
     lam = critical_penalties(cfg)
     kappa_cm, kappa_rel = (1 + 99 * 0.5) / 100, 0.5 / 100
-    assert lam["cm"] == pytest.approx(0.2 * math.sqrt(0.01 * kappa_cm / 0.1))
-    assert lam["rel"] == pytest.approx(0.2 * math.sqrt(0.01 * kappa_rel / 0.1))
+    n_c = cfg["dynamics"]["critic_steps"]  # the critic learns n_c * eta_D per particle step
+    assert lam["cm"] == pytest.approx(0.2 * math.sqrt(0.01 * kappa_cm / (n_c * 0.1)))
+    assert lam["rel"] == pytest.approx(0.2 * math.sqrt(0.01 * kappa_rel / (n_c * 0.1)))
+    one_step = critical_penalties(resolve_config(cfg, ["dynamics.critic_steps=1"]))
+    assert one_step["cm"] == pytest.approx(math.sqrt(n_c) * lam["cm"])
+    isolated = critical_penalties(cfg, point_mass=1 / 100)  # h_eff = h / N
+    assert isolated["rel"] == pytest.approx(10 * lam["rel"])
+    assert critical_penalties(resolve_config(cfg, ["critic.optimizer=adam"])) is None
+    with pytest.raises(DataError, match="point_mass"):
+        critical_penalties(cfg, point_mass=0.0)
     half = critical_penalties(resolve_config(cfg, ["loss.penalty_form=half_lambda"]))
     assert half["cm"] == pytest.approx(2 * lam["cm"])
     frozen = critical_penalties(resolve_config(cfg, ["generator.phi=1.0"]))

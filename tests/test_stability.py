@@ -280,6 +280,38 @@ def test_oscillator_eigenvalues_and_damping_ratio(convention, c):
         st.critical_penalty(1, 1, 1, 1, convention="quarter")
 
 
+@pytest.mark.parametrize("update", ["alternating", "simultaneous"])
+def test_mode_trajectory_iterates_the_scalar_recurrence(update):
+    """The 2x2 step matrix equals n_c critic updates then one particle move, written out here
+    as scalar loops."""
+    lam, eta_g, eta_d, kappa, h, n_c, steps = 0.3, 0.2, 0.05, 0.4, 3.0, 4, 60
+    e, v, ref = 1.0, 0.0, [1.0]
+    for _ in range(steps):
+        e_old, v_old = e, v
+        for _ in range(n_c):
+            v = v - eta_d * h * ((e_old if update == "simultaneous" else e) + 2 * lam * v)
+        e = e_old + eta_g * kappa * (v_old if update == "simultaneous" else v)
+        ref.append(e)
+    got = st.mode_trajectory(lam, eta_g, eta_d, kappa, h, steps, critic_steps=n_c, update=update)
+    assert np.allclose(got, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_mode_trajectory_tends_to_the_continuous_oscillator():
+    """Small steps: the discrete map approaches exp(A t) of linear_system_matrix with
+    eta_D -> n_c eta_D (error O(step size))."""
+    from scipy.linalg import expm
+
+    lam, kappa, h, n_c = 0.5, 1.0, 2.0, 5
+    for scale, tol in ((1e-2, 2e-2), (1e-3, 2e-3)):
+        eta_g, eta_d = scale, 0.5 * scale
+        steps = int(round(40 / scale))
+        e = st.mode_trajectory(lam, eta_g, eta_d, kappa, h, steps, critic_steps=n_c)
+        A = st.linear_system_matrix(lam, eta_g, n_c * eta_d, kappa, h)
+        t = np.arange(0, steps + 1, steps // 20)
+        exact = np.array([expm(A * k)[0, 0] for k in t])
+        assert np.max(np.abs(e[t] - exact)) < tol
+
+
 def test_rbf_curvature_is_mixed_second_derivative_of_kernel():
     sigma, d, step = 0.7, 2, 1e-4
     y = np.array([0.3, -0.2])
