@@ -3,8 +3,9 @@
 A checkpoint (``checkpoint.npz``, written atomically, no pickles) holds the particle positions,
 the critic state (random-feature weights or the kernel critic's memory), the critic optimizer's
 state, the interpolate-noise generator state (neural model: also the generator parameters, the
-latents, the generator optimizer's state and the latent generator state), the step counter, and the observables and
-snapshots recorded so far. The static model is rebuilt from the stored config and seed.
+latents, the generator optimizer's state and the latent generator state), the step counter, the
+learning-rate factor ``lr_scale`` and the KID learning-rate schedule's state (``sched__*``), the
+observables random stream (KID subsets), and the observables and snapshots recorded so far. The static model is rebuilt from the stored config and seed.
 """
 from __future__ import annotations
 
@@ -34,16 +35,24 @@ def _split_state_dict(prefix: str, sd: dict, arrays: dict, scalars: dict) -> Non
 
 def save_checkpoint(path: str | Path, run_id: str, state, noise_rng: np.random.Generator,
                     series: dict[str, list], snapshots: list, snapshot_taken: list,
-                    extra: tuple[dict, dict] | None = None) -> None:
+                    extra: tuple[dict, dict] | None = None, schedule: dict | None = None,
+                    observables_rng: np.random.Generator | None = None) -> None:
     """Atomically write the checkpoint of ``state`` (a :class:`particlegan.dynamics.State`).
 
     ``extra`` = (arrays, JSON scalars) of an engine's own state (the neural model's generator
     parameters, latents, generator optimizer ``gopt__*`` and latent RNG state; see
     :func:`particlegan.neural_model.checkpoint_payload`), stored under their own names.
+    ``schedule``: a learning-rate schedule's ``state_dict()`` (stored as ``sched__*``);
+    ``observables_rng``: the observables stream (KID subset draws). ``state.lr_scale`` is stored.
     """
     arrays: dict[str, np.ndarray] = {"x": state.x}
     scalars: dict = {"run_id": run_id, "step": int(state.step),
-                     "noise_rng": noise_rng.bit_generator.state}
+                     "noise_rng": noise_rng.bit_generator.state,
+                     "lr_scale": float(getattr(state, "lr_scale", 1.0))}
+    if observables_rng is not None:
+        scalars["observables_rng"] = observables_rng.bit_generator.state
+    if schedule is not None:
+        _split_state_dict("sched__", schedule, arrays, scalars)
     if state.w is not None:
         arrays["w"] = state.w
     if state.kernel_state is not None:
@@ -79,11 +88,14 @@ def load_checkpoint(path: str | Path, run_id: str) -> dict:
     opt = {k[len("opt__"):]: v for k, v in {**arrays, **scalars}.items() if k.startswith("opt__")}
     gen_opt = {k[len("gopt__"):]: v for k, v in {**arrays, **scalars}.items()
                if k.startswith("gopt__")}
+    sched = {k[len("sched__"):]: v for k, v in {**arrays, **scalars}.items() if k.startswith("sched__")}
     series = {k[len("series__"):]: list(v) for k, v in arrays.items() if k.startswith("series__")}
     return {
         "step": scalars["step"], "x": arrays["x"], "w": arrays.get("w"),
         "kernel_snapshots": arrays.get("kernel_snapshots"), "kernel_coefs": arrays.get("kernel_coefs"),
         "opt": opt, "noise_rng": scalars["noise_rng"], "series": series,
+        "lr_scale": float(scalars.get("lr_scale", 1.0)), "schedule": sched,
+        "observables_rng": scalars.get("observables_rng"),
         "snapshots": list(arrays["snapshots"]) if "snapshots" in arrays else [],
         "snapshot_taken": [int(s) for s in arrays["snapshot_taken"]],
         # neural model (absent for the particle model)

@@ -232,7 +232,7 @@ _WHERE = click.option("--where", multiple=True, metavar="SECTION.KEY=VALUE",
 
 
 @plot.command("phase")
-@click.argument("sweep_dir", metavar="DIR")
+@click.argument("sweep_dirs", metavar="DIR [DIR...]", nargs=-1, required=True)
 @click.option("--x", "x_key", required=True, metavar="KEY", help="Swept key on the x axis.")
 @click.option("--y", "y_key", required=True, metavar="KEY", help="Swept key on the y axis.")
 @click.option("--z", "z_key", default="collapse", show_default=True, metavar="OBSERVABLE",
@@ -243,14 +243,19 @@ _WHERE = click.option("--where", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Level of the transition contour (default: midway between min and max).")
 @_WHERE
 @click.option("--no-theory", is_flag=True, help="Leave out the lambda_c lines of the linear theory.")
+@click.option("--label", "labels", multiple=True, metavar="TEXT",
+              help="Panel title per DIR, in order (default: each sweep's critic).")
 @click.option("--out", "out_path", default=None, metavar="PNG", help="Default: DIR/phase_<z>.png.")
 @user_errors_to_exit
-def plot_phase_cmd(sweep_dir, x_key, y_key, z_key, log_x, log_y, level, where, no_theory, out_path):
-    """Phase diagram: seed-averaged OBSERVABLE over two swept keys, with the transition contour."""
+def plot_phase_cmd(sweep_dirs, x_key, y_key, z_key, log_x, log_y, level, where, no_theory, labels, out_path):
+    """Phase diagram: seed-averaged OBSERVABLE over two swept keys, with the transition contour.
+
+    Several sweep directories (e.g. the same grid with two critic types) give side-by-side
+    panels with one colour scale and one transition level."""
     from .plotting import phase_plot
 
-    _echo_figure(*phase_plot(sweep_dir, x_key, y_key, z_key, log_x, log_y, level, where, out_path,
-                             theory=not no_theory))
+    _echo_figure(*phase_plot(list(sweep_dirs), x_key, y_key, z_key, log_x, log_y, level, where, out_path,
+                             theory=not no_theory, labels=labels))
 
 
 @plot.command("lines")

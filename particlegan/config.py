@@ -69,6 +69,10 @@ def _adam_betas(vs):
     return None if len(vs) == 2 and all(0 <= v < 1 for v in vs) else "must be two numbers in [0, 1)"
 
 
+def _unit_closed(v):
+    return None if 0 <= v <= 1 else "must be in [0, 1]"
+
+
 def _unit_interval_open_closed(v):
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
@@ -166,7 +170,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "critic": {
         "type": Key("rff", "str", "critic (discriminator) model",
-                    choices=("rff", "relu_features", "kernel", "mmd", "energy", "riesz", "mlp")),
+                    choices=("rff", "relu_features", "kernel", "mmd", "energy", "riesz", "mlp",
+                             "learned_features")),
         "sigma": Key(0.2, "float", "RBF width of the random-feature / kernel critic", check=_positive),
         "features": Key(512, "int", "number K of random features", check=_at_least(1)),
         "memory": Key(0, "int", "kernel critic: past particle snapshots kept (0 = current witness)",
@@ -182,10 +187,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "riesz_eps": Key(1e-3, "float", "riesz critic regularisation eps", check=_positive),
         "mmd_sigmas": Key([0.2], "floats", "mmd critic: Gaussian widths of the mixture",
                           check=_all_positive),
-        "width": Key(128, "int", "mlp critic: hidden width", check=_at_least(1)),
-        "depth": Key(2, "int", "mlp critic: hidden layers", check=_at_least(1)),
-        "activation": Key("relu", "str", "mlp critic activation",
+        "width": Key(128, "int", "mlp / learned_features critic: hidden width", check=_at_least(1)),
+        "depth": Key(2, "int", "mlp / learned_features critic: hidden layers", check=_at_least(1)),
+        "activation": Key("relu", "str", "mlp / learned_features critic activation",
                           choices=("relu", "leaky_relu", "tanh")),
+        "feature_dim": Key(2, "int", "learned_features critic: feature-space dimension m",
+                           check=_at_least(1)),
+        "feature_kernel": Key("gaussian", "str", "learned_features critic: feature-space kernel "
+                              "(gaussian: widths mmd_sigmas; riesz: riesz_s, riesz_eps)",
+                              choices=("gaussian", "energy", "riesz")),
+        "beta": Key(0.0, "float", "learned_features critic: weight of the stabilising term "
+                    "[derived construction; beta > 1 removes the linear instability; 0: off]",
+                    check=_nonneg),
+        "stabilizer": Key("real", "str", "learned_features critic: stabilising self-interaction on "
+                          "the target features (real) or on both feature clouds (symmetric)",
+                          choices=("real", "symmetric")),
     },
     "loss": {
         "kind": Key("ipm", "str", "objective",
@@ -215,6 +231,33 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mmd_samples": Key(1000, "int", "target samples used for the recorded MMD^2",
                            check=_at_least(2)),
         "hq_sigmas": Key(3.0, "float", "high-quality radius in units of target.sigma", check=_positive),
+        "kid": Key(False, "bool", "record the KID (P1.5: cubic polynomial kernel, gamma = 1/d, on the "
+                   "raw positions: particles as fake, target samples as real features) as series "
+                   "kid and kid_std (absent when false)"),
+        "kid_subsets": Key(10, "int", "KID: number of random subsets (drawn from the observables "
+                           "random stream)", check=_at_least(1)),
+        "kid_subset_size": Key(200, "int", "KID: rows per subset, capped at min(particles.n, "
+                               "target.n_samples)", check=_at_least(2)),
+    },
+    "schedule": {
+        "kind": Key("none", "str", "learning-rate schedule of the run: none, or kid (KID-driven "
+                    "decay of eta_G and eta_D by the three-sample test of P1.7-P1.8 on the raw "
+                    "positions, first min(2048, N, M) particles and target samples; series "
+                    "lr_scale)",
+                    choices=("none", "kid")),
+        "every": Key(50, "int", "kid schedule: evaluate every this many particle steps (spec: 2000, "
+                     "for ~1e5-step GAN training; with 50 a 1500-step run fills a 10-entry window "
+                     "by step 450 and tests from step 500 on)", check=_at_least(1)),
+        "window": Key(10, "int", "kid schedule: FIFO memory of past evaluations; the current "
+                      "particles are tested against the oldest", check=_at_least(1)),
+        "p_threshold": Key(0.1, "float", "kid schedule: a test with p above this is a failure "
+                           "(no significant improvement)", check=_unit_closed),
+        "patience": Key(3, "int", "kid schedule: consecutive failures that trigger a decay",
+                        check=_at_least(1)),
+        "factor": Key(0.5, "float", "kid schedule: decay factor of eta_G and eta_D",
+                      check=_open_unit),
+        "floor": Key(1e-6, "float", "kid schedule: lower bound of the decayed eta_G (eta_D keeps "
+                     "the ratio eta_D / eta_G)", check=_nonneg),
     },
     "run": {
         "steps": Key(1500, "int", "number of particle steps", check=_at_least(1)),
@@ -358,6 +401,18 @@ def _check_cross(cfg: dict) -> None:
     if crit["type"] in ("kernel", "mmd", "energy", "riesz") and loss["penalty"] != "none":
         raise ConfigError(f"loss.penalty must be 'none' for critic.type = '{crit['type']}' "
                           "(a fixed-kernel critic has no trainable parameters to penalise)")
+    sched = cfg["schedule"]
+    if sched["kind"] == "kid":
+        if sched["floor"] > cfg["dynamics"]["eta_g"]:
+            raise ConfigError(f"schedule.floor = {sched['floor']!r} must not exceed dynamics.eta_g = "
+                              f"{cfg['dynamics']['eta_g']!r} (the floor bounds the decayed eta_G)")
+        if n < 3:
+            raise ConfigError("schedule.kind = 'kid' needs particles.n >= 3 (three-sample test)")
+        if cfg["target"]["n_samples"] < 3:
+            raise ConfigError("schedule.kind = 'kid' needs target.n_samples >= 3 (three-sample test)")
+    if crit["type"] == "learned_features" and (loss["kind"] != "ipm" or loss["penalty"] != "none"):
+        raise ConfigError("critic.type = 'learned_features' needs loss.kind = 'ipm' and loss.penalty = "
+                          "'none' (the critic maximises the feature-space distance itself)")
     if crit["type"] in ("mmd", "energy", "riesz") and loss["kind"] != "ipm":
         raise ConfigError(f"loss.kind must be 'ipm' for the distance flow critic.type = "
                           f"'{crit['type']}' (the particles descend the distance directly)")

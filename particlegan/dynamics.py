@@ -60,6 +60,8 @@ class State:
     w : (K,) random-feature critic weights (None for fixed-kernel critics).
     kernel_state : fixed-kernel critic memory (None for feature critics).
     critic_opt : the critic optimizer (holds its own moment/direction state).
+    lr_scale : factor on both learning rates, eta_G -> lr_scale eta_G and eta_D -> lr_scale eta_D
+        (1 unless a learning-rate schedule, ``schedule.kind = "kid"``, has decayed them).
     """
 
     step: int
@@ -67,6 +69,7 @@ class State:
     w: np.ndarray | None
     kernel_state: cr.KernelCriticState | None
     critic_opt: object | None
+    lr_scale: float = 1.0
 
 
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -82,6 +85,26 @@ def make_critic_optimizer(cfg: dict):
     learning rate eta_D = ``dynamics.eta_d``; used for gradient ascent."""
     return optimizer_from_config(cfg["critic"], cfg["dynamics"]["eta_d"], "critic",
                                  lr_key="dynamics.eta_d")
+
+
+def scale_optimizer_lr(opt, lr0: float, lr_scale: float) -> None:
+    """Set the base learning rate of ``opt`` (built with ``lr0``) to ``lr0 * lr_scale``.
+
+    The optimizer's own rule (``lr_schedule``) still applies on top; ``lr_scale = 1`` restores
+    the configured rate exactly.
+    """
+    base = float(lr0) * float(lr_scale)
+    if opt.schedule.lr0 != base:
+        opt.schedule = dataclasses.replace(opt.schedule, lr0=base)
+
+
+def kernel_critic_train(state_k: cr.KernelCriticState | None, x: np.ndarray, n_steps: int,
+                        cfg: dict, lr_scale: float = 1.0) -> cr.KernelCriticState:
+    """:func:`particlegan.critics.kernel_critic_train` with eta_D scaled by ``lr_scale``."""
+    if lr_scale == 1.0:
+        return cr.kernel_critic_train(state_k, x, n_steps, cfg)
+    return cr.kernel_critic_update(state_k, x, max(n_steps, 1), cfg["dynamics"]["eta_d"] * lr_scale,
+                                   cfg["critic"]["ridge"], cfg["critic"]["memory"])
 
 
 def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None) -> tuple[Model, State]:
@@ -117,15 +140,17 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
 
 def train_critic(model: Model, state: State, n_steps: int,
                  fake: cr.FeatureBatch | None = None) -> State:
-    """Run ``n_steps`` critic steps with the particles frozen at ``state.x``."""
+    """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the particles
+    frozen at ``state.x``."""
     if model.feature_map is None:
-        ks = cr.kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg)
+        ks = kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
     fake = fake if fake is not None else cr.feature_batch(model.feature_map, state.x, model.backend)
     w = state.w
     opt = state.critic_opt
+    scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
     wd = model.cfg["critic"]["weight_decay"]
     for _ in range(n_steps):
@@ -156,7 +181,11 @@ def particle_forces(model: Model, state: State, fake: cr.FeatureBatch | None = N
 
 
 def outer_step(model: Model, state: State):
-    """One outer step (critic steps + particle step). Returns (new state, critic gradients at x_t)."""
+    """One outer step (critic steps + particle step). Returns (new state, critic gradients at x_t).
+
+    Both learning rates are multiplied by ``state.lr_scale``: eta_G in the particle step, eta_D
+    in the critic steps (see :func:`train_critic`).
+    """
     dyn = model.cfg["dynamics"]
     fake = (cr.feature_batch(model.feature_map, state.x, model.backend)
             if model.feature_map is not None else None)
@@ -166,7 +195,7 @@ def outer_step(model: Model, state: State):
     else:
         state = train_critic(model, state, dyn["critic_steps"], fake)
         forces, grad = particle_forces(model, state, fake)
-    x_new = state.x + dyn["eta_g"] * apply_coupling(model.coupling, forces, model.backend)
+    x_new = state.x + (dyn["eta_g"] * state.lr_scale) * apply_coupling(model.coupling, forces, model.backend)
     return dataclasses.replace(state, step=state.step + 1, x=x_new.astype(model.dtype, copy=False)), grad
 
 

@@ -113,6 +113,8 @@ class NeuralState:
         fixed-kernel critics.
     kernel_state : fixed-kernel critic memory (None otherwise).
     critic_opt, gen_opt : the two optimizers (hold their own moment / direction state).
+    lr_scale : factor on both learning rates (eta_G of the generator optimizer, eta_D of the
+        critic); 1 unless a ``schedule.kind = "kid"`` schedule has decayed them.
     """
 
     step: int
@@ -123,6 +125,7 @@ class NeuralState:
     kernel_state: cr.KernelCriticState | None
     critic_opt: object | None
     gen_opt: object
+    lr_scale: float = 1.0
 
 
 # ------------------------------------------------------------------------- building ----
@@ -247,14 +250,18 @@ def critic_objective(model: NeuralModel, w: np.ndarray, x: np.ndarray,
 
 
 def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> NeuralState:
-    """Run ``n_steps`` critic steps with the generated points frozen at ``state.x``."""
+    """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the generated
+    points frozen at ``state.x``."""
+    from .dynamics import kernel_critic_train, scale_optimizer_lr
+
     if model.kernel is not None:
-        ks = cr.kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg)
+        ks = kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
     w = state.w
     opt = state.critic_opt
+    scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
     opt.begin_outer_step()
     for _ in range(n_steps):
         xhat = None
@@ -307,7 +314,12 @@ def generator_param_grad(model: NeuralModel, state: NeuralState,
 
 
 def outer_step(model: NeuralModel, state: NeuralState):
-    """One outer step (critic steps, generator step, new outputs). Returns (new state, grad f(x_t))."""
+    """One outer step (critic steps, generator step, new outputs). Returns (new state, grad f(x_t)).
+
+    Both learning rates are multiplied by ``state.lr_scale`` (generator optimizer and critic).
+    """
+    from .dynamics import scale_optimizer_lr
+
     dyn = model.cfg["dynamics"]
     if dyn["update"] == "simultaneous":
         forces, grad = particle_forces(model, state)
@@ -316,6 +328,7 @@ def outer_step(model: NeuralModel, state: NeuralState):
         state = train_critic(model, state, dyn["critic_steps"])
         forces, grad = particle_forces(model, state)
     gopt = state.gen_opt
+    scale_optimizer_lr(gopt, dyn["eta_g"], state.lr_scale)
     gopt.begin_outer_step()
     theta = gopt.step(state.theta_g, generator_param_grad(model, state, forces))
     z = draw_latents(model.cfg, model.latent_rng, model.dtype) if model.fresh_latents else state.z

@@ -8,6 +8,9 @@
 * radius of gyration R_g = sqrt(mean_i ||x_i - xbar||^2).
 * MMD^2 (unbiased, Gaussian kernel, P1.2) between the particles and a fixed target subsample.
 * centre-of-mass error ||xbar - ybar|| (the collective mode of A2.9).
+* optional (``observables.kid``): KID (P1.5, cubic polynomial kernel, gamma = 1/d) between the
+  particles as fake and the target samples as real features (raw positions), with its subset std
+  (:func:`kid_observable`). Series ``kid`` / ``kid_std`` exist only in runs that record them.
 """
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ import numpy as np
 from scipy.special import xlogy
 
 from .kernels import KernelSpec, make_kernel
+from .mmd import kid
 
 SERIES_KEYS = ("collapse", "modes_covered", "hq_fraction", "radius_gyration", "mmd2",
                "critic_grad_norm", "com_error")
+KID_KEYS = ("kid", "kid_std")  # recorded only with observables.kid = true
 
 
 def nearest_mode(x: np.ndarray, centres: np.ndarray):
@@ -104,3 +109,28 @@ def measure(x: np.ndarray, centres: np.ndarray, sigma: float, hq_sigmas: float,
     }
     out["mmd2"] = mmd2_unbiased_gaussian(x, mmd_ref, backend) if mmd_ref is not None else float("nan")
     return out
+
+
+def kid_observable(x: np.ndarray, y: np.ndarray, n_subsets: int, subset_size: int,
+                   rng: np.random.Generator) -> dict:
+    """KID of the particles against the target samples on raw positions (P1.5).
+
+    :func:`particlegan.mmd.kid` with the particles as fake and the target samples as real
+    features, the cubic polynomial kernel k(a, b) = (a.b / d + 1)^3, ``n_subsets`` subsets of
+    min(subset_size, N, M) rows each (the cap keeps a small run valid: with N < subset_size
+    every subset holds all N particles, in a random order), drawn from ``rng`` (fake indices,
+    then real indices, per subset).
+
+    Parameters
+    ----------
+    x : (N, d) particle positions.  y : (M, d) target samples.
+    n_subsets : number of subsets (>= 1).  subset_size : requested rows per subset (>= 2).
+    rng : generator of the subset draws (the run's observables stream).
+
+    Returns
+    -------
+    dict with floats ``kid`` (mean over subsets of the unbiased MMD^2) and ``kid_std``
+    (population std over subsets).
+    """
+    res = kid(y, x, n_subsets=n_subsets, subset_size=subset_size, rng=rng)
+    return {"kid": res.kid, "kid_std": res.kid_std}

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .errors import DataError  # noqa: E402
 from .storage import atomic_write_bytes  # noqa: E402
 
 
@@ -21,12 +22,26 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+MAX_SNAPSHOT_PANELS = 8
+
+
+def snapshot_panels(n_snapshots: int, max_panels: int = MAX_SNAPSHOT_PANELS) -> np.ndarray:
+    """Indices of the snapshots drawn: all of them, or ``max_panels`` evenly spaced ones
+    including the first and the last (runs may store hundreds of snapshots for analysis)."""
+    if n_snapshots <= max_panels:
+        return np.arange(n_snapshots)
+    return np.unique(np.round(np.linspace(0, n_snapshots - 1, max_panels)).astype(np.int64))
+
+
 def plot_snapshots(snapshots: np.ndarray, steps: np.ndarray, target: np.ndarray, centres: np.ndarray,
                    title: str = ""):
     """Panels of target samples (grey) and particles (colour) in the first two coordinates.
 
     snapshots : (S, N, d);  steps : (S,);  target : (M, d);  centres : (K, d).
+    At most ``MAX_SNAPSHOT_PANELS`` evenly spaced snapshots (first and last included) are drawn.
     """
+    pick = snapshot_panels(len(snapshots))
+    snapshots, steps = np.asarray(snapshots)[pick], np.asarray(steps)[pick]
     s = len(snapshots)
     fig, axes = plt.subplots(1, s, figsize=(2.6 * s, 2.8), sharex=True, sharey=True, squeeze=False)
     lo = np.minimum(target[:, :2].min(axis=0), snapshots[..., :2].min(axis=(0, 1)))
@@ -98,6 +113,9 @@ KEY_LABELS = {
     "radius_gyration": r"radius of gyration $R_g$",
     "critic_grad_norm": r"critic gradient norm $\|\nabla f\|$",
     "com_error": r"centre-of-mass error $\|\bar{x} - \bar{y}\|$",
+    "kid": "KID",
+    "kid_std": "KID std over subsets",
+    "lr_scale": r"learning-rate factor $\eta / \eta_0$",
     "steps": "steps taken",
     "wall_time_s": "wall time (s)",
     "convergence_time": "convergence time (steps)",
@@ -167,7 +185,8 @@ def _fmt_value(v) -> str:
 
 def plot_phase_diagram(cells: list[dict], x_key: str, y_key: str, z_key: str, log_x: bool = False,
                        log_y: bool = False, level: float | None = None, title: str | None = None,
-                       theory: list[dict] | None = None):
+                       theory: list[dict] | None = None, ax=None, vmin: float | None = None,
+                       vmax: float | None = None):
     """Heatmap of a seed-averaged observable over a 2-d grid, with the transition contour.
 
     Parameters
@@ -181,6 +200,8 @@ def plot_phase_diagram(cells: list[dict], x_key: str, y_key: str, z_key: str, lo
     title : figure title (default: the observable and the number of seeds).
     theory : optional curves ``{"x": array, "y": array, "label": str, "style": str}`` drawn on
         top (e.g. the critical penalty of effective-gan-spec A2.9).
+    ax : draw into this Axes (default: a new figure).  vmin, vmax : colour range (default: the
+        data range; panels compared side by side share one).
 
     Returns
     -------
@@ -192,12 +213,15 @@ def plot_phase_diagram(cells: list[dict], x_key: str, y_key: str, z_key: str, lo
     xi, yi = {v: i for i, v in enumerate(xs)}, {v: i for i, v in enumerate(ys)}
     for c in cells:
         z[yi[c[y_key]], xi[c[x_key]]] = c["mean"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    else:
+        fig = ax.figure
     ax.set_facecolor("0.85")  # grid points without data stay grey
     xpos, xedges = _setup_axis(ax, "x", xs, x_key, log_x)
     ypos, yedges = _setup_axis(ax, "y", ys, y_key, log_y)
     masked = np.ma.masked_invalid(z)
-    mesh = ax.pcolormesh(xedges, yedges, masked, cmap="viridis", shading="flat")
+    mesh = ax.pcolormesh(xedges, yedges, masked, cmap="viridis", shading="flat", vmin=vmin, vmax=vmax)
     cbar = fig.colorbar(mesh, ax=ax)
     cbar.set_label(axis_label(z_key) + " (mean over seeds)")
     finite = z[np.isfinite(z)]
@@ -293,11 +317,13 @@ def plot_seed_lines(groups: dict, x_key: str, y_key: str, hue_key: str | None = 
 
 RUN_PANELS = (("collapse", False), ("modes_covered", False), ("mmd2", True), ("critic_grad_norm", False),
               ("com_error", False))
+OPTIONAL_RUN_PANELS = (("kid", True), ("lr_scale", True))  # drawn when the run recorded them
 
 
 def plot_run_overview(data: dict, title: str = ""):
     """Time series of a run (collapse, modes covered, MMD^2 on a log scale, critic gradient norm,
-    centre-of-mass error) above its particle snapshots.
+    centre-of-mass error, and KID / learning-rate factor when the run recorded them) above its
+    particle snapshots.
 
     Parameters
     ----------
@@ -310,12 +336,13 @@ def plot_run_overview(data: dict, title: str = ""):
     """
     fig = plot_snapshots(data["snapshots"], data["snapshot_steps"], data["target_samples"],
                          data["mode_centres"], title)
-    n_snap = len(data["snapshots"])
+    n_snap = len(snapshot_panels(len(data["snapshots"])))
     fig.set_size_inches(max(2.6 * n_snap, 15.0), 6.4)
     fig.subplots_adjust(top=0.42, bottom=0.06)  # snapshots move to the lower part
-    grid = fig.add_gridspec(1, len(RUN_PANELS), left=0.05, right=0.98, top=0.88, bottom=0.56, wspace=0.4)
+    panels = RUN_PANELS + tuple(p for p in OPTIONAL_RUN_PANELS if p[0] in data)
+    grid = fig.add_gridspec(1, len(panels), left=0.05, right=0.98, top=0.88, bottom=0.56, wspace=0.4)
     steps = data["step"]
-    for i, (key, log) in enumerate(RUN_PANELS):
+    for i, (key, log) in enumerate(panels):
         ax = fig.add_subplot(grid[0, i])
         values = np.asarray(data[key], dtype=float)
         ax.plot(steps, values, color="C0", lw=1.2)
@@ -406,42 +433,91 @@ def _critical_penalties(cfg, notes: list[str]):
         return None
 
 
+def _penalty_theory_curves(sweep_dir, rows, x: str, y: str, notes: list[str]) -> list[dict]:
+    """lambda_c of the centre-of-mass and relative modes (A2.9) as functions of the other axis,
+    when one axis is loss.penalty_weight."""
+    curves: list[dict] = []
+    if "loss.penalty_weight" not in (x, y) or x == y:
+        return curves
+    other = y if x == "loss.penalty_weight" else x
+    values = sorted({r[other] for r in rows}, key=_order)
+    if not _is_numeric(values):
+        return curves
+    lam = {"cm": [], "rel": []}
+    for v in values:
+        row = next((r for r in rows if r[other] == v and r["status"] != "failed"), None)
+        crit = _critical_penalties(_run_config(sweep_dir, row["run_id"]) if row else None, notes)
+        for mode in lam:
+            lam[mode].append(crit[mode] if crit else np.nan)
+    for mode, style, name in (("cm", "--", "centre of mass"), ("rel", ":", "relative")):
+        lc = np.asarray(lam[mode], dtype=float)
+        if np.any(np.isfinite(lc)):
+            pen, oth = lc, np.asarray(values, dtype=float)
+            curves.append({"x": pen if x == "loss.penalty_weight" else oth,
+                           "y": oth if x == "loss.penalty_weight" else pen,
+                           "label": rf"$\lambda_c$ ({name} mode, theory)", "style": style})
+    return curves
+
+
+def _panel_label(sweep_dir, rows) -> str:
+    """Default panel title of a sweep in a side-by-side phase plot: its critic and loss."""
+    row = next((r for r in rows if r["status"] != "failed"), None)
+    cfg = _run_config(sweep_dir, row["run_id"]) if row else None
+    if not cfg:
+        return Path(sweep_dir).name
+    crit = cfg["critic"]
+    width = f", sigma = {crit['sigma']:g}" if crit["type"] in ("rff", "relu_features", "kernel") else ""
+    return f"critic {crit['type']}{width}"
+
+
 def phase_plot(sweep_dir, x: str, y: str, z: str, log_x: bool = False, log_y: bool = False,
-               level: float | None = None, where=(), out=None, theory: bool = True) -> tuple[Path, list[str]]:
-    """Write the phase diagram of observable ``z`` over keys ``x`` and ``y`` of a sweep.
+               level: float | None = None, where=(), out=None, theory: bool = True,
+               labels=()) -> tuple[Path, list[str]]:
+    """Write the phase diagram of observable ``z`` over keys ``x`` and ``y`` of a sweep, or of
+    several sweeps side by side with one colour scale.
 
     With ``theory`` and one axis being loss.penalty_weight, the critical penalties lambda_c of
     the centre-of-mass and relative modes (A2.9) are drawn as functions of the other axis.
 
+    Parameters
+    ----------
+    sweep_dir : a sweep directory, or a list of them (one panel each, e.g. two critic types).
+    labels : panel titles for several sweeps (default: each sweep's critic type and width).
+
     Returns
     -------
-    (path of the PNG, default ``DIR/phase_<z>.png``; notes for the user).
+    (path of the PNG, default ``DIR/phase_<z>.png`` of the first sweep; notes for the user).
     """
     from .analysis import seed_average
 
-    rows = _select(sweep_dir, [x, y], where, [x, y, z])
-    cells = seed_average(rows, [x, y], z)
+    dirs = [sweep_dir] if isinstance(sweep_dir, (str, Path)) else list(sweep_dir)
+    if not dirs:
+        raise DataError("no sweep directory given")
+    labels = list(labels)
+    if labels and len(labels) != len(dirs):
+        raise DataError(f"{len(labels)} label(s) for {len(dirs)} sweep directories")
     notes: list[str] = []
-    curves = []
-    if theory and "loss.penalty_weight" in (x, y) and x != y:
-        other = y if x == "loss.penalty_weight" else x
-        values = sorted({r[other] for r in rows}, key=_order)
-        if _is_numeric(values):
-            lam = {"cm": [], "rel": []}
-            for v in values:
-                row = next((r for r in rows if r[other] == v and r["status"] != "failed"), None)
-                crit = _critical_penalties(_run_config(sweep_dir, row["run_id"]) if row else None, notes)
-                for mode in lam:
-                    lam[mode].append(crit[mode] if crit else np.nan)
-            for mode, style, name in (("cm", "--", "centre of mass"), ("rel", ":", "relative")):
-                lc = np.asarray(lam[mode], dtype=float)
-                if np.any(np.isfinite(lc)):
-                    pen, oth = lc, np.asarray(values, dtype=float)
-                    curves.append({"x": pen if x == "loss.penalty_weight" else oth,
-                                   "y": oth if x == "loss.penalty_weight" else pen,
-                                   "label": rf"$\lambda_c$ ({name} mode, theory)", "style": style})
-    fig = plot_phase_diagram(cells, x, y, z, log_x, log_y, level, theory=curves)
-    path = Path(out) if out else Path(sweep_dir) / f"phase_{z}.png"
+    panels = []
+    for d in dirs:
+        rows = _select(d, [x, y], where, [x, y, z])
+        curves = _penalty_theory_curves(d, rows, x, y, notes) if theory else []
+        panels.append((d, rows, seed_average(rows, [x, y], z), curves))
+    if len(panels) == 1:
+        _, _, cells, curves = panels[0]
+        fig = plot_phase_diagram(cells, x, y, z, log_x, log_y, level, theory=curves)
+    else:
+        means = np.array([c["mean"] for _, _, cells, _ in panels for c in cells], dtype=float)
+        finite = means[np.isfinite(means)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+        if level is None and finite.size:
+            level = 0.5 * (vmin + vmax)  # one transition level for every panel
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
+        for i, (ax, (d, rows, cells, curves)) in enumerate(zip(axes[0], panels)):
+            title = labels[i] if labels else _panel_label(d, rows)
+            plot_phase_diagram(cells, x, y, z, log_x, log_y, level, title=title, theory=curves, ax=ax,
+                               vmin=vmin, vmax=vmax)
+        fig.tight_layout()
+    path = Path(out) if out else Path(dirs[0]) / f"phase_{z}.png"
     save_figure(fig, path)
     return path, notes
 

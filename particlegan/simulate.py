@@ -9,6 +9,10 @@ A run directory holds::
     meta.json       versions, seed, backend, wall time, status, run id
     particles.png   target and particles at several times
 
+Optional series exist only in runs that record them (never as NaN columns): ``kid`` and
+``kid_std`` with ``observables.kid = true``, ``lr_scale`` (factor on eta_G and eta_D) with
+``schedule.kind = "kid"``; they are then also in summary.json (see :func:`optional_series_keys`).
+
 Every file is written atomically; result.npz is bitwise reproducible (same config, seed, backend).
 """
 from __future__ import annotations
@@ -23,12 +27,37 @@ import numpy as np
 from . import dynamics as dyn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import canonical_json, config_hash
-from .observables import SERIES_KEYS, make_mmd_reference, measure
+from .observables import KID_KEYS, SERIES_KEYS, kid_observable, make_mmd_reference, measure
 from .progress import Reporter, null_reporter
 from .storage import atomic_save_npz, atomic_write_bytes, atomic_write_json, ensure_dir, versions
 
 SUMMARY_KEYS = ("collapse", "modes_covered", "hq_fraction", "mmd2", "radius_gyration",
                 "critic_grad_norm", "com_error")
+OPTIONAL_SERIES_KEYS = (*KID_KEYS, "lr_scale")  # recorded only when switched on by the config
+
+
+def optional_series_keys(cfg: dict) -> tuple[str, ...]:
+    """Optional series (and summary entries) a run of the resolved ``cfg`` records, in
+    :data:`OPTIONAL_SERIES_KEYS` order: ``kid``, ``kid_std`` (``observables.kid``) and
+    ``lr_scale`` (``schedule.kind != "none"``)."""
+    on = set(KID_KEYS) if cfg["observables"]["kid"] else set()
+    if cfg["schedule"]["kind"] != "none":
+        on.add("lr_scale")
+    return tuple(k for k in OPTIONAL_SERIES_KEYS if k in on)
+
+
+def make_lr_schedule(cfg: dict):
+    """Learning-rate schedule of the ``schedule`` section, or None for ``kind = "none"``.
+
+    ``kind = "kid"``: :class:`particlegan.mmd.KIDLearningRateSchedule` (P1.8) on lr_G0 =
+    ``dynamics.eta_g``; its ``lr_ratio`` scales both eta_G and eta_D (the spec ties lr_D to lr_G).
+    """
+    sec = cfg["schedule"]
+    if sec["kind"] == "none":
+        return None
+    from .mmd import KIDLearningRateSchedule
+
+    return KIDLearningRateSchedule.from_config(sec, cfg["dynamics"]["eta_g"])
 
 
 @dataclass
@@ -55,8 +84,10 @@ class SimResult:
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        """Final observables (last recorded values), status and number of steps taken."""
+        """Final observables (last recorded values, optional series included when recorded),
+        status and number of steps taken."""
         out = {k: float(self.series[k][-1]) for k in SUMMARY_KEYS}
+        out.update({k: float(self.series[k][-1]) for k in OPTIONAL_SERIES_KEYS if k in self.series})
         out["status"] = self.status
         out["steps"] = int(self.steps)
         if self.diverged_step is not None:
@@ -81,6 +112,14 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     With ``checkpoint_path`` and ``run.checkpoint_every`` > 0 a checkpoint is written atomically
     every that many steps; ``resume=True`` continues from it. A resumed run produces exactly the
     arrays of an uninterrupted one.
+
+    With ``observables.kid`` every recorded row also holds ``kid`` / ``kid_std``
+    (:func:`particlegan.observables.kid_observable`, subsets from the observables stream).
+    With ``schedule.kind = "kid"``, at every step t with t % ``schedule.every`` == 0 (t = 0
+    included) the schedule is updated with the current particles against the target samples
+    (raw positions as features) before the step t -> t + 1, and ``state.lr_scale`` =
+    ``schedule.lr_ratio`` then multiplies eta_G and eta_D (series ``lr_scale``: the factor used
+    by the step from each recorded row).
     """
     reporter = reporter or null_reporter()
     t0 = time.perf_counter()
@@ -88,18 +127,25 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     engine = simulation_engine(cfg)
     model, state = engine.build_model(cfg, streams)
     ocfg = cfg["observables"]
-    mmd_ref = make_mmd_reference(model.y, ocfg["mmd_sigma"], ocfg["mmd_samples"],
-                                 streams["observables"], model.backend)
+    obs_rng = streams["observables"]
+    mmd_ref = make_mmd_reference(model.y, ocfg["mmd_sigma"], ocfg["mmd_samples"], obs_rng, model.backend)
+    schedule = make_lr_schedule(cfg)
     target_mean = model.target.samples.mean(axis=0)
     steps, every = cfg["run"]["steps"], cfg["run"]["record_every"]
     ckpt_every = cfg["run"]["checkpoint_every"] if checkpoint_path is not None else 0
     run_id = config_hash(cfg)
     snap_steps = snapshot_schedule(steps, cfg["run"]["snapshots"])
-    series: dict[str, list] = {k: [] for k in ("step", *SERIES_KEYS)}
+    optional = optional_series_keys(cfg)
+    series: dict[str, list] = {k: [] for k in ("step", *SERIES_KEYS, *optional)}
     snapshots, snapshot_taken = [], []
     if resume:
         ck = load_checkpoint(checkpoint_path, run_id)
         state = restore_state(model, state, ck)
+        state = dataclasses.replace(state, lr_scale=ck["lr_scale"])
+        if ck["observables_rng"] is not None:
+            obs_rng.bit_generator.state = ck["observables_rng"]
+        if schedule is not None:
+            schedule.load_state_dict(ck["schedule"])
         series.update(ck["series"])
         snapshots, snapshot_taken = ck["snapshots"], ck["snapshot_taken"]
 
@@ -108,8 +154,12 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
             obs = measure(st.x, model.target.centres, model.target.sigma, ocfg["hq_sigmas"], mmd_ref,
                           model.backend, target_mean)
             obs["critic_grad_norm"] = float(np.sqrt(np.mean(np.sum(grad.astype(np.float64) ** 2, axis=1))))
+            if ocfg["kid"]:
+                obs.update(kid_observable(st.x, model.y, ocfg["kid_subsets"], ocfg["kid_subset_size"],
+                                          obs_rng))
+        obs["lr_scale"] = float(st.lr_scale)
         series["step"].append(st.step)
-        for k in SERIES_KEYS:
+        for k in (*SERIES_KEYS, *optional):
             series[k].append(obs[k])
 
     status, diverged_step, diverged_reason = "ok", None, None
@@ -122,7 +172,12 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
             save_checkpoint(checkpoint_path, run_id, state, model.noise_rng, series, snapshots,
                             snapshot_taken,
                             extra=(engine.checkpoint_payload(model, state)
-                                   if hasattr(engine, "checkpoint_payload") else None))
+                                   if hasattr(engine, "checkpoint_payload") else None),
+                            schedule=schedule.state_dict() if schedule is not None else None,
+                            observables_rng=obs_rng)
+        if schedule is not None and schedule.due(state.step):
+            schedule.update(state.step, model.y, state.x)
+            state = dataclasses.replace(state, lr_scale=schedule.lr_ratio)
         if state.step in snap_steps:
             snapshots.append(state.x.copy())
             snapshot_taken.append(state.step)

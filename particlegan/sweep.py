@@ -519,16 +519,24 @@ def execute_run(cfg: dict, run_dir: str, plot: bool = True, test_kill: bool = Fa
 # ---------------------------------------------------------------------------------------------
 # results table
 # ---------------------------------------------------------------------------------------------
-def observable_columns() -> tuple[str, ...]:
-    """The summary observables stored per run (the columns between seed and steps)."""
-    from .simulate import SUMMARY_KEYS
+def observable_columns(plan: SweepPlan | None = None) -> tuple[str, ...]:
+    """The summary observables stored per run (the columns between seed and steps).
 
-    return tuple(SUMMARY_KEYS)
+    The fixed ``SUMMARY_KEYS``, then (with ``plan``) the optional series (``kid``, ``kid_std``,
+    ``lr_scale``) that at least one run of the plan records; a run that does not record one
+    leaves its cell empty, and a sweep where no run records it has no such column.
+    """
+    from .simulate import OPTIONAL_SERIES_KEYS, SUMMARY_KEYS, optional_series_keys
+
+    if plan is None:
+        return tuple(SUMMARY_KEYS)
+    on = {k for run in plan.runs for k in optional_series_keys(run.cfg)}
+    return (*SUMMARY_KEYS, *(k for k in OPTIONAL_SERIES_KEYS if k in on))
 
 
 def results_columns(plan: SweepPlan) -> list[str]:
     """Header of results.csv for ``plan``."""
-    return ["run_id", *(a.key for a in plan.axes), "seed", *observable_columns(), *RESULT_COLUMNS_TAIL]
+    return ["run_id", *(a.key for a in plan.axes), "seed", *observable_columns(plan), *RESULT_COLUMNS_TAIL]
 
 
 def _cell(value: Any) -> str:
@@ -549,8 +557,13 @@ def result_row(run: PlannedRun, outcome: Mapping) -> dict[str, str]:
     row.update({k: _cell(v) for k, v in run.params.items()})
     row["seed"] = str(run.seed)
     summary = outcome.get("summary") or {}
+    from .simulate import OPTIONAL_SERIES_KEYS, optional_series_keys
+
     for key in observable_columns():
         row[key] = _cell(summary.get(key))
+    for key in OPTIONAL_SERIES_KEYS:  # only the optional observables this run records
+        if key in optional_series_keys(run.cfg):
+            row[key] = _cell(summary.get(key))
     row["steps"] = _cell(summary.get("steps"))
     row["status"] = outcome["status"]
     row["wall_time_s"] = _cell(outcome.get("wall_time_s"))

@@ -135,3 +135,49 @@ def test_mlp_critic_needs_the_neural_model():
     with pytest.raises(ConfigError, match="model.type"):
         resolve_config(overrides=["critic.type=mlp"])
     assert resolve_config(overrides=["critic.type=mlp", "model.type=neural"])["critic"]["type"] == "mlp"
+
+
+def test_kid_observable_and_schedule_defaults():
+    cfg = resolve_config()
+    assert cfg["observables"]["kid"] is False
+    assert (cfg["observables"]["kid_subsets"], cfg["observables"]["kid_subset_size"]) == (10, 200)
+    assert cfg["schedule"] == {"kind": "none", "every": 50, "window": 10, "p_threshold": 0.1,
+                               "patience": 3, "factor": 0.5, "floor": 1e-6}
+    from particlegan.mmd import KIDLearningRateSchedule
+
+    assert set(cfg["schedule"]) == set(KIDLearningRateSchedule.CONFIG_KEYS)
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("schedule.kind=kd", "schedule.kind must be one of 'none', 'kid', got 'kd' (did you mean 'kid'?)"),
+    ("schedule.every=0", "schedule.every must be >= 1"),
+    ("schedule.every=2.5", "schedule.every must be an integer"),
+    ("schedule.window=0", "schedule.window must be >= 1"),
+    ("schedule.p_threshold=1.5", "schedule.p_threshold must be in [0, 1]"),
+    ("schedule.p_threshold=-0.1", "schedule.p_threshold must be in [0, 1]"),
+    ("schedule.patience=0", "schedule.patience must be >= 1"),
+    ("schedule.factor=1.0", "schedule.factor must be in (0, 1)"),
+    ("schedule.factor=0", "schedule.factor must be in (0, 1)"),
+    ("schedule.floor=-1e-3", "schedule.floor must be >= 0"),
+    ("schedule.flor=0", "did you mean 'floor'"),
+    ("observables.kid=1", "observables.kid must be true or false"),
+    ("observables.kid_subsets=0", "observables.kid_subsets must be >= 1"),
+    ("observables.kid_subset_size=1", "observables.kid_subset_size must be >= 2"),
+])
+def test_schedule_and_kid_keys_are_validated(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        resolve_config(overrides=[override])
+    msg = str(err.value)
+    assert fragment in msg and "\n" not in msg
+
+
+def test_kid_schedule_cross_key_rules():
+    with pytest.raises(ConfigError, match=r"schedule.floor .* dynamics.eta_g") as err:
+        resolve_config(overrides=["schedule.kind=kid", "dynamics.eta_g=1e-3", "schedule.floor=1e-2"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="particles.n >= 3"):
+        resolve_config(overrides=["schedule.kind=kid", "particles.n=2"])
+    # the same values are fine while the schedule is off
+    resolve_config(overrides=["dynamics.eta_g=1e-3", "schedule.floor=1e-2", "particles.n=2"])
+    cfg = resolve_config(overrides=["schedule.kind=kid", "schedule.every=7", "observables.kid=true"])
+    assert cfg["schedule"]["every"] == 7 and cfg["observables"]["kid"] is True

@@ -113,3 +113,35 @@ def test_kernel_critic_witness_matches_direct_sum():
     gd = (np.einsum("ij,ijd->id", k(q, y), y[None] - q[:, None]) / 7
           - np.einsum("ij,ijd->id", k(q, x), x[None] - q[:, None]) / 5) / 0.49
     np.testing.assert_allclose(g, gd, rtol=1e-10)
+
+
+# step sizes measured on this setting (seeds 0-3 all end at 8/8 modes, MMD^2 ~ -1/N): mmd
+# converges for eta_G in [1, 8] (64 overshoots: hq ~ 0.5), energy for [8, 64], riesz only with
+# a softened kernel: riesz_eps = 0.05 (~ 2/3 target.sigma), eta_G in [0.2, 1]; with the default
+# riesz_eps = 1e-3 the 500 target samples act as near-point charges that trap particles
+# (300 steps: 4 modes at eta_G = 1, MMD^2 still 0.15 at eta_G = 0.01).
+FLOWS = {"mmd": ["critic.mmd_sigmas=[0.2]", "dynamics.eta_g=8"],
+         "energy": ["dynamics.eta_g=64"],
+         "riesz": ["critic.riesz_eps=0.05", "dynamics.eta_g=1"]}
+
+
+@pytest.mark.parametrize("ctype", ["mmd", "energy", "riesz"])
+def test_distance_flow_converges_on_the_ring(ctype):
+    """Wasserstein gradient flow of each particle-based distance, N = 64 particles started at the
+    origin, 8-mode ring (500 target samples), 200 steps: the recorded Gaussian MMD^2 falls from
+    ~0.78 to below 1/30 of its start (it ends near -1/N, the unbiased estimate of a particle set
+    more regular than an iid sample), every mode is covered from step 100 on, and >= 90% of the
+    particles are within 3 sigma of a mode."""
+    from particlegan.config import resolve_config
+    from particlegan.simulate import simulate
+
+    cfg = resolve_config(overrides=["particles.n=64", "target.n_samples=500", "observables.mmd_samples=500",
+                                    "loss.penalty=none", "run.record_every=10", "run.steps=200",
+                                    f"critic.type={ctype}", *FLOWS[ctype]])
+    res = simulate(cfg)
+    s = res.series
+    assert res.status == "ok"
+    assert s["mmd2"][0] > 0.5
+    assert s["mmd2"][-1] < s["mmd2"][0] / 30 and abs(s["mmd2"][-1]) < 0.03
+    assert np.all(s["modes_covered"][s["step"] >= 100] == 8)
+    assert s["hq_fraction"][-1] >= 0.9 and s["collapse"][-1] < 0.02

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from particlegan.backends import get_backend
-from particlegan.observables import (collapse_measure, make_mmd_reference, measure, mmd2_unbiased_gaussian,
-                                     modes_covered, nearest_mode, radius_of_gyration)
+from particlegan.observables import (collapse_measure, kid_observable, make_mmd_reference, measure,
+                                     mmd2_unbiased_gaussian, modes_covered, nearest_mode, radius_of_gyration)
 from particlegan.targets import ring_centres
 
 NP = get_backend("numpy")
@@ -64,3 +64,50 @@ def test_mmd_reference_subsamples():
     y = np.random.default_rng(3).normal(size=(500, 2))
     ref = make_mmd_reference(y, 0.5, 100, np.random.default_rng(0), NP)
     assert ref.y.shape == (100, 2)
+
+
+def _direct_kid(x, y, pairs):
+    """KID by hand: unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3 on each (fake, real) subset."""
+    d = x.shape[1]
+
+    def k(a, b):
+        return (a @ b.T / d + 1.0) ** 3
+
+    vals = []
+    for i_f, i_r in pairs:
+        f, r = x[i_f], y[i_r]
+        m = len(f)
+        kff, krr, kfr = k(f, f), k(r, r), k(f, r)
+        vals.append((kff.sum() - np.trace(kff)) / (m * (m - 1)) + (krr.sum() - np.trace(krr)) / (m * (m - 1))
+                    - 2 * kfr.mean())
+    return np.mean(vals), np.std(vals)
+
+
+@pytest.mark.parametrize("n, subset_size, expected_size", [(60, 25, 25), (20, 50, 20)])
+def test_kid_observable_matches_direct_computation_on_the_same_subsets(n, subset_size, expected_size):
+    data = np.random.default_rng(4)
+    x = data.normal(size=(n, 2)) * 0.3 + 0.1
+    y = data.normal(size=(80, 2)) * 0.5
+    out = kid_observable(x, y, 5, subset_size, np.random.default_rng(11))
+    # the same draws, by hand: per subset fake indices then real indices, size capped at min(N, M)
+    rng = np.random.default_rng(11)
+    pairs = [(rng.choice(n, expected_size, replace=False), rng.choice(80, expected_size, replace=False))
+             for _ in range(5)]
+    kid, std = _direct_kid(x, y, pairs)
+    assert set(out) == {"kid", "kid_std"}
+    assert out["kid"] == pytest.approx(kid, rel=1e-10, abs=1e-14)
+    assert out["kid_std"] == pytest.approx(std, rel=1e-10, abs=1e-14)
+    from particlegan.mmd import kid as mmd_kid
+
+    same = mmd_kid(y, x, subsets=pairs)
+    assert (out["kid"], out["kid_std"]) == (same.kid, same.kid_std)
+
+
+def test_kid_observable_draws_from_the_given_stream():
+    data = np.random.default_rng(5)
+    x, y = data.normal(size=(30, 2)), data.normal(size=(40, 2))
+    rng = np.random.default_rng(0)
+    first = kid_observable(x, y, 3, 10, rng)
+    second = kid_observable(x, y, 3, 10, rng)       # the stream moved on: other subsets
+    assert first != second
+    assert kid_observable(x, y, 3, 10, np.random.default_rng(0)) == first

@@ -5,7 +5,9 @@ import pytest
 from click.testing import CliRunner
 
 from particlegan.cli import main
-from particlegan.plotting import _cell_edges, axis_label, plot_phase_diagram, plot_seed_lines
+from particlegan.errors import DataError
+from particlegan.plotting import (_cell_edges, axis_label, plot_phase_diagram, plot_seed_lines, plot_snapshots,
+                                  snapshot_panels)
 from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -35,6 +37,20 @@ def test_labels_use_symbols():
     assert axis_label("loss.penalty_weight") == r"$\lambda$"
     assert axis_label("collapse") == r"collapse $C = \log K - H(p)$"
     assert axis_label("made.up") == "made.up"
+
+
+@pytest.mark.parametrize("n, expected", [(1, [0]), (8, list(range(8))), (9, [0, 1, 2, 3, 5, 6, 7, 8]),
+                                         (1201, [0, 171, 343, 514, 686, 857, 1029, 1200])])
+def test_snapshot_panels_keep_first_and_last_and_at_most_eight(n, expected):
+    assert snapshot_panels(n).tolist() == expected
+
+
+def test_plot_snapshots_draws_at_most_eight_panels():
+    rng = np.random.default_rng(0)
+    fig = plot_snapshots(rng.normal(size=(300, 5, 2)), np.arange(300) * 5, rng.normal(size=(20, 2)),
+                         np.zeros((1, 2)))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 8 and titles[0] == "step 0" and titles[-1] == "step 1495"
 
 
 def test_cell_edges_sit_halfway_in_the_axis_scale():
@@ -104,6 +120,34 @@ def test_plot_phase_cli(sweep_dir):
                                     "--y", "generator.phi", "--z", "mmd2", "--level", "0.01", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert_png(out)
+
+
+def test_plot_phase_side_by_side_shares_one_colour_scale(sweep_dir, tmp_path):
+    """Two sweeps (here the same one twice) -> two panels, one colour range spanning both."""
+    out = tmp_path / "two.png"
+    res = CliRunner().invoke(main, ["plot", "phase", str(sweep_dir), str(sweep_dir), "--x", "generator.phi",
+                                    "--y", "loss.penalty_weight", "--label", "RBF", "--label", "ReLU",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert_png(out)
+    from particlegan.plotting import phase_plot
+
+    with pytest.raises(DataError, match="1 label"):
+        phase_plot([sweep_dir, sweep_dir], "generator.phi", "loss.penalty_weight", "collapse", labels=["x"])
+    res = CliRunner().invoke(main, ["plot", "phase", str(sweep_dir), str(sweep_dir), "--x", "generator.phi",
+                                    "--y", "loss.penalty_weight", "--label", "only one"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+
+
+def test_phase_diagram_panels_use_the_given_colour_range():
+    cells = [{"generator.phi": p, "dynamics.eta_d": e, "mean": p + e, "n": 1}
+             for p in (0.0, 0.5) for e in (0.1, 0.2)]
+    fig, axes = matplotlib.pyplot.subplots(1, 2)
+    plot_phase_diagram(cells, "generator.phi", "dynamics.eta_d", "collapse", ax=axes[0], vmin=0.0, vmax=3.0,
+                       title="left")
+    mesh = [c for c in axes[0].collections if hasattr(c, "get_clim")][0]
+    assert mesh.get_clim() == (0.0, 3.0) and axes[0].get_title() == "left"
+    matplotlib.pyplot.close(fig)
 
 
 def test_plot_lines_cli(sweep_dir):

@@ -70,8 +70,17 @@ def test_a_converging_run_is_not_flagged_as_runaway():
     assert res.status == "ok" and res.diverged_reason is None and "diverged_reason" not in res.summary()
 
 
+# decays at steps 6, 12, 18, 24 of TINY (p > 0.01 in every test); every = 3 does not divide the
+# checkpoint step 20, so the resumed run needs the stored lr_scale, schedule memory and KID stream
+KID_SCHEDULE = ["schedule.kind=kid", "schedule.every=3", "schedule.window=2", "schedule.patience=1",
+                "schedule.p_threshold=0.01", "observables.kid=true"]
+
+
 @pytest.mark.parametrize("extra", [[], ["critic.type=kernel", "loss.penalty=none", "critic.memory=2"],
-                                   ["loss.penalty=interpolates"]])
+                                   ["loss.penalty=interpolates"], KID_SCHEDULE,
+                                   KID_SCHEDULE + ["critic.type=kernel", "loss.penalty=none", "critic.memory=2",
+                                                   "critic.ridge=0.5"],
+                                   KID_SCHEDULE + ["model.type=neural", "generator.width=32"]])
 def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     from particlegan.checkpoint import load_checkpoint
     from particlegan.config import config_hash
@@ -93,6 +102,11 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
 
     resume_run(part, plot=False)
     assert (part / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
+    if "schedule.kind=kid" in extra:  # the schedule really acted before and after the checkpoint
+        with np.load(tmp_path / "full" / "result.npz") as z:
+            scale, step = z["lr_scale"], z["step"]
+            assert "kid" in z.files and np.all(np.isfinite(z["kid"]))
+        assert scale[step < 20].min() < 1.0 and scale[step > 20].min() < scale[step <= 20].min()
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
@@ -170,3 +184,123 @@ def test_bad_data_file_leaves_no_partial_run_directory(tmp_path, bad):
     assert result.exit_code == 2 and result.output.startswith("error:") and "Traceback" not in result.output
     assert str(path.name) in result.output
     assert list((tmp_path / "keep").iterdir()) == []  # the folders made for the run are gone too
+
+
+def test_kid_observable_is_recorded_only_when_on_and_changes_nothing_else(tmp_path):
+    off = run_to_dir(tiny(), tmp_path / "off", plot=False)
+    on = run_to_dir(tiny("observables.kid=true", "observables.kid_subsets=3"), tmp_path / "on", plot=False)
+    assert "kid" not in off and "lr_scale" not in off
+    assert np.isfinite(on["kid"]) and on["kid_std"] >= 0 and "lr_scale" not in on
+    with np.load(tmp_path / "off" / "result.npz") as a, np.load(tmp_path / "on" / "result.npz") as b:
+        assert set(b.files) - set(a.files) == {"kid", "kid_std"}
+        for k in a.files:                     # the KID subsets come after everything else drawn
+            np.testing.assert_array_equal(a[k], b[k])
+        assert len(b["kid"]) == len(b["step"]) and b["kid"][-1] == on["kid"]
+        # first row, by hand: the observables stream after the MMD reference subsample, then
+        # KID of the initial particles (N = 24 < kid_subset_size: subsets of 24 rows)
+        from particlegan.dynamics import seed_streams
+        from particlegan.observables import kid_observable
+
+        rng = seed_streams(0)["observables"]
+        rng.choice(200, 100, replace=False)          # make_mmd_reference: mmd_samples of n_samples
+        first = kid_observable(b["snapshots"][0], b["target_samples"], 3, 200, rng)
+        assert (first["kid"], first["kid_std"]) == (b["kid"][0], b["kid_std"][0])
+
+
+def test_kid_schedule_decays_when_the_particles_cannot_improve():
+    """eta_G ~ 0: the particles stay put, every three-sample test has p ~ 1/2 > 0.1 and fails.
+    every = 1, window = 2, patience = 2: the memory fills at steps 0, 1; steps 2, 3 fail ->
+    decay at 3 (memory keeps 2 entries, so testing goes on), then a decay every 2 steps."""
+    res = simulate(tiny("dynamics.eta_g=1e-9", "schedule.floor=0", "run.record_every=1",
+                        "schedule.kind=kid", "schedule.every=1", "schedule.window=2", "schedule.patience=2"))
+    step, scale = res.series["step"], res.series["lr_scale"]
+    expected = 0.5 ** np.maximum(0, (step - 1) // 2)
+    np.testing.assert_array_equal(scale[step < 30], expected[step < 30])
+    assert res.summary()["lr_scale"] == scale[-1] < 1e-4
+
+
+def test_kid_schedule_with_improving_tests_keeps_the_rates(monkeypatch):
+    """Scripted p = 0 (always a significant improvement): no decay, and the run equals the
+    schedule-free run bitwise in every common series; a floor stops the decay otherwise."""
+    from particlegan import mmd
+
+    class Always:
+        def __init__(self, p):
+            self.p = p
+
+    monkeypatch.setattr(mmd, "three_sample_test_from_sums", lambda a, b: Always(0.0))
+    sched = ["schedule.kind=kid", "schedule.every=1", "schedule.window=2", "run.record_every=1"]
+    on, off = simulate(tiny(*sched)), simulate(tiny("run.record_every=1"))
+    assert np.all(on.series["lr_scale"] == 1.0)
+    for k, v in off.series.items():
+        np.testing.assert_array_equal(on.series[k], v)
+    monkeypatch.setattr(mmd, "three_sample_test_from_sums", lambda a, b: Always(0.9))
+    floored = simulate(tiny(*sched, "schedule.patience=1", "schedule.floor=0.25"))
+    assert floored.series["lr_scale"].min() == 0.25 and floored.series["lr_scale"][0] == 1.0
+
+
+@pytest.mark.parametrize("extra", [[], ["critic.type=kernel", "loss.penalty=none", "critic.memory=3",
+                                        "critic.ridge=0.5"],
+                                   ["critic.optimizer=adam", "dynamics.eta_d=1e-3"],
+                                   ["model.type=neural", "generator.width=32"],
+                                   ["model.type=neural", "generator.width=32", "generator.optimizer=adam",
+                                    "critic.optimizer=momentum"]])
+def test_lr_scale_scales_eta_g_and_eta_d_in_both_engines(extra):
+    """A state with lr_scale = 1/2 steps exactly like the config with eta_G and eta_D halved."""
+    import dataclasses
+
+    from particlegan import dynamics as dyn
+    from particlegan.simulate import simulation_engine
+
+    base = tiny("dynamics.critic_steps_startup=0", *extra)
+    half = dict(base, dynamics=dict(base["dynamics"], eta_g=base["dynamics"]["eta_g"] / 2,
+                                    eta_d=base["dynamics"]["eta_d"] / 2))
+    engine = simulation_engine(base)
+    m1, s1 = engine.build_model(base, dyn.seed_streams(0))
+    m2, s2 = engine.build_model(half, dyn.seed_streams(0))
+    # same start (the start-up critic update of a fixed-kernel critic already reads eta_D)
+    s1 = dataclasses.replace(s1, lr_scale=0.5)
+    s2 = dataclasses.replace(s2, kernel_state=s1.kernel_state)
+    for _ in range(3):
+        (s1, g1), (s2, g2) = engine.outer_step(m1, s1), engine.outer_step(m2, s2)
+        np.testing.assert_array_equal(s1.x, s2.x)
+        np.testing.assert_array_equal(g1, g2)
+        if s1.w is not None:
+            np.testing.assert_array_equal(s1.w, s2.w)
+    if s1.kernel_state is not None:
+        np.testing.assert_array_equal(s1.kernel_state.coefs, s2.kernel_state.coefs)
+    # the scale is not sticky: back at 1, the optimizers run at the configured rates again
+    s1 = engine.outer_step(m1, dataclasses.replace(s1, lr_scale=1.0))[0]
+    if s1.critic_opt is not None:
+        assert s1.critic_opt.schedule.lr0 == base["dynamics"]["eta_d"]
+    if getattr(s1, "gen_opt", None) is not None:
+        assert s1.gen_opt.schedule.lr0 == base["dynamics"]["eta_g"]
+
+
+def test_optional_series_in_sweep_table_and_run_plot(tmp_path):
+    """results.csv gets kid/kid_std/lr_scale columns only when some run records them (empty cells
+    for the runs that do not); `plot run` adds KID and learning-rate panels when present."""
+    import csv
+
+    from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
+
+    plan = plan_sweep(load_base(None, TINY), [parse_grid("observables.kid=false,true")], [0])
+    run_sweep(plan, tmp_path / "s", in_process=True, plot=False)
+    with open(tmp_path / "s" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[list(rows[0]).index("com_error") + 1:] == ["kid", "kid_std", "steps", "status",
+                                                                    "wall_time_s", "error"]
+    assert rows[0]["kid"] == "" and float(rows[1]["kid"]) == pytest.approx(
+        json.loads((tmp_path / "s" / "runs" / rows[1]["run_id"] / "summary.json").read_text())["kid"])
+    import matplotlib.pyplot as plt
+
+    from particlegan.analysis import load_run
+    from particlegan.plotting import plot_run_overview
+
+    run_to_dir(tiny("observables.kid=true", "schedule.kind=kid", "schedule.every=2", "schedule.window=2"),
+               tmp_path / "r", plot=False)
+    titles = [ax.get_title() for ax in plot_run_overview(load_run(tmp_path / "r")).axes]
+    assert "KID" in titles and any("learning-rate factor" in t for t in titles)
+    plain = [ax.get_title() for ax in plot_run_overview(load_run(tmp_path / "s" / "runs" / rows[0]["run_id"])).axes]
+    assert "KID" not in plain and not any("learning-rate" in t for t in plain)
+    plt.close("all")

@@ -1,0 +1,133 @@
+"""Learned-feature critic (particlegan.feature_critic): the interaction energy against a direct
+double loop and the biased MMD^2 of particlegan.mmd, every gradient against central finite
+differences, cpu backend against numpy."""
+import numpy as np
+import pytest
+
+from particlegan import feature_critic as fc
+from particlegan import nn
+from particlegan.backends import get_backend
+from particlegan.config import resolve_config
+from particlegan.kernels import kernel_matrix
+from particlegan.mmd import mmd2_biased
+
+KERNELS = ["gaussian", "energy", "riesz"]
+
+
+def _critic(kind, beta=0.0, stabilizer="real", dim=2, seed=0):
+    cfg = resolve_config(overrides=["critic.type=learned_features", "loss.penalty=none",
+                                    f"critic.feature_kernel={kind}", f"critic.beta={beta}",
+                                    f"critic.stabilizer={stabilizer}", "critic.width=8", "critic.depth=2",
+                                    "critic.feature_dim=3", "critic.activation=tanh",
+                                    "critic.mmd_sigmas=[0.5, 2.0]", "critic.riesz_eps=0.3"])
+    return fc.build_learned_critic(cfg["critic"], dim, np.random.default_rng(seed))
+
+
+def _data(seed=1, n=7, m=9, d=2):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)), rng.normal(size=(m, d)) + 0.5
+
+
+@pytest.mark.parametrize("kind", KERNELS)
+def test_interaction_energy_is_half_the_biased_mmd2_and_a_direct_loop(kind):
+    critic, theta = _critic(kind)
+    x, y = _data()
+    net = critic.net.with_theta(theta)
+    u, v = nn.mlp_apply(net, x), nn.mlp_apply(net, y)
+    k = kernel_matrix  # reference Gram matrices
+    e = fc.interaction_energy(u, v, critic.kernel, get_backend("numpy"))
+    loop = 0.0
+    for a in u:
+        for b in u:
+            loop += k(a[None], b[None], critic.kernel)[0, 0] / (2 * len(u) ** 2)
+        for b in v:
+            loop -= k(a[None], b[None], critic.kernel)[0, 0] / (len(u) * len(v))
+    for a in v:
+        for b in v:
+            loop += k(a[None], b[None], critic.kernel)[0, 0] / (2 * len(v) ** 2)
+    assert e == pytest.approx(loop, rel=1e-10, abs=1e-13)
+    ref = 0.5 * mmd2_biased(k(u, u, critic.kernel), k(v, v, critic.kernel), k(u, v, critic.kernel))
+    assert e == pytest.approx(ref, rel=1e-10, abs=1e-13)
+
+
+@pytest.mark.parametrize("kind", KERNELS)
+@pytest.mark.parametrize("beta, stabilizer", [(0.0, "real"), (1.5, "real"), (2.0, "symmetric")])
+def test_critic_objective_gradient_matches_finite_differences(kind, beta, stabilizer):
+    critic, theta = _critic(kind, beta, stabilizer)
+    x, y = _data()
+    backend = get_backend("numpy")
+    value, grad = fc.learned_critic_objective(critic, theta, x, y, backend, weight_decay=0.01)
+    rng = np.random.default_rng(3)
+    h = 1e-6
+    for idx in rng.choice(len(theta), size=12, replace=False):
+        tp, tm = theta.copy(), theta.copy()
+        tp[idx] += h
+        tm[idx] -= h
+        fd = (fc.learned_critic_objective(critic, tp, x, y, backend, 0.01)[0]
+              - fc.learned_critic_objective(critic, tm, x, y, backend, 0.01)[0]) / (2 * h)
+        assert grad[idx] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    # the value: E - S - wd/2 |theta|^2 written out with Gram matrices
+    net = critic.net.with_theta(theta)
+    u, v = nn.mlp_apply(net, x), nn.mlp_apply(net, y)
+    Kuu, Kvv = kernel_matrix(u, u, critic.kernel), kernel_matrix(v, v, critic.kernel)
+    expect = 0.5 * mmd2_biased(Kuu, Kvv, kernel_matrix(u, v, critic.kernel)) - 0.5 * beta * Kvv.mean()
+    if stabilizer == "symmetric":
+        expect -= 0.5 * beta * Kuu.mean()
+    expect -= 0.005 * theta @ theta
+    assert value == pytest.approx(expect, rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", KERNELS)
+def test_witness_gradient_is_minus_n_times_the_energy_gradient(kind):
+    """grad f(x_i) = -N dE/dx_i: the particles descend the feature-space distance."""
+    critic, theta = _critic(kind)
+    x, y = _data()
+    backend = get_backend("numpy")
+    values, grad = fc.learned_critic_values_and_grads(critic, theta, x, y, backend)
+    net = critic.net.with_theta(theta)
+
+    def energy(xx):
+        return fc.interaction_energy(nn.mlp_apply(net, xx), nn.mlp_apply(net, y), critic.kernel, backend)
+
+    h = 1e-6
+    for i in range(len(x)):
+        for a in range(x.shape[1]):
+            xp, xm = x.copy(), x.copy()
+            xp[i, a] += h
+            xm[i, a] -= h
+            fd = (energy(xp) - energy(xm)) / (2 * h)
+            assert grad[i, a] == pytest.approx(-len(x) * fd, rel=1e-5, abs=1e-8)
+    u, v = nn.mlp_apply(net, x), nn.mlp_apply(net, y)
+    f_ref = kernel_matrix(u, v, critic.kernel).mean(axis=1) - kernel_matrix(u, u, critic.kernel).mean(axis=1)
+    assert np.allclose(values, f_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KERNELS)
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+def test_cpu_backend_matches_numpy(kind, dtype, rtol):
+    critic, theta = _critic(kind, beta=1.5)
+    x, y = _data(n=40, m=50)
+    theta, x, y = theta.astype(dtype), x.astype(dtype), y.astype(dtype)
+    critic = fc.LearnedFeatureCritic(net=critic.net.with_theta(theta), kernel=critic.kernel,
+                                     beta=critic.beta, stabilizer=critic.stabilizer)
+    out = {}
+    for name in ("numpy", "cpu"):
+        b = get_backend(name)
+        out[name] = (fc.learned_critic_objective(critic, theta, x, y, b),
+                     fc.learned_critic_values_and_grads(critic, theta, x, y, b))
+    (vn, gn), (fn, dn) = out["numpy"]
+    (vc, gc), (fcpu, dc) = out["cpu"]
+    assert vc == pytest.approx(vn, rel=rtol, abs=rtol)
+    for a, b in ((gc, gn), (fcpu, fn), (dc, dn)):
+        assert np.allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
+
+
+def test_config_refuses_penalties_and_non_ipm_losses():
+    from particlegan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="learned_features"):
+        resolve_config(overrides=["critic.type=learned_features"])  # default penalty 'fake'
+    with pytest.raises(ConfigError, match="learned_features"):
+        resolve_config(overrides=["critic.type=learned_features", "loss.penalty=none", "loss.kind=minimax"])
+    with pytest.raises(ConfigError, match="critic.beta"):
+        resolve_config(overrides=["critic.type=learned_features", "loss.penalty=none", "critic.beta=-1"])
