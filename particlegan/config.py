@@ -397,7 +397,7 @@ def _check_cross(cfg: dict) -> None:
     crit, loss = cfg["critic"], cfg["loss"]
     if crit["type"] == "mlp" and cfg["model"]["type"] != "neural":
         raise ConfigError("critic.type = 'mlp' needs model.type = 'neural' (the particle model's "
-                          "critics are rff, relu_features, kernel, mmd, energy, riesz)")
+                          "critics are rff, relu_features, kernel, mmd, energy, riesz, learned_features)")
     if crit["type"] in ("kernel", "mmd", "energy", "riesz") and loss["penalty"] != "none":
         raise ConfigError(f"loss.penalty must be 'none' for critic.type = '{crit['type']}' "
                           "(a fixed-kernel critic has no trainable parameters to penalise)")

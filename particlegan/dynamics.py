@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import critics as cr
+from . import feature_critic as fc
 from .backends import get_backend
 from .coupling import Coupling, apply_coupling, make_coupling
 from .kernels import KernelSpec
@@ -47,6 +48,7 @@ class Model:
     lam: float
     noise_rng: np.random.Generator     # interpolate noise (checkpointed through its state)
     dtype: np.dtype
+    learned: fc.LearnedFeatureCritic | None = None  # critic.type = learned_features
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class State:
     ----------
     step : number of particle steps taken.
     x : (N, d) particle positions.
-    w : (K,) random-feature critic weights (None for fixed-kernel critics).
+    w : (K,) random-feature critic weights, or (P,) feature-MLP parameters of a learned-feature
+        critic (None for fixed-kernel critics).
     kernel_state : fixed-kernel critic memory (None for feature critics).
     critic_opt : the critic optimizer (holds its own moment/direction state).
     lr_scale : factor on both learning rates, eta_G -> lr_scale eta_G and eta_D -> lr_scale eta_D
@@ -117,10 +120,12 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
     ctype = cfg["critic"]["type"]
     y = target.samples.astype(dtype)
-    fmap = real = kern = None
+    fmap = real = kern = learned = None
     w = None
     if ctype in cr.FEATURE_CRITICS:
         fmap, real, w = cr.build_feature_critic(cfg["critic"], y, backend, streams["critic"])
+    elif ctype == "learned_features":
+        learned, w = fc.build_learned_critic(cfg["critic"], cfg["target"]["dim"], streams["critic"], dtype)
     elif ctype in cr.KERNEL_CRITICS:
         kern = cr.critic_kernel(cfg["critic"])
     else:
@@ -129,7 +134,7 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
                   objective=objective_from_config(cfg["loss"]), backend=backend, critic_type=ctype,
                   feature_map=fmap, real_features=real, kernel=kern,
                   penalty=cfg["loss"]["penalty"], lam=penalty_coefficient(cfg["loss"]),
-                  noise_rng=streams["noise"], dtype=dtype)
+                  noise_rng=streams["noise"], dtype=dtype, learned=learned)
     state = State(step=0, x=x0, w=w, kernel_state=None,
                   critic_opt=make_critic_optimizer(cfg) if w is not None else None)
     n_startup = cfg["dynamics"]["critic_steps_startup"]
@@ -142,18 +147,24 @@ def train_critic(model: Model, state: State, n_steps: int,
                  fake: cr.FeatureBatch | None = None) -> State:
     """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the particles
     frozen at ``state.x``."""
-    if model.feature_map is None:
+    if model.kernel is not None:
         ks = kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
-    fake = fake if fake is not None else cr.feature_batch(model.feature_map, state.x, model.backend)
+    if model.feature_map is not None and fake is None:
+        fake = cr.feature_batch(model.feature_map, state.x, model.backend)
     w = state.w
     opt = state.critic_opt
     scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
     wd = model.cfg["critic"]["weight_decay"]
     for _ in range(n_steps):
+        if model.learned is not None:
+            _, grad = fc.learned_critic_objective(model.learned, w, state.x, model.y, model.backend, wd,
+                                                  need_value=False)
+            w = opt.step(w, grad, maximize=True)
+            continue
         pen_batch = None
         if model.penalty == "interpolates" and model.lam > 0:
             xhat = cr.interpolates(state.x, model.y, model.noise_rng)
@@ -171,6 +182,9 @@ def particle_forces(model: Model, state: State, fake: cr.FeatureBatch | None = N
     if model.feature_map is not None:
         fake = fake if fake is not None else cr.feature_batch(model.feature_map, state.x, model.backend)
         values, grad = cr.feature_values_and_grads(model.feature_map, fake, state.w)
+    elif model.learned is not None:
+        values, grad = fc.learned_critic_values_and_grads(model.learned, state.w, state.x, model.y,
+                                                          model.backend, need_values)
     else:
         values, grad = cr.kernel_critic_eval(state.kernel_state, model.y, state.x, model.kernel,
                                              model.backend, need_values)

@@ -38,6 +38,7 @@ from . import nn
 from .kernels import KernelSpec, make_kernel
 
 __all__ = ["LearnedFeatureCritic", "FEATURE_KERNELS", "build_learned_critic", "feature_kernel",
+           "feature_space_gradients",
            "interaction_energy", "learned_critic_objective", "learned_critic_values_and_grads"]
 
 FEATURE_KERNELS = ("gaussian", "energy", "riesz")
@@ -103,8 +104,29 @@ def interaction_energy(u: np.ndarray, v: np.ndarray, kernel: KernelSpec, backend
     return float(0.5 * np.dot(w.astype(np.float64), backend.kernel_sum(c, c, w, kernel).astype(np.float64)))
 
 
+def feature_space_gradients(u: np.ndarray, v: np.ndarray, kernel: KernelSpec, beta: float,
+                            stabilizer: str, backend) -> tuple[np.ndarray, np.ndarray]:
+    """dJ/du (N, m) and dJ/dv (M, m) of J = E(u, v) - S with respect to the features themselves.
+
+    dJ/du_i = (1 - beta_u)/N^2 sum_j grad_1 K(u_i, u_j) - 1/(NM) sum_m grad_1 K(u_i, v_m)
+    dJ/dv_m = (1 - beta)/M^2 sum_n grad_1 K(v_m, v_n) - 1/(NM) sum_i grad_1 K(v_m, u_i)
+
+    with beta_u = beta for the "symmetric" stabiliser, else 0. Free features moving with
+    velocity M dJ/dv_m follow the discriminator's Wasserstein ascent flow of B2, whose density
+    perturbations grow at (1 - beta) rho_0 |k|^2 K_hat(k).
+    """
+    n, m = len(u), len(v)
+    beta_u = beta if stabilizer == "symmetric" else 0.0
+    c = np.concatenate([u, v])
+    dt = u.dtype
+    w_u = np.concatenate([_weights(n, (1.0 - beta_u) / n**2, dt), _weights(m, -1.0 / (n * m), dt)])
+    w_v = np.concatenate([_weights(n, -1.0 / (n * m), dt), _weights(m, (1.0 - beta) / m**2, dt)])
+    return backend.kernel_grad_sum(u, c, w_u, kernel), backend.kernel_grad_sum(v, c, w_v, kernel)
+
+
 def learned_critic_objective(critic: LearnedFeatureCritic, theta: np.ndarray, x: np.ndarray,
-                             y: np.ndarray, backend, weight_decay: float = 0.0) -> tuple[float, np.ndarray]:
+                             y: np.ndarray, backend, weight_decay: float = 0.0,
+                             need_value: bool = True) -> tuple[float, np.ndarray]:
     """Critic objective J(theta) = E(u, v) - S - (wd/2) |theta|^2 (maximised) and dJ/dtheta.
 
     Parameters
@@ -112,26 +134,25 @@ def learned_critic_objective(critic: LearnedFeatureCritic, theta: np.ndarray, x:
     critic : the critic.  theta : (P,) feature-map parameters.
     x : (N, d) particles.  y : (M, d) target samples.  backend : kernel-sum backend.
     weight_decay : L2 coefficient wd >= 0.
+    need_value : False skips the O((N + M)^2) value sums (training needs the gradient only).
 
     Returns
     -------
-    value : float J.  grad : (P,) dJ/dtheta (through both feature clouds).
+    value : float J (nan when not needed).  grad : (P,) dJ/dtheta (through both feature clouds).
     """
     net = critic.net.with_theta(theta)
     u, cache_u = nn.mlp_forward(net, x)
     v, cache_v = nn.mlp_forward(net, y)
     n, m = len(u), len(v)
+    dt = u.dtype
     beta_v = critic.beta
     beta_u = critic.beta if critic.stabilizer == "symmetric" else 0.0
-    c = np.concatenate([u, v])
-    dt = u.dtype
-    # dJ/du_i = (1 - beta_u)/N^2 sum_j grad_1 K(u_i, u_j) - 1/(NM) sum_m grad_1 K(u_i, v_m)
-    w_u = np.concatenate([_weights(n, (1.0 - beta_u) / n**2, dt), _weights(m, -1.0 / (n * m), dt)])
-    # dJ/dv_m = (1 - beta_v)/M^2 sum_n grad_1 K(v_m, v_n) - 1/(NM) sum_i grad_1 K(v_m, u_i)
-    w_v = np.concatenate([_weights(n, -1.0 / (n * m), dt), _weights(m, (1.0 - beta_v) / m**2, dt)])
-    g_u = backend.kernel_grad_sum(u, c, w_u, critic.kernel)
-    g_v = backend.kernel_grad_sum(v, c, w_v, critic.kernel)
+    g_u, g_v = feature_space_gradients(u, v, critic.kernel, critic.beta, critic.stabilizer, backend)
     grad = nn.mlp_backward(net, cache_u, g_u)[0] + nn.mlp_backward(net, cache_v, g_v)[0]
+    if weight_decay > 0:
+        grad = grad - theta.dtype.type(weight_decay) * theta
+    if not need_value:
+        return float("nan"), grad
     value = interaction_energy(u, v, critic.kernel, backend)
     if critic.beta > 0:
         value -= beta_v * 0.5 * float(np.mean(backend.kernel_sum(v, v, _weights(m, 1.0 / m, dt), critic.kernel)))
@@ -140,7 +161,6 @@ def learned_critic_objective(critic: LearnedFeatureCritic, theta: np.ndarray, x:
                                                                      critic.kernel)))
     if weight_decay > 0:
         value -= 0.5 * weight_decay * float(theta @ theta)
-        grad = grad - theta.dtype.type(weight_decay) * theta
     return value, grad
 
 

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import critics as cr
+from . import feature_critic as fc
 from . import nn
 from .backends import get_backend
 from .losses import Objective, objective_from_config, penalty_coefficient
@@ -75,6 +76,8 @@ class NeuralModel:
         ``state.w``), else None.
     feature_map, real_features : random-feature critic (``rff`` / ``relu_features``), else None.
     kernel : kernel of a fixed-kernel critic, else None.
+    learned : learned-feature critic (``critic.type = "learned_features"``; live parameters
+        ``state.w``), else None.
     objective, penalty, lam : the loss (``lam`` = effective lambda).
     noise_rng : interpolate noise; latent_rng : fresh latent minibatches (both checkpointed).
     fresh_latents : draw new latents every step.  dtype : run dtype.
@@ -97,6 +100,7 @@ class NeuralModel:
     latent_rng: np.random.Generator
     fresh_latents: bool
     dtype: np.dtype
+    learned: fc.LearnedFeatureCritic | None = None  # critic.type = learned_features
 
 
 @dataclass(frozen=True)
@@ -171,11 +175,13 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     gen = make_generator(cfg, streams["coupling"], dtype)
     z = draw_latents(cfg, streams["particles"], dtype)
     ctype = cfg["critic"]["type"]
-    net = fmap = real = kern = None
+    net = fmap = real = kern = learned = None
     w = None
     if ctype == "mlp":
         net = make_critic_mlp(cfg, streams["critic"], dtype)
         w = net.theta.copy()
+    elif ctype == "learned_features":
+        learned, w = fc.build_learned_critic(cfg["critic"], cfg["target"]["dim"], streams["critic"], dtype)
     elif ctype in cr.FEATURE_CRITICS:
         fmap, real, w = cr.build_feature_critic(cfg["critic"], y, backend, streams["critic"])
     else:
@@ -185,7 +191,8 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
                         objective=objective_from_config(cfg["loss"]), backend=backend,
                         penalty=cfg["loss"]["penalty"], lam=penalty_coefficient(cfg["loss"]),
                         noise_rng=streams["noise"], latent_rng=streams["particles"],
-                        fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype)
+                        fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype,
+                        learned=learned)
     x0 = nn.mlp_apply(gen, z)
     state = NeuralState(step=0, x=x0, z=z, theta_g=gen.theta.copy(), w=w, kernel_state=None,
                         critic_opt=make_critic_optimizer(cfg) if w is not None else None,
@@ -237,8 +244,11 @@ def mlp_critic_objective(critic: nn.MLP, y: np.ndarray, x: np.ndarray, objective
 
 def critic_objective(model: NeuralModel, w: np.ndarray, x: np.ndarray,
                      xhat: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """J and dJ/dw of the model's trainable critic (MLP or random features) at parameters w."""
+    """J and dJ/dw of the model's trainable critic (MLP, random features or learned feature map)
+    at parameters w."""
     wd = model.cfg["critic"]["weight_decay"]
+    if model.learned is not None:
+        return fc.learned_critic_objective(model.learned, w, x, model.y, model.backend, wd)
     if model.critic_net is not None:
         return mlp_critic_objective(model.critic_net.with_theta(w), model.y, x, model.objective,
                                     model.penalty, model.lam, xhat, wd)
@@ -277,6 +287,9 @@ def critic_values_and_grads(model: NeuralModel, state: NeuralState, x: np.ndarra
     """f(x) (n,) (None for IPM kernel critics when not needed) and grad f(x) (n, d)."""
     if model.critic_net is not None:
         return nn.critic_values_and_input_grads(model.critic_net.with_theta(state.w), x)
+    if model.learned is not None:
+        return fc.learned_critic_values_and_grads(model.learned, state.w, x, model.y, model.backend,
+                                                  need_values)
     if model.feature_map is not None:
         fb = cr.feature_batch(model.feature_map, x, model.backend)
         return cr.feature_values_and_grads(model.feature_map, fb, state.w)

@@ -131,3 +131,45 @@ def test_config_refuses_penalties_and_non_ipm_losses():
         resolve_config(overrides=["critic.type=learned_features", "loss.penalty=none", "loss.kind=minimax"])
     with pytest.raises(ConfigError, match="critic.beta"):
         resolve_config(overrides=["critic.type=learned_features", "loss.penalty=none", "critic.beta=-1"])
+
+
+LEARNED_RING = ["critic.type=learned_features", "loss.penalty=none", "critic.width=32", "critic.depth=2",
+                "critic.mmd_sigmas=[0.2]", "critic.riesz_eps=0.05", "particles.n=32", "target.n_samples=128",
+                "dynamics.eta_d=0.01", "dynamics.eta_g=1", "run.record_every=25"]
+
+
+def _ring_run(kind, beta, steps=150):
+    from particlegan.simulate import simulate
+
+    cfg = resolve_config(overrides=LEARNED_RING + [f"critic.feature_kernel={kind}", f"critic.beta={beta}",
+                                                   f"run.steps={steps}"])
+    res = simulate(cfg)
+    assert res.status == "ok"
+    return res.series
+
+
+@pytest.mark.parametrize("beta", [0.0, 2.0])
+def test_learned_gaussian_feature_flow_covers_the_ring(beta):
+    """Particles descending the learned feature-space distance reach all 8 ring modes and MMD^2
+    falls by 10x within 150 steps (measured: 0.78 -> 0.02 or less)."""
+    series = _ring_run("gaussian", beta)
+    assert series["mmd2"][-1] < series["mmd2"][0] / 10
+    assert series["modes_covered"][-1] == 8
+
+
+def test_stabilizer_unlocks_the_learned_riesz_flow():
+    """With the Riesz feature kernel and no stabiliser the run stalls (measured: MMD^2 ~ 0.09,
+    1-2 modes from step 25 on); with beta = 2 it reaches MMD^2 < 0.05 and >= 5 modes."""
+    plain, stabilised = _ring_run("riesz", 0.0), _ring_run("riesz", 2.0)
+    assert plain["mmd2"][-1] > 0.06 and plain["modes_covered"][-1] <= 3
+    assert stabilised["mmd2"][-1] < 0.05 and stabilised["modes_covered"][-1] >= 5
+
+
+def test_learned_feature_critic_runs_in_the_neural_engine():
+    from particlegan.simulate import simulate
+
+    cfg = resolve_config(overrides=LEARNED_RING + ["model.type=neural", "generator.width=64", "run.steps=40",
+                                                   "run.record_every=10", "critic.beta=2"])
+    res = simulate(cfg)
+    assert res.status == "ok" and np.all(np.isfinite(res.series["mmd2"]))
+    assert res.series["mmd2"][-1] < res.series["mmd2"][0]

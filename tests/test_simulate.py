@@ -1,9 +1,7 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -72,6 +70,8 @@ def test_a_converging_run_is_not_flagged_as_runaway():
 
 # decays at steps 6, 12, 18, 24 of TINY (p > 0.01 in every test); every = 3 does not divide the
 # checkpoint step 20, so the resumed run needs the stored lr_scale, schedule memory and KID stream
+LEARNED = ["critic.type=learned_features", "loss.penalty=none", "critic.width=16", "critic.beta=1.5",
+           "critic.optimizer=adam", "dynamics.eta_d=1e-3"]
 KID_SCHEDULE = ["schedule.kind=kid", "schedule.every=3", "schedule.window=2", "schedule.patience=1",
                 "schedule.p_threshold=0.01", "observables.kid=true"]
 
@@ -80,7 +80,8 @@ KID_SCHEDULE = ["schedule.kind=kid", "schedule.every=3", "schedule.window=2", "s
                                    ["loss.penalty=interpolates"], KID_SCHEDULE,
                                    KID_SCHEDULE + ["critic.type=kernel", "loss.penalty=none", "critic.memory=2",
                                                    "critic.ridge=0.5"],
-                                   KID_SCHEDULE + ["model.type=neural", "generator.width=32"]])
+                                   KID_SCHEDULE + ["model.type=neural", "generator.width=32"],
+                                   LEARNED, LEARNED + ["model.type=neural", "generator.width=32"]])
 def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     from particlegan.checkpoint import load_checkpoint
     from particlegan.config import config_hash
@@ -109,26 +110,10 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
         assert scale[step < 20].min() < 1.0 and scale[step > 20].min() < scale[step <= 20].min()
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    overrides = TINY[:-1] + ["run.steps=400", "run.checkpoint_every=20", "particles.n=64"]
-    args = [a for o in overrides for a in ("--set", o)]
-    full = subprocess.run([sys.executable, "-m", "particlegan", "run", *args, "--out", str(tmp_path / "full"),
-                           "--no-plot"], capture_output=True, text=True, timeout=300)
-    assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "particlegan", "run", *args, "--out", str(tmp_path / "kill"),
-                             "--no-plot"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "kill" / "checkpoint.npz"
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "kill" / "meta.json").exists()
-    res = subprocess.run([sys.executable, "-m", "particlegan", "run", "--resume", str(tmp_path / "kill"),
-                          "--no-plot"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert (tmp_path / "kill" / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
+def test_sigkill_then_resume_matches_uninterrupted_run(sigkill_resume):
+    """Kill a CLI particle run after its first checkpoint; `run --resume` reproduces the
+    uninterrupted result.npz bitwise (shared body: conftest.sigkill_resume)."""
+    sigkill_resume(TINY[:-1] + ["run.steps=400", "run.checkpoint_every=20", "particles.n=64"])
 
 
 def test_physics_sanity_default_ring_coverage_vs_collapse():
@@ -244,7 +229,7 @@ def test_kid_schedule_with_improving_tests_keeps_the_rates(monkeypatch):
                                    ["critic.optimizer=adam", "dynamics.eta_d=1e-3"],
                                    ["model.type=neural", "generator.width=32"],
                                    ["model.type=neural", "generator.width=32", "generator.optimizer=adam",
-                                    "critic.optimizer=momentum"]])
+                                    "critic.optimizer=momentum"], LEARNED])
 def test_lr_scale_scales_eta_g_and_eta_d_in_both_engines(extra):
     """A state with lr_scale = 1/2 steps exactly like the config with eta_G and eta_D halved."""
     import dataclasses
