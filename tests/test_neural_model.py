@@ -220,37 +220,12 @@ def test_neural_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     assert (part / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
 
 
-def test_neural_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+def test_neural_sigkill_then_resume_matches_uninterrupted_run(sigkill_resume):
     """Kill a CLI neural run (fresh latents, Adam for both players, interpolate penalty) after
     its first checkpoint; `run --resume` reproduces the uninterrupted result.npz bitwise."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    overrides = TINY + ["critic.type=mlp", "loss.penalty=interpolates", "critic.optimizer=adam",
-                        "generator.optimizer=adam", "dynamics.eta_g=1e-3", "dynamics.eta_d=1e-3",
-                        "generator.fresh_latents=true", "run.steps=600", "run.checkpoint_every=20"]
-    args = [a for o in overrides for a in ("--set", o)]
-    cmd = [sys.executable, "-m", "particlegan", "run", *args, "--no-plot", "--out"]
-    full = subprocess.run(cmd + [str(tmp_path / "full")], capture_output=True, text=True, timeout=300)
-    assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen(cmd + [str(tmp_path / "kill")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "kill" / "checkpoint.npz"
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "kill" / "meta.json").exists()
-    res = subprocess.run([sys.executable, "-m", "particlegan", "run", "--resume",
-                          str(tmp_path / "kill"), "--no-plot"], capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert (tmp_path / "kill" / "result.npz").read_bytes() == \
-        (tmp_path / "full" / "result.npz").read_bytes()
+    sigkill_resume(TINY + ["critic.type=mlp", "loss.penalty=interpolates", "critic.optimizer=adam",
+                           "generator.optimizer=adam", "dynamics.eta_g=1e-3", "dynamics.eta_d=1e-3",
+                           "generator.fresh_latents=true", "run.steps=600", "run.checkpoint_every=20"])
 
 
 def test_particle_run_has_no_generator_arrays():
