@@ -21,11 +21,22 @@ from .errors import DataError
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory + os.replace)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same directory + os.replace).
+
+    The file gets the permissions of a plainly created one (0666 minus the umask), not the
+    private 0600 of the temporary file, so results stay readable on shared machines.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -72,3 +72,18 @@ def test_load_sample_array_reads_npy_and_first_npz_array(tmp_path):
     got = load_sample_array(tmp_path / "a.npy", "x")
     assert got.dtype == np.float64 and np.array_equal(got, a)
     assert np.array_equal(load_sample_array(tmp_path / "b.npz", "x", ncols=2), a * 2)
+
+
+def test_atomic_write_gives_normal_file_permissions(tmp_path):
+    """Not the 0600 of the temporary file: 0666 minus the umask, like open(path, 'w')."""
+    from particlegan.storage import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        with open(tmp_path / "b.bin", "wb") as fh:
+            fh.write(b"x")
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp_path / "a.bin").st_mode & 0o777
+    assert mode == 0o644 == os.stat(tmp_path / "b.bin").st_mode & 0o777
