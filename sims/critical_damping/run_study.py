@@ -173,9 +173,7 @@ def plot(rows: list[dict], cfg: dict, summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import io
-
-    from particlegan.storage import atomic_write_bytes
+    from particlegan.plotting import save_figure
 
     colors = {"cm": "C0", "rel": "C3"}
     names = {"cm": "collective (centre of mass)", "rel": "relative"}
@@ -223,10 +221,7 @@ def plot(rows: list[dict], cfg: dict, summary: dict, path: Path) -> None:
                  f"eta_D = {cfg['dynamics']['eta_d']}, n_c = {cfg['dynamics']['critic_steps']}, "
                  f"{len({r['seed'] for r in rows})} seeds", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=110)
 
 
 def write_markdown(summary: dict, rows: list[dict], seeds: list[int], run_seconds: float) -> None:

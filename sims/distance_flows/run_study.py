@@ -10,7 +10,6 @@ sims/distance_flows/results.md.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -72,7 +71,7 @@ def plot(out: Path, rows: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from particlegan.storage import atomic_write_bytes
+    from particlegan.plotting import save_figure
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
     for i, (label, rs) in enumerate(rows.items()):
@@ -93,10 +92,7 @@ def plot(out: Path, rows: dict[str, list[dict]], path: Path) -> None:
     fig.suptitle(f"Particle-based-distance flows on the 8-mode ring (N = 128, M = 1000; mean and "
                  f"min-max over {n} seeds)", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100)
 
 
 def write_markdown(table: list[dict]) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import sys
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def plot(disp: list[dict], gan_rows: list[dict], sweep_dir: Path, path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from particlegan.storage import atomic_write_bytes
+    from particlegan.plotting import save_figure
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     kk = np.linspace(0.2, 2 * np.pi * max(MODES) / (M * SPACING) * 1.05, 200)
@@ -158,10 +157,7 @@ def plot(disp: list[dict], gan_rows: list[dict], sweep_dir: Path, path: Path) ->
             ax.set_yscale("symlog", linthresh=1e-3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100)
 
 
 def gan_summary(gan_rows: list[dict]) -> list[dict]:
