@@ -1,5 +1,6 @@
-"""Studies of the neural engine (sims/): the alpha-GAN ring script runs end to end (quick
-version); the full study is marked slow."""
+"""Studies of the neural engine (sims/): the alpha-GAN ring, optimizers and particle-vs-neural
+scripts run end to end (quick versions, each checking a real property); the full studies are
+marked slow."""
 import csv
 import importlib.util
 from pathlib import Path
@@ -51,3 +52,77 @@ def test_alpha_gan_ring_full(tmp_path):
     assert study.main(["--jobs", "2", "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
     assert len(rows) == len(study.SETTINGS) * study.FULL["seeds"]
+
+
+# ------------------------------------------------------------------ optimizers (5a) ----
+def test_optimizers_quick_every_run_finishes_with_finite_mmd(tmp_path):
+    """Tiny version of sims/optimizers: every optimizer (SGD, momentum, Adam, CG-FR, CG-PRP) at
+    every grid lr and seed finishes with status ok and a finite MMD^2; the chosen lr is on the
+    grid; the table has one row per optimizer."""
+    study = _load("sims/optimizers/run_study.py")
+    assert study.main(["--quick", "--jobs", "1", "--out", str(tmp_path)]) == 0
+    runs = list(csv.DictReader((tmp_path / "runs.csv").read_text().splitlines()))
+    n_grid = sum(len(grid) for _, grid in study.OPTIMIZERS.values())
+    assert len(runs) == n_grid * len(study.TUNING_SEEDS) + len(study.OPTIMIZERS) * study.QUICK["seeds"]
+    for r in runs:
+        assert r["status"] == "ok" and np.isfinite(float(r["mmd2_final"])), r
+        assert 0 <= int(r["modes_final"]) <= 8
+    table = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert [t["optimizer"] for t in table] == list(study.OPTIMIZERS)
+    for t in table:
+        assert float(t["lr"]) in study.OPTIMIZERS[t["optimizer"]][1]
+    assert (tmp_path / "optimizers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_optimizers_study_sets_the_same_optimizer_for_both_players():
+    study = _load("sims/optimizers/run_study.py")
+    from particlegan.config import resolve_config
+
+    cfg = resolve_config(overrides=study.base_overrides(study.QUICK)
+                         + study.optimizer_overrides("CG-PRP", 0.03))
+    for who in ("generator", "critic"):
+        assert cfg[who]["optimizer"] == "cg" and cfg[who]["cg_rule"] == "PRP"
+    assert cfg["dynamics"]["eta_g"] == cfg["dynamics"]["eta_d"] == 0.03
+    cfg = resolve_config(overrides=study.base_overrides(study.QUICK)
+                         + study.optimizer_overrides("Adam (0.5, 0.999)", 1e-3))
+    assert cfg["generator"]["betas"] == cfg["critic"]["betas"] == [0.5, 0.999]
+
+
+@pytest.mark.slow
+def test_optimizers_full(tmp_path):
+    study = _load("sims/optimizers/run_study.py")
+    assert study.main(["--jobs", "2", "--out", str(tmp_path)]) == 0
+    table = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert len(table) == len(study.OPTIMIZERS) and all(int(t["diverged"]) == 0 for t in table)
+
+
+# ---------------------------------------------------------- particle vs neural (5c) ----
+def test_particle_vs_neural_quick_full_ntk_tracks_the_wide_network(tmp_path):
+    """Tiny version of sims/particle_vs_neural: started at the neural generator's outputs, the
+    full-empirical-NTK particle trajectory stays within 5% of the neural displacement at early
+    times for a wide net (width 1024: ~2%), is closer than the universal-kernel one, and gets
+    closer as the width grows (lazy limit)."""
+    study = _load("sims/particle_vs_neural/run_study.py")
+    assert study.main(["--quick", "--jobs", "1", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert len(rows) == len(study.QUICK["widths"]) * study.QUICK["seeds"]
+    by_w = {int(r["width"]): {k: float(v) for k, v in r.items()} for r in rows}
+    wide, narrow = by_w[max(by_w)], by_w[min(by_w)]
+    assert wide["displacement_early"] > 0.1          # the particles really moved
+    assert wide["dmax_early_matrix"] < 0.05 * wide["displacement_early"]
+    assert wide["dmax_early_matrix"] < wide["dmax_early_universal"]
+    assert wide["dmax_early_matrix"] < narrow["dmax_early_matrix"]
+    assert abs(wide["mmd2_final_matrix"] - wide["mmd2_final_neural"]) < 1e-3
+    for name in ("particle_vs_neural.png", "particle_vs_neural_width.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert "full NTK" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_particle_vs_neural_full(tmp_path):
+    study = _load("sims/particle_vs_neural/run_study.py")
+    assert study.main(["--jobs", "2", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert len(rows) == len(study.FULL["widths"]) * study.FULL["seeds"]
+    wide = [r for r in rows if int(r["width"]) == max(study.FULL["widths"])]
+    assert all(float(r["dmax_early_matrix"]) < 0.05 * float(r["displacement_early"]) for r in wide)
