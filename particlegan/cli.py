@@ -305,9 +305,12 @@ def plot_run_cmd(run_dir, out_path):
 @click.option("--matrix", "matrix_path", default=None, metavar="NPY",
               help="Also save the full (N, N) empirical NTK here; the config then uses "
                    "generator.kernel = 'matrix'.")
+@click.option("--init", "init_path", default=None, metavar="NPY",
+              help="Also save the generator's initial outputs G(z_i) here; the config then starts "
+                   "the particles there (particles.init = 'file').")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors_to_exit
-def ntk_command(config, overrides, seed, out_path, matrix_path, as_json):
+def ntk_command(config, overrides, seed, out_path, matrix_path, init_path, as_json):
     """Empirical NTK of CONFIG's neural generator at initialisation on its fixed latents:
     g1 (mean diagonal), g2 (mean off-diagonal), phi = g2/g1, the off-diagonal spread, and the
     closed forms; writes a particle-model config with that kernel."""
@@ -315,7 +318,7 @@ def ntk_command(config, overrides, seed, out_path, matrix_path, as_json):
 
     from .empirical_ntk import run_ntk
 
-    rep = run_ntk(_load_config(config, overrides, seed), out_path, matrix_path)
+    rep = run_ntk(_load_config(config, overrides, seed), out_path, matrix_path, init_path)
     if as_json:
         click.echo(json.dumps(rep, sort_keys=True))
         return
@@ -331,7 +334,8 @@ def ntk_command(config, overrides, seed, out_path, matrix_path, as_json):
             click.echo(f"{label}: g1 {c['g1']:.6g}  g2 {c['g2']:.6g}  phi {c['phi']:.6g}  "
                        f"(measured/closed - 1: g1 {c['rel_err_g1']:+.3%}, g2 {c['rel_err_g2']:+.3%})")
     click.echo(f"particle-model config -> {rep['config_path']}"
-               + (f"  (kernel matrix -> {rep['matrix_path']})" if rep["matrix_path"] else ""))
+               + (f"  (kernel matrix -> {rep['matrix_path']})" if rep["matrix_path"] else "")
+               + (f"  (initial particles -> {rep['init_path']})" if rep["init_path"] else ""))
 
 
 @main.command("bench")

@@ -48,11 +48,12 @@ Config keys: the generator of ``generator.width`` / ``depth`` / ``activation`` /
 """
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 
-from .nn import MLP, _backward_deltas, _layout, mlp_forward, mlp_jacobian
+from .nn import MLP, _backward_deltas, _layout, mlp_apply, mlp_forward, mlp_jacobian
 
 NTK_METHODS = ("layerwise", "jacobian")
 
@@ -305,12 +306,45 @@ def generator_ntk_report(cfg: dict, method: str = "layerwise") -> tuple[dict, np
     return report, theta
 
 
-def particle_config_from_ntk(cfg: dict, report: dict, matrix_path: str | None = None) -> dict:
+def generator_initial_outputs(cfg: dict) -> np.ndarray:
+    """x_i(0) = G_theta0(z_i) (N, d) of a config's neural generator on its fixed latents: the
+    same generator and latents as :func:`generator_ntk_report` and a ``model.type = "neural"``
+    run with the same seed, in the run dtype."""
+    from .dynamics import seed_streams
+    from .neural_model import draw_latents, make_generator
+
+    dtype = np.dtype(cfg["run"]["dtype"])
+    streams = seed_streams(cfg["run"]["seed"])
+    gen = make_generator(cfg, streams["coupling"], dtype)
+    z = draw_latents(cfg, streams["particles"], dtype)
+    return mlp_apply(gen, z)
+
+
+def _save_npy(path, array: np.ndarray, option: str) -> str:
+    from pathlib import Path
+
+    from .errors import DataError
+    from .storage import atomic_write_bytes, ensure_dir
+
+    p = Path(path)
+    if p.suffix != ".npy":
+        raise DataError(f"{option} '{p}': the array is written as .npy")
+    ensure_dir(p.parent)
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(p, buf.getvalue())
+    return str(p)
+
+
+def particle_config_from_ntk(cfg: dict, report: dict, matrix_path: str | None = None,
+                             init_path: str | None = None) -> dict:
     """Particle-model config equivalent to ``cfg``'s neural run, with the measured kernel.
 
     ``model.type = "particle"``; ``generator.kernel = "universal"`` with g1 = report["g1"] and
     phi = report["phi"] (g2 unset: derived), or, with ``matrix_path``, ``kernel = "matrix"``
-    reading the full (N, N) empirical NTK from that .npy. The normalisation is "ntk" (C = K/N),
+    reading the full (N, N) empirical NTK from that .npy; with ``init_path`` the particles
+    start from that .npy (the generator's initial outputs, :func:`generator_initial_outputs`)
+    instead of the default Gaussian. The normalisation is "ntk" (C = K/N),
     which is what the neural generator's SGD step gives to first order in eta_G
     (:mod:`particlegan.neural_model`), so dynamics.eta_g carries over unchanged.
 
@@ -329,31 +363,28 @@ def particle_config_from_ntk(cfg: dict, report: dict, matrix_path: str | None = 
         gen.update({"kernel": "matrix", "matrix_path": str(matrix_path)})
     else:
         gen["kernel"] = "universal"
+    if init_path is not None:
+        out["particles"].update({"init": "file", "init_path": str(init_path)})
     return resolve_config(out)
 
 
-def run_ntk(cfg: dict, out_path: str, matrix_path: str | None = None) -> dict:
+def run_ntk(cfg: dict, out_path: str, matrix_path: str | None = None,
+            init_path: str | None = None) -> dict:
     """The ``particlegan ntk`` command: measure, write the particle config (TOML) and, with
-    ``matrix_path``, the full empirical NTK (.npy). Returns the report (plus ``config_path``
-    and ``matrix_path``)."""
+    ``matrix_path``, the full empirical NTK (.npy), with ``init_path`` the generator's initial
+    outputs (.npy, the particles' start in the written config). Returns the report (plus
+    ``config_path``, ``matrix_path`` and ``init_path``)."""
     from pathlib import Path
 
     from .config import to_toml
-    from .errors import DataError
     from .storage import atomic_write_bytes, ensure_dir
 
     report, theta = generator_ntk_report(cfg)
     if matrix_path is not None:
-        mp = Path(matrix_path)
-        if mp.suffix != ".npy":
-            raise DataError(f"--matrix '{mp}': the kernel is written as .npy")
-        ensure_dir(mp.parent)
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, theta, allow_pickle=False)
-        atomic_write_bytes(mp, buf.getvalue())
-    pcfg = particle_config_from_ntk(cfg, report, None if matrix_path is None else str(matrix_path))
+        matrix_path = _save_npy(matrix_path, theta, "--matrix")
+    if init_path is not None:
+        init_path = _save_npy(init_path, generator_initial_outputs(cfg), "--init")
+    pcfg = particle_config_from_ntk(cfg, report, matrix_path, init_path)
     op = Path(out_path)
     ensure_dir(op.parent)
     header = (f"# particle-model config from the empirical NTK of the neural generator\n"
@@ -361,5 +392,6 @@ def run_ntk(cfg: dict, out_path: str, matrix_path: str | None = None) -> dict:
               f"offdiag_std = {report['offdiag_std']!r}\n")
     atomic_write_bytes(op, (header + to_toml(pcfg)).encode())
     report["config_path"] = str(op)
-    report["matrix_path"] = None if matrix_path is None else str(matrix_path)
+    report["matrix_path"] = matrix_path
+    report["init_path"] = init_path
     return report

@@ -75,6 +75,22 @@ def test_matrix_option_writes_the_kernel_and_a_matrix_config(tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_init_option_starts_the_particles_at_the_generator_outputs(tmp_path):
+    """--init: the particle run's step-0 snapshot is the neural run's (same generator, latents)."""
+    from particlegan.simulate import simulate
+
+    npy = tmp_path / "x0.npy"
+    sets = ["particles.n=12", "generator.width=64", "run.steps=2", "run.record_every=1"]
+    rep = _ntk(tmp_path, *sets, extra=["--init", str(npy)])
+    assert rep["init_path"] == str(npy)
+    pcfg = config_from_sources(tmp_path / "p.toml")
+    assert pcfg["particles"]["init"] == "file" and pcfg["particles"]["init_path"] == str(npy)
+    neural = simulate(config_from_sources(None, sets + ["model.type=neural"]))
+    particle = simulate(pcfg)
+    assert np.array_equal(np.load(npy), neural.snapshots[0])
+    assert np.array_equal(particle.snapshots[0], neural.snapshots[0])
+
+
 def test_text_output(tmp_path):
     res = CliRunner().invoke(main, ["ntk", "--out", str(tmp_path / "p.toml"), "--set", "particles.n=8",
                                     "--set", "generator.width=16"])
@@ -87,6 +103,7 @@ def test_text_output(tmp_path):
     (["--set", "generator.latent=cube"], "generator.latent"),
     (["missing.toml"], "missing.toml"),
     (["--matrix", "k.txt"], "--matrix"),
+    (["--init", "x0.csv"], "--init"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, args, fragment):
     res = CliRunner().invoke(main, ["ntk", "--out", str(tmp_path / "p.toml"), *args])

@@ -9,9 +9,9 @@ gradient penalty on the fakes) and step sizes, run three ways:
                    NTK (generator.kernel = "universal");
   (iii) full NTK:  the particle model with the full (N, N) empirical NTK (kernel = "matrix").
 
-(ii) and (iii) are the configs written by ``particlegan ntk --out ... [--matrix ...]``
+(ii) and (iii) are the configs written by ``particlegan ntk --out ... [--matrix ...] --init ...``
 (:func:`particlegan.empirical_ntk.run_ntk`), started at the neural generator's initial outputs
-x_i(0) = G_theta0(z_i) (particles.init = "file"; the ntk command does not set this). Time scale:
+x_i(0) = G_theta0(z_i) (particles.init = "file"). Time scale:
 the neural step theta <- theta - eta_G J^T (-F/N) moves the outputs by (eta_G/N) J J^T F to first
 order, and the particle step is x <- x + eta_G (K/N) F (normalization "ntk") with K = J J^T (the
 trace-normalised empirical NTK): the same eta_G, no rescaling needed (checked: at width 4096 the
@@ -69,19 +69,13 @@ def neural_overrides(p: dict, width: int) -> list[str]:
             f"run.snapshots={p['steps'] // p['every'] + 1}", "observables.mmd_samples=1000"]
 
 
-def particle_configs(cfg: dict, x0: np.ndarray, work: Path) -> tuple[dict, dict, dict]:
-    """(ntk report, universal config, matrix config) from ``particlegan ntk``'s logic, both
-    started at the neural generator's initial outputs x0."""
-    init = work / "x0.npy"
-    np.save(init, x0)
-    rep = run_ntk(cfg, str(work / "universal.toml"))
-    run_ntk(cfg, str(work / "matrix.toml"), str(work / "ntk.npy"))
-    out = []
-    for name in ("universal", "matrix"):
-        pc = config_from_sources(work / f"{name}.toml",
-                                 ["particles.init=file", f"particles.init_path={init}"])
-        out.append(pc)
-    return rep, out[0], out[1]
+def particle_configs(cfg: dict, work: Path) -> tuple[dict, dict, dict]:
+    """(ntk report, universal config, matrix config) written by ``particlegan ntk``'s logic,
+    both started at the neural generator's initial outputs (``--init``)."""
+    init = str(work / "x0.npy")
+    rep = run_ntk(cfg, str(work / "universal.toml"), init_path=init)
+    run_ntk(cfg, str(work / "matrix.toml"), str(work / "ntk.npy"), init)
+    return rep, config_from_sources(work / "universal.toml"), config_from_sources(work / "matrix.toml")
 
 
 def one_case(args) -> dict:
@@ -90,9 +84,9 @@ def one_case(args) -> dict:
     cfg = resolve_config(overrides=neural_overrides(p, width), seed=seed)
     t0 = time.perf_counter()
     res = {"neural": simulate(cfg)}
-    x0 = res["neural"].snapshots[0]
     with tempfile.TemporaryDirectory() as tmp:
-        rep, uc, mc = particle_configs(cfg, x0, Path(tmp))
+        rep, uc, mc = particle_configs(cfg, Path(tmp))
+        assert np.array_equal(np.load(Path(tmp) / "x0.npy"), res["neural"].snapshots[0])
         res["universal"] = simulate(uc)
         res["matrix"] = simulate(mc)
     out = {"width": width, "seed": seed, "g1": rep["g1"], "g2": rep["g2"], "phi": rep["phi"],
