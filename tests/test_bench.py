@@ -17,7 +17,7 @@ from particlegan.kernels import kernel_grad_matrix, kernel_matrix, make_kernel
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("method", ["numpy_broadcast", "scipy_cdist"])
+@pytest.mark.parametrize("method", ["numpy_broadcast", "scipy_cdist", "numpy_blas"])
 @pytest.mark.parametrize("op", ["kernel_sum", "kernel_grad"])
 @pytest.mark.parametrize("d", [2, 7])
 def test_baselines_compute_the_gaussian_sums(method, op, d, monkeypatch):
