@@ -53,6 +53,31 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode())
 
 
+def atomic_write_csv(path: str | Path, rows, columns=None, float_format: str | None = None) -> None:
+    """Atomically write dict rows as CSV (header = ``columns``, default the first row's keys).
+
+    Parameters
+    ----------
+    rows : iterable of mappings; keys outside ``columns`` are ignored, missing ones left empty.
+    float_format : e.g. "{:.6g}" for Python floats (default: repr, which round-trips exactly).
+    """
+    import csv
+
+    rows = list(rows)
+    if columns is None:
+        if not rows:
+            raise DataError(f"no rows to write to '{path}' and no columns given")
+        columns = list(rows[0])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        if float_format is not None:
+            row = {k: (float_format.format(v) if isinstance(v, float) else v) for k, v in row.items()}
+        writer.writerow(row)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """Serialise arrays as an uncompressed-deterministic ``.npz`` (fixed timestamps, sorted names)."""
     buf = io.BytesIO()

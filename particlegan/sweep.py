@@ -31,8 +31,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import concurrent.futures.process
 import copy
-import csv
-import io
 import itertools
 import json
 import math
@@ -573,15 +571,10 @@ def result_row(run: PlannedRun, outcome: Mapping) -> dict[str, str]:
 
 def write_results_csv(path: str | Path, plan: SweepPlan, outcomes: Mapping[str, Mapping]) -> None:
     """Atomically (re)write results.csv: a row per run with an outcome, in plan order."""
-    from .storage import atomic_write_bytes
+    from .storage import atomic_write_csv
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=results_columns(plan), lineterminator="\n")
-    writer.writeheader()
-    for run in plan.runs:
-        if run.run_id in outcomes:
-            writer.writerow(result_row(run, outcomes[run.run_id]))
-    atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_csv(path, (result_row(run, outcomes[run.run_id]) for run in plan.runs if run.run_id in outcomes),
+                     columns=results_columns(plan))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,3 +87,20 @@ def test_atomic_write_gives_normal_file_permissions(tmp_path):
         os.umask(old)
     mode = os.stat(tmp_path / "a.bin").st_mode & 0o777
     assert mode == 0o644 == os.stat(tmp_path / "b.bin").st_mode & 0o777
+
+
+def test_atomic_write_csv_round_trips_and_formats_floats(tmp_path):
+    import csv
+
+    from particlegan.storage import atomic_write_csv
+
+    rows = [{"a": 0.1, "b": "x", "c": 3}, {"a": 1 / 3, "b": "y", "c": 4, "extra": 9}]
+    atomic_write_csv(tmp_path / "t.csv", rows)
+    back = list(csv.DictReader((tmp_path / "t.csv").read_text().splitlines()))
+    assert [float(r["a"]) for r in back] == [0.1, 1 / 3] and [r["b"] for r in back] == ["x", "y"]
+    assert list(back[0]) == ["a", "b", "c"]  # header from the first row; extra keys dropped
+    atomic_write_csv(tmp_path / "f.csv", rows, columns=["c", "a"], float_format="{:.3g}")
+    assert (tmp_path / "f.csv").read_text() == "c,a\n3,0.1\n4,0.333\n"
+    with pytest.raises(DataError, match="no rows"):
+        atomic_write_csv(tmp_path / "e.csv", [])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

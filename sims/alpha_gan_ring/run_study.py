@@ -24,7 +24,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -36,6 +35,7 @@ from particlegan import nn  # noqa: E402
 from particlegan.config import resolve_config  # noqa: E402
 from particlegan.neural_model import make_generator  # noqa: E402
 from particlegan.simulate import simulate  # noqa: E402
+from particlegan.storage import atomic_write_csv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIG = HERE.parent.parent / "figures" / "alpha_gan_ring.png"
@@ -177,11 +177,8 @@ def main(argv=None) -> int:
             rows = pool.map(one_run, jobs, chunksize=1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["setting", "seed", "modes", "hqs", "success", "failure", "status", "seconds"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in w.fieldnames})
+    atomic_write_csv(out / "results.csv", rows,
+                     ["setting", "seed", "modes", "hqs", "success", "failure", "status", "seconds"])
     table = summarise(rows)
     (out / "results.md").write_text(markdown(table, p))
     figure(rows, table, out / "alpha_gan_ring.png" if a.quick else FIG)

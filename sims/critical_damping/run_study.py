@@ -21,7 +21,6 @@ sims/critical_damping/results.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from particlegan.analysis import convergence_time, critical_penalties, load_resu
 from particlegan.config import resolve_config
 from particlegan.progress import Reporter
 from particlegan.stability import mode_trajectory, rff_curvature
+from particlegan.storage import atomic_write_csv
 from particlegan.sweep import GridAxis, load_base, parse_logspace, plan_sweep, run_sweep
 
 HERE = Path(__file__).resolve().parent
@@ -146,10 +146,7 @@ def run(out: Path, seeds: list[int], jobs: int, axis: GridAxis, overrides: list[
     rows = [analyse_run(out / "runs" / r["run_id"], y) for r in load_results(out / "results.csv")
             if r["status"] != "failed"]
     rows.sort(key=lambda r: (r["lambda"], r["seed"]))
-    with open(out / "modes.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_csv(out / "modes.csv", rows)
     return rows
 
 

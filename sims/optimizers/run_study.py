@@ -37,7 +37,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import math  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import sys  # noqa: E402
@@ -51,6 +50,7 @@ from particlegan.config import resolve_config  # noqa: E402
 from particlegan.neural_model import make_generator  # noqa: E402
 from particlegan.observables import modes_covered  # noqa: E402
 from particlegan.simulate import simulate  # noqa: E402
+from particlegan.storage import atomic_write_csv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIG = HERE.parent.parent / "figures" / "optimizers.png"
@@ -256,17 +256,9 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(evals, chosen)
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, list(table[0]))
-        w.writeheader()
-        for t in table:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in t.items()})
-    keys = ["optimizer", "lr", "seed", "phase", "status", "mmd2_final", "mmd2_late", "modes_final", "seconds"]
-    with open(out / "runs.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, keys)
-        w.writeheader()
-        for r in tuning + evals:
-            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in keys})
+    atomic_write_csv(out / "results.csv", table, float_format="{:.6g}")
+    atomic_write_csv(out / "runs.csv", tuning + evals, ["optimizer", "lr", "seed", "phase", "status", "mmd2_final",
+                                                        "mmd2_late", "modes_final", "seconds"], "{:.6g}")
     md = markdown(table, chosen, p, wall)
     (out / "results.md").write_text(md)
     figure(evals, table, chosen, out / "optimizers.png" if a.quick else FIG)

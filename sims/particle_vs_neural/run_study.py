@@ -34,7 +34,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -46,6 +45,7 @@ import numpy as np  # noqa: E402
 from particlegan.config import config_from_sources, resolve_config  # noqa: E402
 from particlegan.empirical_ntk import run_ntk  # noqa: E402
 from particlegan.simulate import simulate  # noqa: E402
+from particlegan.storage import atomic_write_csv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIGS = HERE.parent.parent / "figures"
@@ -288,11 +288,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = rows_of(cases, p)
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_csv(out / "results.csv", rows, float_format="{:.6g}")
     md = markdown(rows, p, wall)
     (out / "results.md").write_text(md)
     figdir = out if a.quick else FIGS

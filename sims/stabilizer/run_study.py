@@ -32,6 +32,7 @@ from particlegan.feature_critic import feature_space_gradients
 from particlegan.kernels import make_kernel
 from particlegan.progress import Reporter
 from particlegan.stability import dispersion_relation
+from particlegan.storage import atomic_write_csv
 from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
 
 HERE = Path(__file__).resolve().parent
@@ -204,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         disp = dispersion_table()
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "dispersion.csv", "w", newline="") as fh:  # (rewritten as read on --replot)
-        writer = csv.DictWriter(fh, fieldnames=list(disp[0]))
-        writer.writeheader()
-        writer.writerows(disp)
+    atomic_write_csv(args.out / "dispersion.csv", disp)  # (rewritten as read on --replot)
     worst = max(abs(r["measured"] / r["theory"] - 1) for r in disp)
     print(f"dispersion: {len(disp)} points, worst relative error {worst:.1%}")
     if not args.quick:
