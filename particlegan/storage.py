@@ -115,6 +115,7 @@ def versions() -> dict:
     import scipy
 
     from . import __version__
+    from .numba_setup import vector_width_setting
 
     return {
         "particlegan": __version__,
@@ -122,6 +123,8 @@ def versions() -> dict:
         "numba": numba.__version__,
         "scipy": scipy.__version__,
         "python": platform.python_version(),
+        "numba_cpu": os.environ.get("NUMBA_CPU_NAME", "host"),
+        "numba_vector_width": vector_width_setting(),
     }
 
 

@@ -1,0 +1,57 @@
+"""Code-generation setting for the numba CPU kernels, applied when ``particlegan`` is imported.
+
+LLVM vectorises for 256-bit registers by default even on AVX-512 CPUs ("prefer-256-bit", a
+tuning choice made for older Xeons that slowed down on 512-bit instructions). The pair loops of
+:mod:`particlegan.backends.cpu_backend` are pure vector arithmetic, and with 512-bit vectors they
+run 1.5-2x faster on the reference machine (Xeon, Emerald Rapids: Gaussian kernel sum at d = 2,
+N = M = 1e4-3e4, 1.2e9 -> 1.6-2.4e9 pairs/s; see ``particlegan bench``).
+
+numba reads its target CPU once, when it is first imported, from ``NUMBA_CPU_NAME`` and
+``NUMBA_CPU_FEATURES``. So, if the host has AVX-512 and neither variable is set and numba is not
+imported yet, :func:`configure_vector_width` sets them to the host CPU and its features plus
+``-prefer-256-bit``. It changes nothing else (same instruction set as the host), and it is
+process-wide, so it also applies to other numba code in the process. Opt out with
+``PARTICLEGAN_VECTOR_WIDTH=default``. Results stay bitwise reproducible for a given setting; the
+setting is recorded in every run's meta.json (:func:`vector_width_setting`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+ENV = "PARTICLEGAN_VECTOR_WIDTH"
+_APPLIED = {"value": "default"}
+
+
+def configure_vector_width() -> str:
+    """Prefer 512-bit vectors in numba's code generation on AVX-512 hosts (see module doc).
+
+    Returns
+    -------
+    "512" when applied; otherwise "default" (opted out, no AVX-512, numba already imported, or
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES already set by the user).
+    """
+    if os.environ.get(ENV, "auto") != "auto" or "numba" in sys.modules:
+        return _APPLIED["value"]
+    if "NUMBA_CPU_NAME" in os.environ or "NUMBA_CPU_FEATURES" in os.environ:
+        return _APPLIED["value"]
+    try:
+        import llvmlite.binding as ll
+
+        ll.initialize_native_target()
+        features = ll.get_host_cpu_features()
+        if not features.get("avx512f", False):
+            return _APPLIED["value"]
+        os.environ["NUMBA_CPU_NAME"] = ll.get_host_cpu_name()
+        os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
+    except Exception:  # no llvmlite host query on this platform: leave numba's defaults
+        return _APPLIED["value"]
+    _APPLIED["value"] = "512"
+    return "512"
+
+
+def vector_width_setting() -> str:
+    """What :func:`configure_vector_width` did in this process ("512" or "default")."""
+    if _APPLIED["value"] == "512" and "-prefer-256-bit" in os.environ.get("NUMBA_CPU_FEATURES", ""):
+        return "512"
+    return "default"

@@ -1,0 +1,69 @@
+"""particlegan.numba_setup: 512-bit vectors for the numba kernels on AVX-512 hosts, applied at
+import time, opt-out by environment, recorded in meta.json; results agree with the default
+code generation to rounding."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+PROBE = """
+import json, os, sys
+{pre}
+import particlegan
+import numba
+from particlegan.numba_setup import vector_width_setting
+from particlegan.backends import get_backend
+from particlegan.kernels import make_kernel
+import numpy as np
+rng = np.random.default_rng(0)
+X, Y, w = rng.normal(size=(300, 2)), rng.normal(size=(500, 2)), rng.normal(size=500)
+out = get_backend("cpu").kernel_sum(X, Y, w, make_kernel("gaussian", sigma=0.5))
+print(json.dumps({{"setting": vector_width_setting(), "features": numba.config.CPU_FEATURES or "",
+                   "out": out.tolist()}}))
+"""
+
+
+def _probe(env_extra=None, pre=""):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    env.pop("PARTICLEGAN_VECTOR_WIDTH", None)
+    env.update(env_extra or {})
+    res = subprocess.run([sys.executable, "-c", PROBE.format(pre=pre)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _host_has_avx512():
+    import llvmlite.binding as ll
+
+    ll.initialize_native_target()
+    return bool(ll.get_host_cpu_features().get("avx512f", False))
+
+
+def test_opt_out_and_numba_imported_first_leave_the_default():
+    assert _probe({"PARTICLEGAN_VECTOR_WIDTH": "default"})["setting"] == "default"
+    assert _probe(pre="import numba")["setting"] == "default"
+    assert _probe({"NUMBA_CPU_NAME": "generic"})["setting"] == "default"
+
+
+def test_avx512_hosts_get_512_bit_vectors_with_the_same_results():
+    if not _host_has_avx512():
+        pytest.skip("host has no AVX-512: the setting is not applied")
+    wide = _probe()
+    default = _probe({"PARTICLEGAN_VECTOR_WIDTH": "default"})
+    assert wide["setting"] == "512" and wide["features"].endswith("-prefer-256-bit")
+    np.testing.assert_allclose(wide["out"], default["out"], rtol=1e-12, atol=1e-14)
+
+
+def test_meta_json_records_the_setting(tmp_path):
+    from particlegan.config import resolve_config
+    from particlegan.numba_setup import vector_width_setting
+    from particlegan.simulate import run_to_dir
+
+    run_to_dir(resolve_config(overrides=["particles.n=16", "target.n_samples=64", "run.steps=2",
+                                         "observables.mmd_samples=32"]), tmp_path / "r", plot=False)
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["versions"]["numba_vector_width"] == vector_width_setting()
