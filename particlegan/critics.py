@@ -219,12 +219,13 @@ def kernel_critic_update(state: KernelCriticState | None, x: np.ndarray, n_steps
 
 
 def kernel_critic_train(state: KernelCriticState | None, x: np.ndarray, n_steps: int,
-                        cfg: dict) -> KernelCriticState:
-    """:func:`kernel_critic_update` with eta_D, ridge and memory of the resolved config ``cfg``
-    (at least one step: a fixed-kernel critic always sees the current particles)."""
+                        cfg: dict, lr_scale: float = 1.0) -> KernelCriticState:
+    """:func:`kernel_critic_update` with eta_D (times ``lr_scale``, the learning-rate schedule's
+    factor), ridge and memory of the resolved config ``cfg`` (at least one step: a fixed-kernel
+    critic always sees the current particles)."""
     ccfg = cfg["critic"]
-    return kernel_critic_update(state, x, max(n_steps, 1), cfg["dynamics"]["eta_d"], ccfg["ridge"],
-                                ccfg["memory"])
+    return kernel_critic_update(state, x, max(n_steps, 1), cfg["dynamics"]["eta_d"] * lr_scale,
+                                ccfg["ridge"], ccfg["memory"])
 
 
 def kernel_critic_centres(state: KernelCriticState, y: np.ndarray):

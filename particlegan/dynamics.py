@@ -26,7 +26,7 @@ from .backends import get_backend
 from .coupling import Coupling, apply_coupling, make_coupling
 from .kernels import KernelSpec
 from .losses import Objective, objective_from_config, penalty_coefficient
-from .optimizers import optimizer_from_config
+from .optimizers import optimizer_from_config, scale_optimizer_lr
 from .targets import Target, init_particles, make_target
 
 
@@ -90,26 +90,6 @@ def make_critic_optimizer(cfg: dict):
                                  lr_key="dynamics.eta_d")
 
 
-def scale_optimizer_lr(opt, lr0: float, lr_scale: float) -> None:
-    """Set the base learning rate of ``opt`` (built with ``lr0``) to ``lr0 * lr_scale``.
-
-    The optimizer's own rule (``lr_schedule``) still applies on top; ``lr_scale = 1`` restores
-    the configured rate exactly.
-    """
-    base = float(lr0) * float(lr_scale)
-    if opt.schedule.lr0 != base:
-        opt.schedule = dataclasses.replace(opt.schedule, lr0=base)
-
-
-def kernel_critic_train(state_k: cr.KernelCriticState | None, x: np.ndarray, n_steps: int,
-                        cfg: dict, lr_scale: float = 1.0) -> cr.KernelCriticState:
-    """:func:`particlegan.critics.kernel_critic_train` with eta_D scaled by ``lr_scale``."""
-    if lr_scale == 1.0:
-        return cr.kernel_critic_train(state_k, x, n_steps, cfg)
-    return cr.kernel_critic_update(state_k, x, max(n_steps, 1), cfg["dynamics"]["eta_d"] * lr_scale,
-                                   cfg["critic"]["ridge"], cfg["critic"]["memory"])
-
-
 def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None) -> tuple[Model, State]:
     """Build the static model and the initial state (critic start-up steps included)."""
     streams = streams or seed_streams(cfg["run"]["seed"])
@@ -148,7 +128,7 @@ def train_critic(model: Model, state: State, n_steps: int,
     """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the particles
     frozen at ``state.x``."""
     if model.kernel is not None:
-        ks = kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
+        ks = cr.kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state

@@ -59,7 +59,7 @@ from . import feature_critic as fc
 from . import nn
 from .backends import get_backend
 from .losses import Objective, objective_from_config, penalty_coefficient
-from .optimizers import optimizer_from_config
+from .optimizers import optimizer_from_config, scale_optimizer_lr
 from .targets import Target, make_target
 
 
@@ -243,12 +243,13 @@ def mlp_critic_objective(critic: nn.MLP, y: np.ndarray, x: np.ndarray, objective
 
 
 def critic_objective(model: NeuralModel, w: np.ndarray, x: np.ndarray,
-                     xhat: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+                     xhat: np.ndarray | None = None, need_value: bool = True) -> tuple[float, np.ndarray]:
     """J and dJ/dw of the model's trainable critic (MLP, random features or learned feature map)
-    at parameters w."""
+    at parameters w (``need_value=False`` lets the learned critic skip its value sums; J is then
+    nan for it)."""
     wd = model.cfg["critic"]["weight_decay"]
     if model.learned is not None:
-        return fc.learned_critic_objective(model.learned, w, x, model.y, model.backend, wd)
+        return fc.learned_critic_objective(model.learned, w, x, model.y, model.backend, wd, need_value)
     if model.critic_net is not None:
         return mlp_critic_objective(model.critic_net.with_theta(w), model.y, x, model.objective,
                                     model.penalty, model.lam, xhat, wd)
@@ -262,10 +263,8 @@ def critic_objective(model: NeuralModel, w: np.ndarray, x: np.ndarray,
 def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> NeuralState:
     """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the generated
     points frozen at ``state.x``."""
-    from .dynamics import kernel_critic_train, scale_optimizer_lr
-
     if model.kernel is not None:
-        ks = kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
+        ks = cr.kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
@@ -277,7 +276,7 @@ def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> Neural
         xhat = None
         if model.penalty == "interpolates" and model.lam > 0:
             xhat = cr.interpolates(state.x, model.y, model.noise_rng)
-        _, grad = critic_objective(model, w, state.x, xhat)
+        _, grad = critic_objective(model, w, state.x, xhat, need_value=False)
         w = opt.step(w, grad, maximize=True)
     return dataclasses.replace(state, w=w)
 
@@ -331,8 +330,6 @@ def outer_step(model: NeuralModel, state: NeuralState):
 
     Both learning rates are multiplied by ``state.lr_scale`` (generator optimizer and critic).
     """
-    from .dynamics import scale_optimizer_lr
-
     dyn = model.cfg["dynamics"]
     if dyn["update"] == "simultaneous":
         forces, grad = particle_forces(model, state)

@@ -46,6 +46,7 @@ separately.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -657,3 +658,14 @@ def optimizer_from_config(section: Mapping, lr: float, player: str,
         options["per_tensor"] = True
         options["slices"] = list(slices)
     return make_optimizer(name, lr, key_prefix=player, key_names=names, **options)
+
+
+def scale_optimizer_lr(opt, lr0: float, lr_scale: float) -> None:
+    """Set the base learning rate of ``opt`` (built with ``lr0``) to ``lr0 * lr_scale``.
+
+    The optimizer's own rule (``lr_schedule``) still applies on top; ``lr_scale = 1`` restores
+    the configured rate exactly.
+    """
+    base = float(lr0) * float(lr_scale)
+    if opt.schedule.lr0 != base:
+        opt.schedule = dataclasses.replace(opt.schedule, lr0=base)

@@ -555,13 +555,11 @@ def result_row(run: PlannedRun, outcome: Mapping) -> dict[str, str]:
     row.update({k: _cell(v) for k, v in run.params.items()})
     row["seed"] = str(run.seed)
     summary = outcome.get("summary") or {}
-    from .simulate import OPTIONAL_SERIES_KEYS, optional_series_keys
+    from .simulate import optional_series_keys
 
-    for key in observable_columns():
+    # the fixed observables, then only the optional ones this run records
+    for key in (*observable_columns(), *optional_series_keys(run.cfg)):
         row[key] = _cell(summary.get(key))
-    for key in OPTIONAL_SERIES_KEYS:  # only the optional observables this run records
-        if key in optional_series_keys(run.cfg):
-            row[key] = _cell(summary.get(key))
     row["steps"] = _cell(summary.get("steps"))
     row["status"] = outcome["status"]
     row["wall_time_s"] = _cell(outcome.get("wall_time_s"))
