@@ -20,6 +20,10 @@ def user_errors_to_exit(func):
         except ParticleGANError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except MemoryError:
+            click.echo("error: out of memory: the requested sizes do not fit in this machine's "
+                       "memory (see particlegan.resources for the estimate)", err=True)
+            sys.exit(2)
 
     return wrapper
 
@@ -46,9 +50,14 @@ def _load_config(config, overrides, seed, backend=None):
 
 
 def _format_summary(summary: dict, out_dir) -> str:
-    return (f"status {summary['status']}  steps {summary['steps']}  collapse C {summary['collapse']:.4f}  "
-            f"modes covered {summary['modes_covered']:.0f}  hq fraction {summary['hq_fraction']:.3f}  "
-            f"mmd2 {summary['mmd2']:.3e}  -> {out_dir}")
+    def num(key, spec):  # non-finite values are stored as null (summary["non_finite"] says which)
+        v = summary.get(key)
+        return summary.get("non_finite", {}).get(key, "nan") if v is None else format(v, spec)
+
+    reason = f" ({summary['diverged_reason']})" if summary.get("diverged_reason") else ""
+    return (f"status {summary['status']}{reason}  steps {summary['steps']}  collapse C "
+            f"{num('collapse', '.4f')}  modes covered {num('modes_covered', '.0f')}  hq fraction "
+            f"{num('hq_fraction', '.3f')}  mmd2 {num('mmd2', '.3e')}  -> {out_dir}")
 
 
 @main.command()
@@ -62,8 +71,10 @@ def _format_summary(summary: dict, out_dir) -> str:
 @click.option("--no-plot", is_flag=True, help="Skip particles.png.")
 @click.option("--resume", "resume_dir", default=None, metavar="RUN_DIR",
               help="Continue a killed run from its checkpoint (needs run.checkpoint_every > 0).")
+@click.option("--force", is_flag=True,
+              help="Replace a different run already stored in --out (refused without it).")
 @user_errors_to_exit
-def run(config, overrides, seed, backend, out_dir, no_plot, resume_dir):
+def run(config, overrides, seed, backend, out_dir, no_plot, resume_dir, force):
     """Run one simulation from CONFIG (TOML, or a stored config.json; default: built-in defaults).
 
     Exit status: 0 ok, 2 bad input, 3 the run diverged (NaN/inf or runaway; last good state kept).
@@ -73,14 +84,14 @@ def run(config, overrides, seed, backend, out_dir, no_plot, resume_dir):
     from .simulate import resume_run, run_to_dir
 
     if resume_dir:
-        if config or overrides or seed is not None or backend or out_dir:
+        if config or overrides or seed is not None or backend or out_dir or force:
             raise click.UsageError("--resume takes only the run directory (its config.json is used)")
         summary = resume_run(resume_dir, reporter=Reporter(), plot=not no_plot)
         out_dir = resume_dir
     else:
         cfg = _load_config(config, overrides, seed, backend)
         out_dir = out_dir or f"runs/{config_hash(cfg)}"
-        summary = run_to_dir(cfg, out_dir, reporter=Reporter(), plot=not no_plot)
+        summary = run_to_dir(cfg, out_dir, reporter=Reporter(), plot=not no_plot, force=force)
     click.echo(_format_summary(summary, out_dir))
     if summary["status"] != "ok":
         sys.exit(3)
@@ -139,16 +150,31 @@ def dispersion(kernels, dim, beta, kmin, kmax, points, out_path):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors_to_exit
 def kid_command(real_path, fake_path, subsets, subset_size, seed, as_json):
-    """Kernel Inception Distance between two feature files (.npy, or the first array of a .npz)."""
+    """Kernel Inception Distance between two feature files (.npy, or a .npz as FILE.npz:NAME).
+
+    Prints the mean ± std over subsets and the unbiased estimate of the estimator's variance
+    (spec P1.6, at m = the smaller file's row count)."""
     import json
+    import math
 
     from .mmd import kid_from_files
 
-    res = kid_from_files(real_path, fake_path, n_subsets=subsets, subset_size=subset_size, seed=seed)
+    res = kid_from_files(real_path, fake_path, n_subsets=subsets, subset_size=subset_size, seed=seed,
+                         return_variance=None)
+    if res.subset_size < subset_size:
+        click.echo(f"warning: --subset-size {subset_size} capped to {res.subset_size}, the smaller "
+                   "file's row count: the subsets overlap (identical when both files have that many "
+                   "rows), so the ± spread understates the uncertainty; see the variance estimate",
+                   err=True)
     if as_json:
         click.echo(json.dumps(res.to_dict()))
     else:
-        click.echo(f"KID = {res.kid:.6g} ± {res.kid_std:.6g} ({res.n_subsets} x {res.subset_size})")
+        line = f"KID = {res.kid:.6g} ± {res.kid_std:.6g} ({res.n_subsets} x {res.subset_size})"
+        if res.variance is not None:
+            spread = (f"std {math.sqrt(res.variance):.6g}" if res.variance >= 0 else
+                      "an unbiased estimate, negative when the rows are too few to resolve it")
+            line += f"  estimator variance {res.variance:.6g} ({spread})"
+        click.echo(line)
 
 
 # ---- sweeps and figures ----
@@ -186,12 +212,15 @@ def _default_jobs() -> int:
 @click.option("--max-runs", type=int, default=10000, show_default=True,
               help="Refuse sweeps with more runs than this unless --force.")
 @click.option("--no-plot", is_flag=True, help="Skip each run's particles.png.")
+@click.option("--replace", is_flag=True,
+              help="DIR holds a different sweep: delete its runs that this sweep does not contain "
+                   "(refused without it).")
 @click.option("--in-process", is_flag=True,
               help="Run one at a time in this process, with its thread settings (debugging; no "
                    "protection against crashes).")
 @user_errors_to_exit
 def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_address, force, max_runs,
-          no_plot, in_process):
+          no_plot, replace, in_process):
     """Run every combination of the grids x seeds, starting from CONFIG (TOML or a stored
     config.json; default: built-in defaults).
 
@@ -209,7 +238,8 @@ def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_addres
     plan = plan_sweep(load_base(config, overrides), axes, parse_seeds(seeds), max_runs=max_runs,
                       force=force, config_path=config, fixed_keys=fixed)
     report = run_sweep(plan, out_dir, jobs=jobs if jobs is not None else _default_jobs(),
-                       dask=dask_address, in_process=in_process, plot=not no_plot, reporter=Reporter())
+                       dask=dask_address, in_process=in_process, plot=not no_plot, reporter=Reporter(),
+                       replace=replace)
     click.echo(report.describe())
     if report.n_failed:
         sys.exit(1)

@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,10 @@ SCHEMA_VERSION = 1
 class Key:
     """One config key: its default, type tag, allowed choices and an optional range check.
 
-    ``kind`` is one of ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"path"``,
-    ``"float?"`` (float or None), ``"floats"`` (list of floats).
+    ``kind`` is one of ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"path"`` (a data file,
+    stored as an absolute path), ``"sha256"`` (the content hash of the path key of the same name
+    without ``_sha256``: "" or 64 hex digits), ``"float?"`` (float or None), ``"floats"`` (list
+    of floats).
     ``check(value)`` returns an error message (without the key name) or None.
     """
 
@@ -131,6 +134,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      check=_positive),
         "n_samples": Key(4000, "int", "number M of target samples drawn", check=_at_least(2)),
         "path": Key("", "path", "(kind='file') .npy/.npz of target samples, shape (M, d)"),
+        "path_sha256": Key("", "sha256", "content hash of target.path (filled in when the config is "
+                           "resolved; a stored one must match the file)"),
     },
     "particles": {
         "n": Key(256, "int", "number N of particles", check=_at_least(2)),
@@ -138,6 +143,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "init_sigma": Key(0.1, "float", "std of the Gaussian initialisation at the origin",
                           check=_positive),
         "init_path": Key("", "path", "(init='file') .npy/.npz of initial particles, shape (N, d)"),
+        "init_path_sha256": Key("", "sha256", "content hash of particles.init_path (filled in when "
+                                "the config is resolved; a stored one must match the file)"),
     },
     "generator": {
         "kernel": Key("universal", "str", "generator coupling kernel",
@@ -152,6 +159,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sigma_w": Key(1.0, "float", "NTK weight std", check=_positive),
         "sigma_b": Key(0.0, "float", "NTK bias std", check=_nonneg),
         "matrix_path": Key("", "path", "(kernel='matrix') .npy of a symmetric PSD (N, N) kernel"),
+        "matrix_path_sha256": Key("", "sha256", "content hash of generator.matrix_path (filled in "
+                                  "when the config is resolved; a stored one must match the file)"),
         "dense_max": Key(4096, "int", "build NTK kernels densely up to this N, else matrix-free",
                          check=_at_least(1)),
         # neural generator (model.type = 'neural')
@@ -330,7 +339,10 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
     if kind in ("float", "float?"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{name} = {value} is too large for a floating-point number") from None
         if math.isnan(value):
             raise ConfigError(f"{name} must be a finite number, got nan")
         if math.isinf(value) and not (key.startswith("alpha") and value > 0):
@@ -342,19 +354,26 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
             value = int(value)
         if not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if not -2 ** 63 <= value < 2 ** 63:  # every integer key ends up in an int64 somewhere
+            raise ConfigError(f"{name} = {value} is out of the 64-bit integer range")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, got {value!r}")
-    elif kind in ("str", "path"):
+    elif kind in ("str", "path", "sha256"):
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
+        if kind == "sha256" and value and not (len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+            raise ConfigError(f"{name} must be empty or 64 lowercase hex digits, got {value!r}")
     elif kind == "floats":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{name} must be a list of numbers, got {value!r}")
-        value = [float(v) for v in value]
+        try:
+            value = [float(v) for v in value]
+        except OverflowError:
+            raise ConfigError(f"{name} holds a number too large for a floating-point number") from None
         if not all(math.isfinite(v) for v in value):
             raise ConfigError(f"{name} must hold finite numbers, got {value!r}")
     if spec.choices is not None and value not in spec.choices:
@@ -394,6 +413,10 @@ def _check_cross(cfg: dict) -> None:
         raise ConfigError("particles.init_path must be set when particles.init = 'file'")
     if gen["kernel"] == "matrix" and not gen["matrix_path"]:
         raise ConfigError("generator.matrix_path must be set when generator.kernel = 'matrix'")
+    if gen["bias"] and gen["parameterization"] == "ntk" and gen["sigma_b"] == 0:
+        raise ConfigError("generator.bias = true has no effect with generator.sigma_b = 0 under "
+                          "generator.parameterization = 'ntk' (biases enter as sigma_b b): set "
+                          "generator.sigma_b > 0 (e.g. 1) or leave generator.bias = false")
     crit, loss = cfg["critic"], cfg["loss"]
     if crit["type"] == "mlp" and cfg["model"]["type"] != "neural":
         raise ConfigError("critic.type = 'mlp' needs model.type = 'neural' (the particle model's "
@@ -418,8 +441,88 @@ def _check_cross(cfg: dict) -> None:
                           f"'{crit['type']}' (the particles descend the distance directly)")
 
 
+PATH_KEYS = tuple((sec, k) for sec, keys in SCHEMA.items() for k, spec in keys.items() if spec.kind == "path")
+_HASH_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 hex digest of a file's content (None if it is not a readable regular file).
+
+    A ``FILE.npz:NAME`` path hashes FILE. Cached by (path, size, mtime), so a sweep that
+    resolves thousands of configs reads each data file once.
+    """
+    from .storage import split_npz_key
+
+    p, _ = split_npz_key(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    if not p.is_file():
+        return None
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        try:
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            return None
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def _absolute(value: str, base_dir: str | Path | None) -> str:
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        p = Path(base_dir or Path.cwd()) / p
+    return os.path.abspath(p)
+
+
+def absolutize_paths(user: Mapping, base_dir: str | Path | None) -> dict:
+    """Copy of a user dict whose relative data paths (keys of kind "path") are made absolute
+    against ``base_dir`` (the directory of the config file they were written in; None: the
+    current directory)."""
+    out = {sec: (dict(tab) if isinstance(tab, Mapping) else tab) for sec, tab in user.items()}
+    for sec, key in PATH_KEYS:
+        tab = out.get(sec)
+        if isinstance(tab, dict) and isinstance(tab.get(key), str):
+            tab[key] = _absolute(tab[key], base_dir)
+    return out
+
+
+def _attach_data_hashes(cfg: dict, stale: set[tuple[str, str]]) -> None:
+    """Make every data path absolute and record its content hash in ``<key>_sha256``.
+
+    A hash already present (a stored config.json) must match the file: a changed data file is
+    a different experiment, refused with ConfigError. ``stale``: path keys changed after the
+    stored hash was given (an override), whose old hash is dropped.
+    """
+    for sec, key in PATH_KEYS:
+        hkey = f"{key}_sha256"
+        path = cfg[sec][key] = _absolute(cfg[sec][key], None)
+        if (sec, key) in stale:
+            cfg[sec][hkey] = ""
+        if not path:
+            cfg[sec][hkey] = ""
+            continue
+        digest = file_sha256(path)
+        if digest is None:  # missing or unreadable: building the model reports it
+            continue
+        stored = cfg[sec][hkey]
+        if stored and stored != digest:
+            raise ConfigError(f"{sec}.{key} file '{path}' has changed since this config was stored "
+                              f"({sec}.{hkey} {stored[:12]}..., the file now {digest[:12]}...): its "
+                              "results would not be reproduced; restore the file, or resolve the "
+                              "config afresh without the stored hash")
+        cfg[sec][hkey] = digest
+
+
 def resolve_config(user: Mapping | None = None, overrides: list[str] | None = None,
-                   seed: int | None = None) -> dict:
+                   seed: int | None = None, base_dir: str | Path | None = None) -> dict:
     """Merge ``user`` (parsed TOML) and ``--set`` overrides into the defaults and validate.
 
     Parameters
@@ -427,11 +530,19 @@ def resolve_config(user: Mapping | None = None, overrides: list[str] | None = No
     user : mapping ``{section: {key: value}}`` (e.g. from :func:`load_toml`), optional.
     overrides : list of ``"section.key=value"`` strings, applied after ``user``.
     seed : if given, overrides ``run.seed``.
+    base_dir : directory that relative data paths in ``user`` are relative to (the config
+        file's directory; default: the current directory). Paths in ``overrides`` are relative
+        to the current directory.
 
     Returns
     -------
-    dict : the full resolved config (every key present).
+    dict : the full resolved config (every key present). Data paths are absolute, and each is
+    paired with the sha256 of its content (``target.path_sha256``, ...), so that the run id
+    changes with the data and a stored config reruns exactly from any directory.
     """
+    if user is not None and not isinstance(user, Mapping):
+        raise ConfigError(f"a config must be a table of sections {{section: {{key: value}}}}, "
+                          f"got a {type(user).__name__}")
     cfg = default_config()
     for section, table in (user or {}).items():
         if section not in SCHEMA:
@@ -440,11 +551,20 @@ def resolve_config(user: Mapping | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config section {section!r} must be a table, got {table!r}")
         for key, value in table.items():
             _set(cfg, section, key, value)
+    for sec, key in PATH_KEYS:
+        cfg[sec][key] = _absolute(cfg[sec][key], base_dir)
+    given = {sk: cfg[sk[0]][sk[1]] for sk in PATH_KEYS}
+    hashes_set = set()
     for item in overrides or []:
-        _set(cfg, *parse_override(item))
+        section, key, value = parse_override(item)
+        _set(cfg, section, key, value)
+        hashes_set.add((section, key))
+    stale = {(sec, key) for sec, key in PATH_KEYS
+             if _absolute(cfg[sec][key], None) != given[(sec, key)] and (sec, f"{key}_sha256") not in hashes_set}
     if seed is not None:
         _set(cfg, "run", "seed", seed)
     _check_cross(cfg)
+    _attach_data_hashes(cfg, stale)
     return cfg
 
 
@@ -452,7 +572,7 @@ def config_from_sources(path: str | Path | None = None, overrides: list[str] | N
                         seed: int | None = None) -> dict:
     """Resolve a config from an optional TOML file plus overrides (the CLI entry point)."""
     user = load_toml(path) if path else {}
-    return resolve_config(user, overrides, seed)
+    return resolve_config(user, overrides, seed, base_dir=Path(path).parent if path else None)
 
 
 def _json_default(obj):
@@ -480,7 +600,16 @@ def config_from_json(text_or_path: str | Path) -> dict:
         raise ConfigError(f"config file '{p}' does not exist") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"config file '{p}' is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and "config" in data and "schema_version" in data:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a JSON object (a table of sections), "
+                          f"got a {type(data).__name__}")
+    if "schema_version" in data:
+        version = data["schema_version"]
+        if version != SCHEMA_VERSION:
+            raise ConfigError(f"config file '{p}' has schema_version {version!r}; this particlegan "
+                              f"reads schema_version {SCHEMA_VERSION}")
+        if "config" not in data:
+            raise ConfigError(f"config file '{p}' has a schema_version but no 'config' table")
         data = data["config"]
     return resolve_config(data)
 

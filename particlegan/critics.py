@@ -160,6 +160,25 @@ def feature_critic_objective(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, 
     return float(value), grad
 
 
+def ascend_critic(opt, w: np.ndarray, n_steps: int, grad_fn) -> tuple[np.ndarray, bool]:
+    """``n_steps`` gradient-ascent steps ``w <- opt.step(w, grad_fn(w))`` of a trainable critic.
+
+    Stops at the first step whose parameters are not all finite and returns the last finite
+    ones: a diverging critic keeps its last good state (the run is then stopped as diverged).
+
+    Returns
+    -------
+    w : (P,) parameters after the steps (the last finite ones).
+    finite : False when a step produced NaN/inf (and was discarded).
+    """
+    for _ in range(n_steps):
+        w_new = opt.step(w, grad_fn(w), maximize=True)
+        if not np.all(np.isfinite(w_new)):
+            return w, False
+        w = w_new
+    return w, True
+
+
 def interpolates(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """WGAN-GP points xhat_i = (1 - u_i) y_{m_i} + u_i x_i, m_i uniform, u_i ~ U(0, 1). Shape (N, d)."""
     idx = rng.integers(0, len(y), size=len(x))

@@ -65,6 +65,8 @@ class State:
     critic_opt : the critic optimizer (holds its own moment/direction state).
     lr_scale : factor on both learning rates, eta_G -> lr_scale eta_G and eta_D -> lr_scale eta_D
         (1 unless a learning-rate schedule, ``schedule.kind = "kid"``, has decayed them).
+    critic_finite : False once a critic step produced NaN/inf; ``w`` then holds the last finite
+        parameters (see :func:`particlegan.critics.ascend_critic`).
     """
 
     step: int
@@ -73,6 +75,7 @@ class State:
     kernel_state: cr.KernelCriticState | None
     critic_opt: object | None
     lr_scale: float = 1.0
+    critic_finite: bool = True
 
 
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -134,26 +137,24 @@ def train_critic(model: Model, state: State, n_steps: int,
         return state
     if model.feature_map is not None and fake is None:
         fake = cr.feature_batch(model.feature_map, state.x, model.backend)
-    w = state.w
     opt = state.critic_opt
     scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
     wd = model.cfg["critic"]["weight_decay"]
-    for _ in range(n_steps):
+
+    def grad_fn(w):
         if model.learned is not None:
-            _, grad = fc.learned_critic_objective(model.learned, w, state.x, model.y, model.backend, wd,
-                                                  need_value=False)
-            w = opt.step(w, grad, maximize=True)
-            continue
+            return fc.learned_critic_objective(model.learned, w, state.x, model.y, model.backend, wd,
+                                               need_value=False)[1]
         pen_batch = None
         if model.penalty == "interpolates" and model.lam > 0:
             xhat = cr.interpolates(state.x, model.y, model.noise_rng)
             pen_batch = cr.feature_batch(model.feature_map, xhat, model.backend)
-        _, grad = cr.feature_critic_objective(model.feature_map, w, model.real_features, fake,
-                                              model.objective, model.penalty, model.lam,
-                                              pen_batch, wd)
-        w = opt.step(w, grad, maximize=True)
-    return dataclasses.replace(state, w=w)
+        return cr.feature_critic_objective(model.feature_map, w, model.real_features, fake,
+                                           model.objective, model.penalty, model.lam, pen_batch, wd)[1]
+
+    w, finite = cr.ascend_critic(opt, state.w, n_steps, grad_fn)
+    return dataclasses.replace(state, w=w, critic_finite=state.critic_finite and finite)
 
 
 def particle_forces(model: Model, state: State, fake: cr.FeatureBatch | None = None):
@@ -195,6 +196,6 @@ def outer_step(model: Model, state: State):
 
 def state_is_finite(state: State) -> bool:
     """True when particles and critic parameters are all finite (checked outside fastmath code)."""
-    if not np.all(np.isfinite(state.x)):
+    if not state.critic_finite or not np.all(np.isfinite(state.x)):
         return False
     return state.w is None or bool(np.all(np.isfinite(state.w)))

@@ -321,15 +321,9 @@ def generator_initial_outputs(cfg: dict) -> np.ndarray:
 
 
 def _save_npy(path, array: np.ndarray, option: str) -> str:
-    from pathlib import Path
+    from .storage import atomic_write_bytes, check_output_file
 
-    from .errors import DataError
-    from .storage import atomic_write_bytes, ensure_dir
-
-    p = Path(path)
-    if p.suffix != ".npy":
-        raise DataError(f"{option} '{p}': the array is written as .npy")
-    ensure_dir(p.parent)
+    p = check_output_file(path, option, ".npy")
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     atomic_write_bytes(p, buf.getvalue())
@@ -374,19 +368,20 @@ def run_ntk(cfg: dict, out_path: str, matrix_path: str | None = None,
     ``matrix_path``, the full empirical NTK (.npy), with ``init_path`` the generator's initial
     outputs (.npy, the particles' start in the written config). Returns the report (plus
     ``config_path``, ``matrix_path`` and ``init_path``)."""
-    from pathlib import Path
-
     from .config import to_toml
-    from .storage import atomic_write_bytes, ensure_dir
+    from .storage import atomic_write_bytes, check_output_file
 
+    # every output is checked before the (possibly long) measurement writes any of them
+    op = check_output_file(out_path, "--out")
+    for path, option in ((matrix_path, "--matrix"), (init_path, "--init")):
+        if path is not None:
+            check_output_file(path, option, ".npy")
     report, theta = generator_ntk_report(cfg)
     if matrix_path is not None:
         matrix_path = _save_npy(matrix_path, theta, "--matrix")
     if init_path is not None:
         init_path = _save_npy(init_path, generator_initial_outputs(cfg), "--init")
     pcfg = particle_config_from_ntk(cfg, report, matrix_path, init_path)
-    op = Path(out_path)
-    ensure_dir(op.parent)
     header = (f"# particle-model config from the empirical NTK of the neural generator\n"
               f"# g1 = {report['g1']!r}, g2 = {report['g2']!r}, phi = {report['phi']!r}, "
               f"offdiag_std = {report['offdiag_std']!r}\n")

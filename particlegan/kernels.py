@@ -297,7 +297,8 @@ def kernel_parts(kernel: KernelSpec, r2, ab, aa, bb, d: int):
     if name == "riesz":
         t = r2 + kernel.eps ** 2
         h = -0.5 * kernel.s
-        return t ** h, h * t ** (h - 1.0), zero, zero
+        k = 1.0 / np.sqrt(t) if kernel.s == 1.0 else t ** h  # a square root is ~10x cheaper than pow
+        return k, h * k / t, zero, zero  # t^(h-1) = t^h / t: one power per pair (t >= eps^2 > 0)
     if name == "polynomial":
         g = polynomial_gamma(kernel, d)
         deg = kernel.degree

@@ -63,7 +63,7 @@ def alpha_loss_real(s: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray
         return -log_sig, -sig_neg
     if np.isinf(alpha):
         sig = np.exp(log_sig)
-        return 1.0 - sig, -sig * sig_neg
+        return sig_neg, -sig * sig_neg  # 1 - sigma(s) = sigma(-s): no cancellation for large s
     e = (alpha - 1.0) / alpha
     pow_e = np.exp(e * log_sig)  # sigma(s)^e without forming sigma(s)^e by a pow of a tiny number
     # alpha/(alpha-1) (1 - y^e) = -(expm1(e log y))/e, accurate when e log y is small

@@ -407,7 +407,7 @@ def kid(real_features, fake_features, n_subsets: int = 100, subset_size: int = 1
 
 
 def load_feature_file(path) -> np.ndarray:
-    """Load a (n, d) feature matrix (n >= 2) from ``.npy`` or ``.npz`` (first array) as float64.
+    """Load a (n, d) feature matrix (n >= 2) from ``.npy`` or ``.npz`` (``FILE.npz:NAME``) as float64.
 
     See :func:`particlegan.storage.load_sample_array` (allow_pickle=False; DataError naming the
     file and the problem for anything but a finite 2-D real array).
@@ -416,7 +416,7 @@ def load_feature_file(path) -> np.ndarray:
 
 
 def kid_from_files(real_path, fake_path, n_subsets: int = 100, subset_size: int = 1000,
-                   seed: int | None = 0, return_variance: bool = False) -> KIDResult:
+                   seed: int | None = 0, return_variance: bool | None = False) -> KIDResult:
     """KID between two feature files (the ``particlegan kid`` command); see :func:`kid`.
 
     Parameters
@@ -424,7 +424,7 @@ def kid_from_files(real_path, fake_path, n_subsets: int = 100, subset_size: int 
     real_path, fake_path : ``.npy``/``.npz`` files read by :func:`load_feature_file`.
     n_subsets, subset_size : subset scheme (P1.5; default 100 x 1000).
     seed : seed of the numpy Generator that draws the subsets.
-    return_variance : see :func:`kid`.
+    return_variance : see :func:`kid`; None: only when the subsets have at least 3 rows.
 
     Returns
     -------
@@ -435,6 +435,8 @@ def kid_from_files(real_path, fake_path, n_subsets: int = 100, subset_size: int 
     if real.shape[1] != fake.shape[1]:
         raise DataError(f"column mismatch: '{real_path}' has {real.shape[1]} columns but "
                         f"'{fake_path}' has {fake.shape[1]}")
+    if return_variance is None:  # "when possible": the variance estimate needs 3 rows per subset
+        return_variance = min(subset_size, real.shape[0], fake.shape[0]) >= 3
     return kid(real, fake, n_subsets=n_subsets, subset_size=subset_size, rng=seed,
                return_variance=return_variance)
 

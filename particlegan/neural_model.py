@@ -130,6 +130,7 @@ class NeuralState:
     critic_opt: object | None
     gen_opt: object
     lr_scale: float = 1.0
+    critic_finite: bool = True  # False once a critic step produced NaN/inf (w: last finite)
 
 
 # ------------------------------------------------------------------------- building ----
@@ -268,17 +269,18 @@ def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> Neural
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
-    w = state.w
     opt = state.critic_opt
     scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
     opt.begin_outer_step()
-    for _ in range(n_steps):
+
+    def grad_fn(w):
         xhat = None
         if model.penalty == "interpolates" and model.lam > 0:
             xhat = cr.interpolates(state.x, model.y, model.noise_rng)
-        _, grad = critic_objective(model, w, state.x, xhat, need_value=False)
-        w = opt.step(w, grad, maximize=True)
-    return dataclasses.replace(state, w=w)
+        return critic_objective(model, w, state.x, xhat, need_value=False)[1]
+
+    w, finite = cr.ascend_critic(opt, state.w, n_steps, grad_fn)
+    return dataclasses.replace(state, w=w, critic_finite=state.critic_finite and finite)
 
 
 def critic_values_and_grads(model: NeuralModel, state: NeuralState, x: np.ndarray,
@@ -348,6 +350,8 @@ def outer_step(model: NeuralModel, state: NeuralState):
 
 def state_is_finite(state: NeuralState) -> bool:
     """True when outputs, generator and critic parameters are all finite."""
+    if not state.critic_finite:
+        return False
     if not (np.all(np.isfinite(state.x)) and np.all(np.isfinite(state.theta_g))):
         return False
     return state.w is None or bool(np.all(np.isfinite(state.w)))

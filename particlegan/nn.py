@@ -20,7 +20,10 @@ Parameterisations (``parameterization``):
   layer, so that the one-hidden-layer bias-free ReLU network on latents of norm sqrt(d_z) has
   NTK Theta^{mu nu}(z, z') = delta^{mu nu} (sigma_w^4 / 2) kappa(u) (see
   :mod:`particlegan.empirical_ntk`): g1 = sigma_w^4 = 1 by default; sigma_w = 2^(1/4) would
-  give exactly kappa(u) (g1 = kappa(1) = 2), He scaling sigma_w = sqrt(2) gives 2 kappa(u). The default sigma_b = 1 only matters with ``bias=True``.
+  give exactly kappa(u) (g1 = kappa(1) = 2), He scaling sigma_w = sqrt(2) gives 2 kappa(u). Biases enter as sigma_b b, so under ``"ntk"``
+  they only act with ``bias=True`` *and* sigma_b > 0: the config default is sigma_b = 0 (bias-free
+  NTK), and the config refuses ``generator.bias = true`` with sigma_b = 0 under ``"ntk"``.
+  (The Python default of :func:`init_mlp`, sigma_b = 1, is for direct library use.)
 
 Parameters live in ONE flat vector ``MLP.theta`` (what optimizers and checkpoints see), laid
 out layer by layer as ``W_0`` (row-major), ``b_0``, ``W_1``, ``b_1``, ...; ``MLP.weight(k)`` and

@@ -18,6 +18,7 @@ Every file is written atomically; result.npz is bitwise reproducible (same confi
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,15 +86,38 @@ class SimResult:
 
     def summary(self) -> dict:
         """Final observables (last recorded values, optional series included when recorded),
-        status and number of steps taken."""
-        out = {k: float(self.series[k][-1]) for k in SUMMARY_KEYS}
-        out.update({k: float(self.series[k][-1]) for k in OPTIONAL_SERIES_KEYS if k in self.series})
+        status and number of steps taken.
+
+        A value that is NaN or infinite is stored as None (JSON null) and named in
+        ``non_finite`` ({key: "nan" | "inf" | "-inf"}), so summary.json stays valid JSON.
+        """
+        out, non_finite = {}, {}
+        for k in (*SUMMARY_KEYS, *(k for k in OPTIONAL_SERIES_KEYS if k in self.series)):
+            v = float(self.series[k][-1])
+            if math.isfinite(v):
+                out[k] = v
+            else:
+                out[k] = None
+                non_finite[k] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        if non_finite:
+            out["non_finite"] = non_finite
         out["status"] = self.status
         out["steps"] = int(self.steps)
         if self.diverged_step is not None:
             out["diverged_step"] = int(self.diverged_step)
             out["diverged_reason"] = self.diverged_reason
         return out
+
+
+def rms_norm(grad: np.ndarray) -> float:
+    """sqrt(mean_i ||g_i||^2) of (N, d) gradients, in float64; rescaled by max |g| when the
+    squares overflow, so that a huge but finite gradient gives a finite norm."""
+    g = grad.astype(np.float64)
+    norm = float(np.sqrt(np.mean(np.sum(g ** 2, axis=1))))
+    if math.isinf(norm) and np.all(np.isfinite(g)):
+        scale = float(np.max(np.abs(g)))
+        norm = scale * float(np.sqrt(np.mean(np.sum((g / scale) ** 2, axis=1))))
+    return norm
 
 
 def snapshot_schedule(steps: int, n_snapshots: int) -> np.ndarray:
@@ -121,8 +145,11 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     ``schedule.lr_ratio`` then multiplies eta_G and eta_D (series ``lr_scale``: the factor used
     by the step from each recorded row).
     """
+    from .resources import check_memory
+
     reporter = reporter or null_reporter()
     t0 = time.perf_counter()
+    check_memory(cfg)  # before any allocation: a run that cannot fit is refused in one line
     streams = dyn.seed_streams(cfg["run"]["seed"])
     engine = simulation_engine(cfg)
     model, state = engine.build_model(cfg, streams)
@@ -140,6 +167,7 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     snapshots, snapshot_taken = [], []
     if resume:
         ck = load_checkpoint(checkpoint_path, run_id)
+        check_checkpoint(ck, state, steps, checkpoint_path)
         state = restore_state(model, state, ck)
         state = dataclasses.replace(state, lr_scale=ck["lr_scale"])
         if ck["observables_rng"] is not None:
@@ -153,7 +181,7 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
         with np.errstate(over="ignore", invalid="ignore"):  # a last good state may be huge: inf, no warning
             obs = measure(st.x, model.target.centres, model.target.sigma, ocfg["hq_sigmas"], mmd_ref,
                           model.backend, target_mean)
-            obs["critic_grad_norm"] = float(np.sqrt(np.mean(np.sum(grad.astype(np.float64) ** 2, axis=1))))
+            obs["critic_grad_norm"] = rms_norm(grad)
             if ocfg["kid"]:
                 obs.update(kid_observable(st.x, model.y, ocfg["kid_subsets"], ocfg["kid_subset_size"],
                                           obs_rng))
@@ -164,9 +192,11 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
 
     status, diverged_step, diverged_reason = "ok", None, None
     bound = cfg["run"]["divergence_bound"] * (1.0 + float(np.max(np.abs(model.y))))
+    if not engine.state_is_finite(state):  # the start-up critic steps diverged
+        status, diverged_step, diverged_reason = "diverged", state.step, "non-finite"
     reporter.start(total=steps, label="run")
     reporter.advance(state.step)
-    while state.step < steps:
+    while status == "ok" and state.step < steps:
         if ckpt_every and state.step % ckpt_every == 0 and state.step > 0 and not (
                 resume and state.step == ck["step"]):
             save_checkpoint(checkpoint_path, run_id, state, model.noise_rng, series, snapshots,
@@ -184,6 +214,11 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
         new_state, grad = engine.outer_step(model, state)
         if state.step % every == 0:
             record(state, grad)
+            bad = [k for k in SERIES_KEYS if not math.isfinite(series[k][-1])]
+            if bad:  # e.g. targets so large that a distance overflows: the numbers are meaningless
+                status, diverged_step = "diverged", state.step
+                diverged_reason = f"non-finite observable {', '.join(bad)}"
+                break
         if not engine.state_is_finite(new_state) or not np.all(np.isfinite(grad)):
             status, diverged_step, diverged_reason = "diverged", state.step, "non-finite"
             break
@@ -234,6 +269,27 @@ def restore_state(model: dyn.Model, fresh: dyn.State, ck: dict) -> dyn.State:
                                critic_opt=opt)
 
 
+def check_checkpoint(ck: dict, fresh, steps: int, path) -> None:
+    """Refuse (DataError) a checkpoint that does not fit the rebuilt run: its particles ``x``
+    (and critic parameters ``w``) must have the fresh state's shapes and be finite, and its
+    step must lie in [0, run.steps]."""
+    from .errors import DataError
+
+    def bad(what):
+        return DataError(f"checkpoint '{path}' is unusable: {what}; delete it to restart the run")
+
+    for key in ("x", "w"):
+        got, want = ck.get(key), getattr(fresh, key)
+        if want is None:
+            continue
+        if got is None or np.shape(got) != want.shape:
+            raise bad(f"'{key}' has shape {None if got is None else np.shape(got)}, expected {want.shape}")
+        if np.asarray(got).dtype.kind not in "fiu" or not np.all(np.isfinite(got)):
+            raise bad(f"'{key}' holds non-numeric, NaN or infinite values")
+    if not (isinstance(ck["step"], int) and 0 <= ck["step"] <= steps):
+        raise bad(f"step {ck['step']!r} is outside [0, run.steps = {steps}]")
+
+
 def result_arrays(res: SimResult) -> dict[str, np.ndarray]:
     """Arrays stored in result.npz (deterministic content only: no times, no paths)."""
     arrays = dict(res.series)
@@ -278,18 +334,60 @@ def write_run(res: SimResult, cfg: dict, out_dir: str | Path, plot: bool = True)
     return summary
 
 
+RUN_FILES = ("config.json", "result.npz", "summary.json", "meta.json", "particles.png",
+             "overview.png", "checkpoint.npz")  # everything a run directory may hold
+
+
+def prepare_run_dir(out_dir: str | Path, cfg: dict, force: bool = False) -> None:
+    """Make sure writing the run ``cfg`` into ``out_dir`` overwrites nothing of another run.
+
+    Allowed: a missing or empty directory, or one holding the same run (its config.json is
+    this config, e.g. an interrupted run started again). Otherwise DataError, unless ``force``:
+    then the run files (:data:`RUN_FILES`, stale ``.*.tmp``) are deleted first; a directory
+    that also holds files particlegan did not write is never emptied.
+    """
+    from .errors import DataError
+
+    d = Path(out_dir)
+    if not d.exists():
+        return
+    if not d.is_dir():
+        raise DataError(f"--out '{d}' exists and is not a directory")
+    entries = sorted(p.name for p in d.iterdir())
+    if not entries:
+        return
+    stored = d / "config.json"
+    if stored.is_file() and stored.read_bytes() == (canonical_json(cfg) + "\n").encode():
+        return  # the same run
+    foreign = [n for n in entries if n not in RUN_FILES and not (n.startswith(".") and n.endswith(".tmp"))]
+    if not force:
+        what = "a different run" if stored.exists() else "other files"
+        raise DataError(f"output directory '{d}' already holds {what} ({', '.join(entries[:5])}"
+                        f"{', ...' if len(entries) > 5 else ''}); choose another --out, or pass "
+                        "--force to replace it")
+    if foreign:
+        raise DataError(f"--force: '{d}' holds files that are not a run's ({', '.join(foreign[:5])}); "
+                        "not deleting them, choose another --out")
+    for name in entries:
+        (d / name).unlink()
+
+
 def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None, plot: bool = True,
-               resume: bool = False) -> dict:
+               resume: bool = False, force: bool = False) -> dict:
     """Simulate ``cfg`` and store it in ``out_dir``; returns the summary dict.
 
+    ``out_dir`` must not hold another run (:func:`prepare_run_dir`; ``force`` replaces it).
     The resolved config is written first, so a killed run can be resumed with
     :func:`resume_run` when ``run.checkpoint_every`` > 0. The checkpoint is removed once the
     run's files are complete.
     """
     from .errors import ParticleGANError
 
+    if not resume:
+        prepare_run_dir(out_dir, cfg, force)
     new_dirs = [p for p in (Path(out_dir), *Path(out_dir).parents) if not p.exists()]
     out = ensure_dir(out_dir)
+    remove_stale_temp_files(out)  # left by a killed earlier attempt of this same run
     if not resume:
         atomic_write_bytes(out / "config.json", (canonical_json(cfg) + "\n").encode())
     ckpt = out / "checkpoint.npz"
@@ -297,14 +395,35 @@ def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None,
         # divergence is detected explicitly (NaN/inf, runaway): numpy's overflow warnings would be noise
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             res = simulate(cfg, reporter, checkpoint_path=ckpt, resume=resume)
-    except ParticleGANError:
+    except (ParticleGANError, MemoryError) as exc:
         if not resume:  # bad input found while building the model: leave nothing behind
             _remove_partial_run(out, new_dirs)
+        if isinstance(exc, MemoryError):
+            from .errors import ConfigError
+
+            raise ConfigError(f"out of memory while running (estimated need "
+                              f"{memory_estimate_text(cfg)}); reduce particles.n, target.n_samples, "
+                              "target.dim or critic.features") from None
         raise
     summary = write_run(res, cfg, out, plot=plot)
     if ckpt.exists():
         ckpt.unlink()
     return summary
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files that atomic writes of a killed process left in
+    ``run_dir`` (e.g. a half-written ``.checkpoint.npz.x1y2.tmp``); returns them."""
+    stale = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def memory_estimate_text(cfg: dict) -> str:
+    from .resources import estimate_memory
+
+    return f"{sum(estimate_memory(cfg).values()) / 2 ** 30:.3g} GiB"
 
 
 def _remove_partial_run(out: Path, new_dirs: list[Path]) -> None:
@@ -332,4 +451,11 @@ def resume_run(run_dir: str | Path, reporter: Reporter | None = None, plot: bool
     if (d / "meta.json").exists():
         raise DataError(f"run '{d}' already finished (meta.json exists); nothing to resume")
     cfg = config_from_json(d / "config.json")
-    return run_to_dir(cfg, d, reporter, plot=plot, resume=(d / "checkpoint.npz").exists())
+    has_checkpoint = (d / "checkpoint.npz").exists()
+    if not has_checkpoint:
+        if cfg["run"]["checkpoint_every"] == 0:
+            raise DataError(f"run '{d}' has no checkpoint to resume from (run.checkpoint_every = 0); "
+                            f"start it again with: particlegan run {d / 'config.json'} --out {d} --force")
+        (reporter or null_reporter()).info(
+            f"run '{d}' was stopped before its first checkpoint: starting it from step 0")
+    return run_to_dir(cfg, d, reporter, plot=plot, resume=has_checkpoint)

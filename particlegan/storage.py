@@ -49,8 +49,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
-    """Write ``obj`` as pretty, key-sorted JSON atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode())
+    """Write ``obj`` as pretty, key-sorted, standard JSON atomically (NaN/inf are refused: store
+    them as null with a reason, see :meth:`particlegan.simulate.SimResult.summary`)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def atomic_write_csv(path: str | Path, rows, columns=None, float_format: str | None = None) -> None:
@@ -109,6 +110,26 @@ def ensure_dir(path: str | Path) -> Path:
     return p
 
 
+def check_output_file(path: str | Path, option: str, suffix: str | None = None) -> Path:
+    """Check that a file can be written at ``path`` before any work is done for it.
+
+    Refused (DataError naming ``option``): a path that is a directory, a parent directory that
+    does not exist or is not writable, or (with ``suffix``) another file extension. Parent
+    directories are never created: a typo must not scatter folders over the file system.
+    """
+    p = Path(path)
+    if suffix is not None and p.suffix != suffix:
+        raise DataError(f"{option} '{p}': the file is written as {suffix}")
+    if p.is_dir():
+        raise DataError(f"{option} '{p}' is a directory; give a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise DataError(f"{option} '{p}': directory '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise DataError(f"{option} '{p}': directory '{parent}' is not writable")
+    return p
+
+
 def versions() -> dict:
     """Versions of the package and of the numerical stack (stored in every meta.json)."""
     import numba
@@ -128,16 +149,30 @@ def versions() -> dict:
     }
 
 
-def load_sample_array(path: str | Path, what: str, ncols: int | None = None, min_rows: int = 1) -> np.ndarray:
-    """Load a 2-D array of samples (n, d) from ``.npy`` or ``.npz`` (its first array) as float64.
+def split_npz_key(path: str | Path) -> tuple[Path, str | None]:
+    """``"data.npz:name"`` -> (Path("data.npz"), "name"); any other path -> (Path(path), None).
 
-    Loaded with ``allow_pickle=False``; a file without the npy/zip magic is refused before
-    ``np.load`` sees it (np.load would treat it as a pickle). Accepted: a 2-D array of real
-    numbers (float or integer dtype), at least ``min_rows`` rows, ``ncols`` columns when given,
-    only finite values. Anything else raises DataError naming ``what``, the file and the problem.
+    The ``:name`` suffix picks one array of a multi-array ``.npz`` (a file whose own name
+    ends in ``.npz:name`` is taken as it is)."""
+    text = str(path)
+    head, sep, key = text.rpartition(":")
+    if sep and key and head.lower().endswith(".npz") and "/" not in key and not Path(text).exists():
+        return Path(head), key
+    return Path(text), None
+
+
+def load_sample_array(path: str | Path, what: str, ncols: int | None = None, min_rows: int = 1) -> np.ndarray:
+    """Load a 2-D array of samples (n, d) from ``.npy`` or ``.npz`` as float64.
+
+    An ``.npz`` must hold exactly one array, or the array is named as ``FILE.npz:NAME``
+    (:func:`split_npz_key`). Loaded with ``allow_pickle=False``; a file without the npy/zip
+    magic is refused before ``np.load`` sees it (np.load would treat it as a pickle). Accepted:
+    a 2-D array of real numbers (float or integer dtype), at least ``min_rows`` rows, ``ncols``
+    columns when given, only finite values. Anything else raises DataError naming ``what``, the
+    file and the problem.
     """
-    p = Path(path)
-    label = f"{what} file '{p}'"
+    p, key = split_npz_key(path)
+    label = f"{what} file '{path}'"
     if not p.exists():
         raise DataError(f"{label} does not exist")
     if not p.is_file():
@@ -157,14 +192,24 @@ def load_sample_array(path: str | Path, what: str, ncols: int | None = None, min
         loaded = np.load(p, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
-                if not loaded.files:
+                names = list(loaded.files)
+                if not names:
                     raise DataError(f"{label} is an empty .npz archive")
-                arr = loaded[loaded.files[0]]
+                if key is None and len(names) > 1:
+                    raise DataError(f"{label} holds {len(names)} arrays ({', '.join(names[:6])}"
+                                    f"{', ...' if len(names) > 6 else ''}); name one as "
+                                    f"'{p}:{names[0]}'")
+                if key is not None and key not in names:
+                    raise DataError(f"{label} has no array {key!r} (it holds {', '.join(names[:6])})")
+                arr = loaded[key if key is not None else names[0]]
         else:
             arr = loaded
     except DataError:
         raise
     except ValueError as exc:
+        if "max_header_size" in str(exc):  # numpy's guard against huge (unsafe to parse) headers
+            raise DataError(f"{label} has an oversized .npy header (over numpy's safety limit of "
+                            "10000 bytes); it is not loaded") from None
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
             raise DataError(f"{label} holds an object array (pickled data is not loaded)") from None
         raise DataError(f"{label} is not a readable numpy file: {exc}") from None

@@ -219,7 +219,12 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
 
 
 def load_base(config_path: str | Path | None, overrides: Sequence[str] = ()) -> dict:
-    """The sweep's base as a user dict: the TOML file (or a stored config.json) plus ``--set``."""
+    """The sweep's base as a user dict: the TOML file (or a stored config.json) plus ``--set``.
+
+    Relative data paths of the file are made absolute against its directory, those of ``--set``
+    against the current directory (when the runs are resolved)."""
+    from .config import absolutize_paths
+
     base: dict = {}
     if config_path:
         p = Path(config_path)
@@ -227,8 +232,8 @@ def load_base(config_path: str | Path | None, overrides: Sequence[str] = ()) -> 
             from .config import config_from_json
 
             base = config_from_json(p)
-        else:
-            base = load_toml(p)
+        else:  # relative data paths are relative to the config file
+            base = absolutize_paths(load_toml(p), p.parent)
     base = copy.deepcopy(base)
     for item in overrides:
         section, key, value = parse_override(item)
@@ -407,12 +412,39 @@ class SweepLock:
 # ---------------------------------------------------------------------------------------------
 # worker side
 # ---------------------------------------------------------------------------------------------
+_PARENT_WATCH: dict[str, int] = {}
+
+
+def exit_when_parent_dies(poll_s: float = 0.5) -> None:
+    """Start (once per process) a daemon thread that ends this process when its parent dies.
+
+    A sweep killed with SIGKILL cannot stop its pool: without this its workers would finish
+    their runs into the sweep directory and then wait forever for work (orphans of pid 1).
+    The parent's death shows as a change of ``os.getppid()`` (re-parenting).
+    """
+    import threading
+
+    if _PARENT_WATCH:
+        return
+    _PARENT_WATCH["parent"] = parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)  # nothing to clean up: every file of a run is written atomically
+
+    threading.Thread(target=watch, name="particlegan-parent-watch", daemon=True).start()
+
+
 def limit_worker_threads() -> None:
-    """Make this process run numba and BLAS single-threaded (worker initializer).
+    """Make this process run numba and BLAS single-threaded (worker initializer), and make it
+    exit when the sweep process dies (:func:`exit_when_parent_dies`).
 
     The environment variables only act if numba/numpy have not been loaded yet (true in a fresh
     spawned worker); otherwise numba's thread count is lowered for the calling thread.
     """
+    exit_when_parent_dies()
     os.environ.update(WORKER_THREAD_ENV)
     import sys
 
@@ -685,9 +717,34 @@ def _test_kill_ids() -> dict[str, bool]:
     return out
 
 
+def _check_same_sweep(out: Path, plan: SweepPlan, replace: bool) -> None:
+    """Refuse to run ``plan`` into a directory that holds a different sweep (another set of run
+    ids in its sweep.json), unless ``replace``: then the stored runs that the new plan does not
+    contain are deleted, so that results.csv lists every run in the directory."""
+    import shutil
+
+    old = _read_json(out / "sweep.json")
+    if old is None:
+        return
+    old_ids = {r.get("run_id") for r in old.get("runs", []) if isinstance(r, dict)}
+    new_ids = {r.run_id for r in plan.runs}
+    if old_ids == new_ids:
+        return
+    if not replace:
+        common = len(old_ids & new_ids)
+        raise DataError(f"sweep directory '{out}' holds a different sweep ({len(old_ids)} runs, "
+                        f"{common} of them in this one of {len(new_ids)}); choose another --out, or "
+                        "pass --replace to delete the runs this sweep does not contain")
+    runs_dir = out / "runs"
+    if runs_dir.is_dir():
+        for d in runs_dir.iterdir():
+            if d.is_dir() and d.name not in new_ids:
+                shutil.rmtree(d)
+
+
 def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | None = None,
               in_process: bool = False, plot: bool = True,
-              reporter: Reporter | None = None) -> SweepReport:
+              reporter: Reporter | None = None, replace: bool = False) -> SweepReport:
     """Execute the unfinished runs of ``plan`` into ``out_dir`` and write results.csv.
 
     Parameters
@@ -700,6 +757,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
     in_process : run one at a time in this process (no crash isolation; for debugging).
     plot : write each run's particles.png (as ``particlegan run`` does).
     reporter : progress bar over the runs to execute.
+    replace : ``out_dir`` may hold a different sweep: delete its runs that ``plan`` does not
+        contain (without it such a directory is refused).
 
     Returns
     -------
@@ -707,7 +766,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
 
     Raises
     ------
-    DataError : the directory is locked by another sweep or not writable.
+    DataError : the directory is locked by another sweep, not writable, or holds a different
+        sweep (without ``replace``).
     ConfigError : bad ``jobs``, or ``dask`` requested without the optional extra.
     """
     from .storage import atomic_write_json, ensure_dir
@@ -722,6 +782,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
     out = ensure_dir(out_dir)
     report = SweepReport(out_dir=out, n_runs=len(plan.runs))
     with SweepLock(out):
+        _check_same_sweep(out, plan, replace)
         atomic_write_json(out / "sweep.json", plan.definition())
         ensure_dir(out / "runs")
         csv_path = out / "results.csv"

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from particlegan.cli import main
+from particlegan.mmd import kid
 
 
 def independent_kid(real, fake, n_subsets, subset_size, seed):
@@ -34,7 +35,7 @@ def feature_files(tmp_path):
     fake = rng.normal(size=(45, 5)) * 1.1 + 0.2
     np.save(tmp_path / "real.npy", real)
     np.savez(tmp_path / "fake.npz", feats=fake, other=np.zeros(3))
-    return tmp_path / "real.npy", tmp_path / "fake.npz", real, fake
+    return tmp_path / "real.npy", f"{tmp_path / 'fake.npz'}:feats", real, fake
 
 
 def test_kid_text_output(feature_files):
@@ -42,8 +43,16 @@ def test_kid_text_output(feature_files):
     res = CliRunner().invoke(main, ["kid", str(real_path), str(fake_path), "--subsets", "7",
                                     "--subset-size", "30", "--seed", "5"])
     assert res.exit_code == 0, res.output
-    match = re.fullmatch(r"KID = (\S+) ± (\S+) \((\d+) x (\d+)\)\n", res.stdout)
+    match = re.fullmatch(r"KID = (\S+) ± (\S+) \((\d+) x (\d+)\)  estimator variance (\S+) "
+                         r"\((.*)\)\n", res.stdout)
     assert match, res.stdout
+    var = kid(real, fake, n_subsets=7, subset_size=30, rng=5, return_variance=True).variance
+    assert float(match.group(5)) == pytest.approx(var, rel=1e-5)
+    if var >= 0:
+        assert match.group(6) == f"std {np.sqrt(var):.6g}"
+    else:  # the unbiased variance estimate can be negative at small sizes: no std is invented
+        assert "negative" in match.group(6)
+    assert "capped" not in res.stderr  # 30 rows fit in both files
     mean, std, m = independent_kid(real, fake, 7, 30, 5)
     assert float(match.group(1)) == pytest.approx(mean, rel=1e-5)   # printed with 6 significant digits
     assert float(match.group(2)) == pytest.approx(std, rel=1e-5)
@@ -56,7 +65,8 @@ def test_kid_json_output_is_one_object_and_caps_subset_size(feature_files):
     assert res.exit_code == 0, res.output
     assert len(res.stdout.strip().splitlines()) == 1
     obj = json.loads(res.stdout)
-    assert set(obj) == {"kid", "kid_std", "n_subsets", "subset_size"}
+    assert set(obj) == {"kid", "kid_std", "n_subsets", "subset_size", "variance"}
+    assert "warning: --subset-size 1000 capped to 45" in res.stderr
     mean, std, m = independent_kid(real, fake, 4, 1000, 0)   # default seed 0, default size 1000 -> 45
     assert obj["n_subsets"] == 4 and obj["subset_size"] == m == 45
     assert obj["kid"] == pytest.approx(mean, rel=1e-10) and obj["kid_std"] == pytest.approx(std, rel=1e-8)

@@ -64,6 +64,7 @@ def test_no_closed_form_outside_its_assumptions(tmp_path):
 
 def test_matrix_option_writes_the_kernel_and_a_matrix_config(tmp_path):
     npy = tmp_path / "k" / "ntk.npy"
+    npy.parent.mkdir()
     rep = _ntk(tmp_path, "particles.n=12", "generator.width=64", extra=["--matrix", str(npy)])
     K = np.load(npy)
     assert K.shape == (12, 12) and np.allclose(K, K.T)
@@ -91,6 +92,14 @@ def test_init_option_starts_the_particles_at_the_generator_outputs(tmp_path):
     assert np.array_equal(particle.snapshots[0], neural.snapshots[0])
 
 
+def test_out_that_is_a_directory_is_refused_before_measuring(tmp_path):
+    (tmp_path / "d").mkdir()
+    res = CliRunner().invoke(main, ["ntk", "--out", str(tmp_path / "d"), "--set", "particles.n=8",
+                                    "--matrix", str(tmp_path / "nope" / "k.npy")])
+    assert res.exit_code == 2 and "is a directory" in res.output and res.output.count("\n") == 1
+    assert not (tmp_path / "nope").exists() and list((tmp_path / "d").iterdir()) == []
+
+
 def test_text_output(tmp_path):
     res = CliRunner().invoke(main, ["ntk", "--out", str(tmp_path / "p.toml"), "--set", "particles.n=8",
                                     "--set", "generator.width=16"])
@@ -104,6 +113,8 @@ def test_text_output(tmp_path):
     (["missing.toml"], "missing.toml"),
     (["--matrix", "k.txt"], "--matrix"),
     (["--init", "x0.csv"], "--init"),
+    (["--matrix", "/nonexistent_dir_pg/k.npy"], "directory '/nonexistent_dir_pg' does not exist"),
+    (["--init", "/nonexistent_dir_pg/x0.npy"], "does not exist"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, args, fragment):
     res = CliRunner().invoke(main, ["ntk", "--out", str(tmp_path / "p.toml"), *args])

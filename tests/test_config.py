@@ -33,7 +33,8 @@ def _leaf_example(sec, key):
     if spec.choices:
         return next(c for c in spec.choices if c != spec.default)
     return {"int": lambda d: d + 1, "float": lambda d: d * 0.5 if d else 0.5,
-            "bool": lambda d: not d, "str": lambda d: d, "path": lambda d: "x.npy",
+            "bool": lambda d: not d, "str": lambda d: d, "path": lambda d: "/data/x.npy",
+            "sha256": lambda d: "ab" * 32,
             "float?": lambda d: 0.5, "floats": lambda d: [0.3, 0.6]}[spec.kind](spec.default)
 
 
@@ -53,6 +54,9 @@ def test_every_key_can_be_overridden(sec, key):
         assert "." in str(exc)
         return
     got = cfg[sec][key]
+    if SCHEMA[sec][key].kind == "sha256":  # the hash of a path key that is not set: cleared
+        assert got == ""
+        return
     assert got == value or (isinstance(value, float) and math.isclose(got, value))
 
 
@@ -181,3 +185,89 @@ def test_kid_schedule_cross_key_rules():
     resolve_config(overrides=["dynamics.eta_g=1e-3", "schedule.floor=1e-2", "particles.n=2"])
     cfg = resolve_config(overrides=["schedule.kind=kid", "schedule.every=7", "observables.kid=true"])
     assert cfg["schedule"]["every"] == 7 and cfg["observables"]["kid"] is True
+
+
+# ---- hardening: hostile config files, integer range, schema version, data identity ----------
+@pytest.mark.parametrize("text,fragment", [
+    ("[1, 2, 3]", "must hold a JSON object"),
+    ('"just a string"', "must hold a JSON object"),
+    ('{"schema_version": 99, "config": {}}', "schema_version 99"),
+    ('{"schema_version": 1}', "no 'config' table"),
+])
+def test_hostile_json_configs_are_one_line_errors(tmp_path, text, fragment):
+    from particlegan.config import config_from_json
+
+    p = tmp_path / "c.json"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=fragment) as err:
+        config_from_json(p)
+    assert "\n" not in str(err.value)
+
+
+def test_resolve_config_refuses_a_non_table():
+    with pytest.raises(ConfigError, match="table of sections"):
+        resolve_config([("run", {})])
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("[run]\nsteps = 99999999999999999999\n", "run.steps = 99999999999999999999 is out of the 64-bit"),
+    ("[run]\nseed = 9223372036854775808\n", "out of the 64-bit integer range"),
+    ("[dynamics]\neta_g = 1" + "0" * 400 + "\n", "too large for a floating-point number"),
+])
+def test_integers_beyond_int64_in_toml_are_refused(tmp_path, text, fragment):
+    from particlegan.config import config_from_sources
+
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        config_from_sources(p)
+
+
+def test_bias_without_sigma_b_under_ntk_is_refused():
+    with pytest.raises(ConfigError, match="generator.bias = true has no effect with generator.sigma_b = 0"):
+        resolve_config(overrides=["generator.bias=true"])
+    assert resolve_config(overrides=["generator.bias=true", "generator.sigma_b=1"])["generator"]["bias"]
+    assert resolve_config(overrides=["generator.bias=true", "generator.parameterization=standard"])
+
+
+def test_bias_with_sigma_b_changes_the_ntk_generator_outputs():
+    """The combination that is allowed does act: biases (sigma_b > 0) move G(z)."""
+    import numpy as np
+
+    from particlegan.neural_model import make_generator
+    from particlegan import nn
+
+    base = ["model.type=neural", "particles.n=8", "generator.width=16"]
+    plain = make_generator(resolve_config(overrides=base), np.random.default_rng(0))
+    biased = make_generator(resolve_config(overrides=base + ["generator.bias=true", "generator.sigma_b=1"]),
+                            np.random.default_rng(0))
+    z = np.random.default_rng(1).normal(size=(8, plain.layer_sizes[0]))
+    assert not np.allclose(nn.mlp_apply(plain, z), nn.mlp_apply(biased, z))
+
+
+def test_data_paths_are_absolute_and_hashed(tmp_path, monkeypatch):
+    import hashlib
+
+    import numpy as np
+
+    from particlegan.config import config_from_json, config_from_sources, canonical_json
+
+    np.save(tmp_path / "y.npy", np.arange(20.0).reshape(10, 2))
+    (tmp_path / "c.toml").write_text('[target]\nkind = "file"\npath = "y.npy"\n')
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    cfg = config_from_sources(tmp_path / "c.toml")
+    assert cfg["target"]["path"] == str(tmp_path / "y.npy")
+    assert cfg["target"]["path_sha256"] == hashlib.sha256((tmp_path / "y.npy").read_bytes()).hexdigest()
+    stored = tmp_path / "config.json"
+    stored.write_text(canonical_json(cfg))
+    assert config_from_json(stored) == cfg  # reruns from any directory
+    np.save(tmp_path / "y.npy", np.arange(20.0).reshape(10, 2) + 1)
+    with pytest.raises(ConfigError, match="target.path file .* has changed since this config was stored"):
+        config_from_json(stored)
+    # pointing a stored config at another file drops the old hash instead of refusing
+    np.save(other / "z.npy", np.ones((10, 2)))
+    cfg2 = resolve_config(json.loads(stored.read_text())["config"], ["target.path=z.npy"])
+    assert cfg2["target"]["path"] == str(other / "z.npy")
+    assert cfg2["target"]["path_sha256"] == hashlib.sha256((other / "z.npy").read_bytes()).hexdigest()

@@ -125,6 +125,7 @@ FLOWS = {"mmd": ["critic.mmd_sigmas=[0.2]", "dynamics.eta_g=8"],
          "riesz": ["critic.riesz_eps=0.05", "dynamics.eta_g=1"]}
 
 
+@pytest.mark.trajectory
 @pytest.mark.parametrize("ctype", ["mmd", "energy", "riesz"])
 def test_distance_flow_converges_on_the_ring(ctype):
     """Wasserstein gradient flow of each particle-based distance, N = 64 particles started at the

@@ -138,33 +138,63 @@ LEARNED_RING = ["critic.type=learned_features", "loss.penalty=none", "critic.wid
                 "dynamics.eta_d=0.01", "dynamics.eta_g=1", "run.record_every=25"]
 
 
-def _ring_run(kind, beta, steps=150):
+def _ring_run(kind, beta, steps=150, seed=0):
     from particlegan.simulate import simulate
 
     cfg = resolve_config(overrides=LEARNED_RING + [f"critic.feature_kernel={kind}", f"critic.beta={beta}",
-                                                   f"run.steps={steps}"])
+                                                   f"run.steps={steps}"], seed=seed)
     res = simulate(cfg)
     assert res.status == "ok"
     return res.series
 
 
-@pytest.mark.parametrize("beta", [0.0, 2.0])
-def test_learned_gaussian_feature_flow_covers_the_ring(beta):
-    """Particles descending the learned feature-space distance reach all 8 ring modes and MMD^2
-    falls by 10x within 150 steps (measured: 0.78 -> 0.02 or less)."""
-    series = _ring_run("gaussian", beta)
+@pytest.mark.trajectory
+def test_stabilized_learned_gaussian_feature_flow_covers_the_ring():
+    """With the stabiliser (beta = 2) particles descending the learned feature-space distance
+    reach all 8 ring modes and MMD^2 falls from 0.78 to below 0 within 150 steps. Robust, so one
+    seed suffices: measured on seeds 0..7 (AVX2) and 0..3 (generic SSE code) every run ends
+    with 8 modes and MMD^2 between -0.032 and -0.0095."""
+    series = _ring_run("gaussian", 2.0)
     assert series["mmd2"][-1] < series["mmd2"][0] / 10
     assert series["modes_covered"][-1] == 8
 
 
-def test_stabilizer_unlocks_the_learned_riesz_flow():
-    """With the Riesz feature kernel and no stabiliser the run stalls (measured: MMD^2 ~ 0.09,
-    1-2 modes from step 25 on); with beta = 2 it reaches MMD^2 < 0.05 and >= 5 modes."""
-    plain, stabilised = _ring_run("riesz", 0.0), _ring_run("riesz", 2.0)
-    assert plain["mmd2"][-1] > 0.06 and plain["modes_covered"][-1] <= 3
-    assert stabilised["mmd2"][-1] < 0.05 and stabilised["modes_covered"][-1] >= 5
+@pytest.mark.trajectory
+def test_plain_learned_gaussian_feature_flow_descends_over_seeds():
+    """Without the stabiliser the learned Gaussian flow is seed- and rounding-sensitive (one of
+    8 seeds stalls at MMD^2 0.15 with 3 modes; seed 2 ends with 5 modes), so the claim is a mean
+    over seeds 0..3: measured mean final MMD^2 0.012 (start 0.78) and 7.25 modes, the same with
+    generic code. Bounds: mean MMD^2 below 1/5 of the start (it would take several stalled
+    seeds to break) and at least 5 modes on average (the worst 4 of the 8 measured seeds give 5.0)."""
+    runs = [_ring_run("gaussian", 0.0, seed=s) for s in range(4)]
+    assert np.mean([r["mmd2"][-1] for r in runs]) < np.mean([r["mmd2"][0] for r in runs]) / 5
+    assert np.mean([r["modes_covered"][-1] for r in runs]) >= 5
 
 
+RIESZ_SEEDS = range(8)
+
+
+@pytest.mark.trajectory
+def test_stabilizer_improves_the_learned_riesz_flow_over_seeds():
+    """Riesz feature kernel, 60 steps, seeds 0..7, with and without the stabiliser beta = 2.
+
+    One trajectory of this flow is chaotic (its final MMD^2 moved from 0.09 to 0.025 between two
+    CPUs), so the test compares seed means. Measured (mean over the 8 seeds; per-seed std):
+    MMD^2 0.068 (0.028) -> 0.025 (0.013) and modes covered 3.5 (1.6) -> 6.4 (0.7) with AVX2
+    code; 0.076 -> 0.022 and 3.25 -> 6.6 with generic (SSE) numpy/BLAS/numba code. The bounds
+    leave 3 standard errors of the difference below the measured gap (se 0.011 for MMD^2, 0.62
+    for modes): gap > 0.01 in MMD^2 and > 1 mode."""
+    plain = [_ring_run("riesz", 0.0, steps=60, seed=s) for s in RIESZ_SEEDS]
+    stab = [_ring_run("riesz", 2.0, steps=60, seed=s) for s in RIESZ_SEEDS]
+
+    def mean(runs, key):
+        return float(np.mean([r[key][-1] for r in runs]))
+
+    assert mean(plain, "mmd2") - mean(stab, "mmd2") > 0.01
+    assert mean(stab, "modes_covered") - mean(plain, "modes_covered") > 1.0
+
+
+@pytest.mark.trajectory
 def test_learned_feature_critic_runs_in_the_neural_engine():
     from particlegan.simulate import simulate
 

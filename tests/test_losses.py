@@ -56,6 +56,20 @@ def test_log_space_is_stable_for_small_alpha_and_large_logits():
         assert np.all(np.isfinite(v)) and np.all(np.isfinite(d))
 
 
+def test_alpha_infinity_keeps_relative_accuracy_in_the_tails():
+    """l_inf(1, sigma(s)) = 1 - sigma(s) = 1 / (1 + e^s): at s = 40 it is 4.25e-18, not 0 (the
+    form 1 - sigma(s) cancels to 0 from s ~ 37 on). Reference: 1 / (1 + exp(s)) evaluated directly,
+    exact to rounding for s > 0."""
+    s = np.array([5.0, 20.0, 40.0, 100.0, 700.0])
+    exact = 1.0 / (1.0 + np.exp(s))
+    v, d = alpha_loss_real(s, np.inf)
+    np.testing.assert_allclose(v, exact, rtol=1e-12)
+    assert v[2] == pytest.approx(4.248354255291589e-18, rel=1e-12)
+    # derivative -sigma(s) sigma(-s), and the fake side l_inf(0, sigma(-s)) is the mirror image
+    np.testing.assert_allclose(d, -exact / (1.0 + np.exp(-s)), rtol=1e-12)
+    np.testing.assert_allclose(alpha_loss_fake(-s, np.inf)[0], exact, rtol=1e-12)
+
+
 def test_objectives_signs_and_special_cases():
     s = np.array([-1.0, 0.5, 2.0])
     ipm = make_objective("ipm")

@@ -249,6 +249,7 @@ RING_FAST = ["model.type=neural", "particles.n=128", "run.steps=600", "target.n_
              "observables.mmd_samples=500"]
 
 
+@pytest.mark.trajectory
 def test_neural_ring_run_covers_several_modes():
     """Wide-ish NTK-parameterised ReLU generator (phi ~ 1/(2 pi)) with the default RFF critic
     and IPM + fake penalty: after 600 steps the generated points cover all 8 ring modes (seeds 0, 1: C < 0.01, hq 0.74)

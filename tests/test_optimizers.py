@@ -69,6 +69,31 @@ def test_cg_with_exact_step_and_no_clip_is_linear_cg(rule):
     assert np.linalg.norm(x - x_star) < 1e-9 * np.linalg.norm(x_star)
 
 
+@pytest.mark.parametrize("rule", ["FR", "PRP", "HS", "DY"])
+def test_default_clip_trades_conjugacy_for_bounded_beta(rule):
+    """The default (beta in [0, 1/2], the paper's gamma_max = 1/2 bound that its convergence
+    analysis for stochastic gradients needs) is not textbook CG: on an ill-conditioned quadratic
+    with exact line search, textbook CG (beta_clip = "none") reaches x* in dim steps, the default
+    does not, because some raw beta exceeds 1/2 and is capped."""
+    rng = np.random.default_rng(3)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    A = Q @ np.diag(np.logspace(0, 3, 6)) @ Q.T
+    b = rng.normal(size=6)
+    x_star = np.linalg.solve(A, b)
+    err, betas = {}, {}
+    for clip in ("none", "default"):
+        o = opt.make_optimizer("cg", 1.0, rule=rule, beta_clip=clip)
+        x, holder, seen = np.zeros(6), [None], []
+        for _ in range(6):
+            holder[0] = x
+            x = o.step(x, A @ x - b, step_size=_exact_step(A, b, holder))
+            seen.append(o.last_beta)
+        err[clip], betas[clip] = np.linalg.norm(x - x_star) / np.linalg.norm(x_star), seen
+    assert err["none"] < 1e-8
+    assert max(betas["none"]) > 0.5 and max(betas["default"]) <= 0.5
+    assert err["default"] > 1e-4
+
+
 @pytest.mark.parametrize("clip", ["default", "code"])
 @pytest.mark.parametrize("rule", RULES)
 def test_cg_with_exact_step_decreases_f_and_respects_clip(rule, clip):

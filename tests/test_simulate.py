@@ -52,15 +52,20 @@ def test_same_seed_gives_bitwise_identical_results(tmp_path, extra):
 
 @pytest.mark.parametrize("bound, reason", [(1e6, "runaway"), (0.0, "non-finite")])
 def test_divergence_stops_with_last_good_state(bound, reason):
+    """Without the runaway bound the particles grow until an observable (radius of gyration,
+    centre-of-mass error) or the state overflows: either stops the run as "non-finite ..."."""
     res = simulate(tiny("dynamics.eta_d=1e6", f"run.divergence_bound={bound}"))
-    assert res.status == "diverged" and res.diverged_reason == reason
+    assert res.status == "diverged" and res.diverged_reason.startswith(reason)
     assert res.diverged_step is not None and res.steps == res.diverged_step
     assert np.all(np.isfinite(res.final_state.x))
     if bound:  # the kept state is inside the bound: its observables are finite
         assert np.max(np.abs(res.final_state.x)) <= bound * (1 + np.max(np.abs(res.model.y)))
         assert all(np.all(np.isfinite(v)) for v in res.series.values())
     summary = res.summary()
-    assert summary["status"] == "diverged" and summary["diverged_reason"] == reason
+    assert summary["status"] == "diverged" and summary["diverged_reason"] == res.diverged_reason
+    json.dumps(summary, allow_nan=False)  # valid JSON: non-finite values are null + named
+    for key, kind in summary.get("non_finite", {}).items():
+        assert summary[key] is None and kind in ("nan", "inf", "-inf")
 
 
 def test_a_converging_run_is_not_flagged_as_runaway():
@@ -116,15 +121,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(sigkill_resume):
     sigkill_resume(TINY[:-1] + ["run.steps=400", "run.checkpoint_every=20", "particles.n=64"])
 
 
+@pytest.mark.trajectory
 def test_physics_sanity_default_ring_coverage_vs_collapse():
     """Default config (ring, N = 256, universal kernel): phi = 0 covers all 8 modes with C ~ 0;
-    phi = 0.99 (same everything else) collapses: C near log 8 and most modes empty."""
+    phi = 0.99 (same everything else) collapses: C near log 8 and most modes empty.
+
+    Margins measured on seeds 0..3 with generic (SSE) numpy/BLAS code: phi = 0 gives 8 modes,
+    C <= 0.001, hq 0.86-0.89; phi = 0.99 gives C 1.42-2.08 and 0-2 modes covered."""
     free = simulate(resolve_config()).summary()
     assert free["status"] == "ok"
     assert free["modes_covered"] == 8 and free["collapse"] < 0.05 and free["hq_fraction"] > 0.7
     locked = simulate(resolve_config(overrides=["generator.phi=0.99"])).summary()
     assert locked["status"] == "ok"
-    assert locked["collapse"] > 1.0 and locked["modes_covered"] <= 2
+    assert locked["collapse"] > 1.0 and locked["modes_covered"] <= 3
 
 
 @pytest.mark.parametrize("extra", [[], ["critic.type=kernel", "loss.penalty=none"],
@@ -289,3 +298,119 @@ def test_optional_series_in_sweep_table_and_run_plot(tmp_path):
     plain = [ax.get_title() for ax in plot_run_overview(load_run(tmp_path / "s" / "runs" / rows[0]["run_id"])).axes]
     assert "KID" not in plain and not any("learning-rate" in t for t in plain)
     plt.close("all")
+
+
+# ---- hardening: divergence keeps a finite critic, overwrites, resume edge cases, memory ------
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from particlegan.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_start_up_divergence_keeps_the_last_finite_critic_and_valid_json(tmp_path):
+    """eta_D = 1e12 blows the critic up during its start-up steps: the run stops at step 0 as
+    diverged, result.npz holds the last finite critic weights, summary.json is standard JSON."""
+    res = _cli("run", *[a for o in TINY for a in ("--set", o)], "--set", "dynamics.eta_d=1e12",
+               "--set", "dynamics.critic_steps_startup=100", "--out", tmp_path / "r", "--no-plot")
+    assert res.exit_code == 3 and "status diverged (non-finite)" in res.output
+    with np.load(tmp_path / "r" / "result.npz") as z:
+        assert np.all(np.isfinite(z["critic_weights"])) and np.any(z["critic_weights"] != 0)
+        assert np.all(np.isfinite(z["final_particles"]))
+    text = (tmp_path / "r" / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in summary.json"))
+    assert summary["status"] == "diverged" and summary["steps"] == 0
+
+
+def test_a_step_whose_critic_update_is_not_finite_is_discarded():
+    """ascend_critic returns the parameters before the first non-finite update."""
+    from particlegan.critics import ascend_critic
+    from particlegan.optimizers import make_optimizer
+
+    grads = iter([np.ones(3), np.ones(3), np.full(3, np.inf), np.ones(3)])
+    w, finite = ascend_critic(make_optimizer("sgd", 0.5), np.zeros(3), 4, lambda w: next(grads))
+    assert not finite and np.array_equal(w, np.ones(3))
+
+
+def test_an_infinite_observable_marks_the_run(tmp_path):
+    """Targets scaled to 1e200: the distances overflow, so the run is not 'ok'."""
+    np.save(tmp_path / "big.npy", 1e200 * np.random.default_rng(0).normal(size=(50, 2)))
+    res = _cli("run", "--set", "target.kind=file", "--set", f"target.path={tmp_path / 'big.npy'}",
+               "--set", "run.steps=5", "--out", tmp_path / "r", "--no-plot")
+    assert res.exit_code == 3 and "non-finite observable" in res.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_reason"].startswith("non-finite observable")
+    assert any(summary[k] is None for k in summary["non_finite"])
+
+
+def test_out_onto_a_different_run_is_refused_unless_forced(tmp_path):
+    sets = [a for o in TINY for a in ("--set", o)]
+    out = tmp_path / "r"
+    assert _cli("run", *sets, "--out", out).exit_code == 0
+    assert (out / "particles.png").exists()
+    assert _cli("run", *sets, "--out", out, "--no-plot").exit_code == 0  # the same run again: fine
+    res = _cli("run", *sets, "--seed", 1, "--out", out, "--no-plot")
+    assert res.exit_code == 2 and "already holds a different run" in res.output and "--force" in res.output
+    assert res.output.count("\n") == 1
+    res = _cli("run", *sets, "--seed", 1, "--out", out, "--no-plot", "--force")
+    assert res.exit_code == 0
+    assert json.loads((out / "config.json").read_text())["config"]["run"]["seed"] == 1
+    assert not (out / "particles.png").exists()  # nothing of the old run is left beside the new one
+    (out / "notes.txt").write_text("mine")
+    res = _cli("run", *sets, "--out", out, "--no-plot", "--force")
+    assert res.exit_code == 2 and "notes.txt" in res.output and (out / "notes.txt").exists()
+
+
+def test_resume_refuses_a_run_without_checkpoints_and_cleans_temp_files(tmp_path):
+    cfg = tiny()
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "config.json").write_text(__import__("particlegan.config", fromlist=["x"]).canonical_json(cfg) + "\n")
+    res = _cli("run", "--resume", d)
+    assert res.exit_code == 2 and "no checkpoint to resume from (run.checkpoint_every = 0)" in res.output
+    # with checkpoints configured, a run killed before its first one starts over; stale temp files go
+    cfg = tiny("run.checkpoint_every=10")
+    (d / "config.json").write_text(__import__("particlegan.config", fromlist=["x"]).canonical_json(cfg) + "\n")
+    (d / ".checkpoint.npz.abc123.tmp").write_bytes(b"half")
+    assert _cli("run", "--resume", d, "--no-plot").exit_code == 0
+    assert not list(d.glob(".*.tmp")) and (d / "meta.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["shape", "nan", "step"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage):
+    from particlegan.checkpoint import _JSON_KEY
+    from particlegan.config import canonical_json
+    from particlegan.storage import atomic_save_npz
+
+    cfg = tiny("run.checkpoint_every=10")
+    d = tmp_path / "r"
+    d.mkdir()
+    simulate(cfg, checkpoint_path=d / "checkpoint.npz")
+    (d / "config.json").write_text(canonical_json(cfg) + "\n")
+    with np.load(d / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    if damage == "shape":
+        arrays["x"] = arrays["x"][:5]
+    elif damage == "nan":
+        arrays["x"] = np.full_like(arrays["x"], np.nan)
+    else:
+        scalars = json.loads(arrays[_JSON_KEY].tobytes().decode())
+        scalars["step"] = 10 ** 6
+        arrays[_JSON_KEY] = np.frombuffer(json.dumps(scalars).encode(), dtype=np.uint8)
+    atomic_save_npz(d / "checkpoint.npz", arrays)
+    res = _cli("run", "--resume", d)
+    assert res.exit_code == 2 and "checkpoint" in res.output and "unusable" in res.output
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output
+
+
+def test_a_memory_error_is_a_one_line_error_leaving_no_run_directory(tmp_path, monkeypatch):
+    import particlegan.dynamics as dyn
+
+    def boom(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(dyn, "build_model", boom)
+    res = _cli("run", *[a for o in TINY for a in ("--set", o)], "--out", tmp_path / "r", "--no-plot")
+    assert res.exit_code == 2 and res.output.startswith("error: out of memory") and res.output.count("\n") == 1
+    assert not (tmp_path / "r").exists()

@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import time
@@ -65,13 +66,43 @@ def test_load_sample_array_rejects_bad_files(tmp_path, content, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
-def test_load_sample_array_reads_npy_and_first_npz_array(tmp_path):
+def test_load_sample_array_reads_npy_and_named_npz_arrays(tmp_path):
     a = np.arange(6, dtype=np.int32).reshape(3, 2)
     np.save(tmp_path / "a.npy", a)
     np.savez(tmp_path / "b.npz", first=a * 2, second=np.zeros(1))
+    np.savez(tmp_path / "c.npz", only=a * 3)
     got = load_sample_array(tmp_path / "a.npy", "x")
     assert got.dtype == np.float64 and np.array_equal(got, a)
-    assert np.array_equal(load_sample_array(tmp_path / "b.npz", "x", ncols=2), a * 2)
+    assert np.array_equal(load_sample_array(f"{tmp_path / 'b.npz'}:first", "x", ncols=2), a * 2)
+    assert np.array_equal(load_sample_array(tmp_path / "c.npz", "x", ncols=2), a * 3)  # one array
+
+
+def test_multi_array_npz_needs_a_named_array(tmp_path):
+    a = np.arange(6.0).reshape(3, 2)
+    np.savez(tmp_path / "b.npz", first=a, second=a)
+    with pytest.raises(DataError, match=r"holds 2 arrays \(first, second\); name one as '.*b.npz:first'"):
+        load_sample_array(tmp_path / "b.npz", "target.path")
+    with pytest.raises(DataError, match="has no array 'third'"):
+        load_sample_array(f"{tmp_path / 'b.npz'}:third", "target.path")
+
+
+def test_oversized_npy_header_is_named_as_such(tmp_path):
+    """numpy refuses headers over 10000 bytes as unsafe; that is not an "object array"."""
+    import ast
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 2)))
+    raw = buf.getvalue()
+    hlen = int.from_bytes(raw[8:10], "little")
+    header = ast.literal_eval(raw[10:10 + hlen].decode())
+    header["pad"] = "x" * 20000  # an extra dict key: valid syntax, just huge
+    text = repr(header).encode()
+    text += b" " * (-(10 + 4 + len(text) + 1) % 64) + b"\n"
+    p = tmp_path / "big_header.npy"
+    p.write_bytes(b"\x93NUMPY\x02\x00" + len(text).to_bytes(4, "little") + text + raw[10 + hlen:])
+    with pytest.raises(DataError, match="oversized .npy header") as err:
+        load_sample_array(p, "target.path")
+    assert "object array" not in str(err.value)
 
 
 def test_atomic_write_gives_normal_file_permissions(tmp_path):

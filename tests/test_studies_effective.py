@@ -32,6 +32,7 @@ def _sweep(config, out, *args):
     return {float(r["generator.phi"]): r for r in load_results(out / "results.csv")}
 
 
+@pytest.mark.trajectory
 def test_mode_collapse_and_frequency_principle_quick(tmp_path):
     """Quick A2.8/A2.10 check: with the RBF random-feature critic the ring is covered at phi = 0
     and collapses at phi = 0.3 and 0.98; with ReLU random features (same everything else) the
@@ -51,6 +52,7 @@ def test_mode_collapse_and_frequency_principle_quick(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.trajectory
 def test_critical_damping_quick(tmp_path):
     """Quick A2.9 check on the study's own config: at lambda = 0.01, 0.1, 1 (lambda_c,rel = 0.1,
     lambda_c,cm = 0.3) both modes converge fastest at 0.1 (U-shape), and the relative mode's
@@ -110,6 +112,7 @@ def test_critical_damping_full_study(tmp_path):
         assert 1 / 1.5 < summary[mode]["opt_measured"] / summary[mode]["lambda_c"] < 1.5
 
 
+@pytest.mark.trajectory
 @pytest.mark.parametrize("beta", [0.0, 2.0])
 def test_stabilizer_growth_rate_matches_the_derived_dispersion_relation(beta):
     """Quick version of sims/stabilizer (a): a feature-density wave under the critic's ascent flow

@@ -18,6 +18,7 @@ def _load(rel):
     return mod
 
 
+@pytest.mark.trajectory
 def test_alpha_gan_ring_quick(tmp_path):
     study = _load("sims/alpha_gan_ring/run_study.py")
     assert study.main(["--quick", "--jobs", "1", "--out", str(tmp_path)]) == 0
@@ -55,6 +56,7 @@ def test_alpha_gan_ring_full(tmp_path):
 
 
 # ------------------------------------------------------------------ optimizers (5a) ----
+@pytest.mark.trajectory
 def test_optimizers_quick_every_run_finishes_with_finite_mmd(tmp_path):
     """Tiny version of sims/optimizers: every optimizer (SGD, momentum, Adam, CG-FR, CG-PRP) at
     every grid lr and seed finishes with status ok and a finite MMD^2; the chosen lr is on the
@@ -97,6 +99,7 @@ def test_optimizers_full(tmp_path):
 
 
 # ---------------------------------------------------------- particle vs neural (5c) ----
+@pytest.mark.trajectory
 def test_particle_vs_neural_quick_full_ntk_tracks_the_wide_network(tmp_path):
     """Tiny version of sims/particle_vs_neural: started at the neural generator's outputs, the
     full-empirical-NTK particle trajectory stays within 5% of the neural displacement at early

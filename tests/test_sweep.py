@@ -396,3 +396,106 @@ def test_a_lost_dask_worker_is_retried_once(tmp_path, monkeypatch):
     rows = {r["run_id"]: r for r in read_csv(tmp_path / "sw" / "results.csv")}
     assert rows[killed]["status"] == "ok" and rows[spared]["status"] == "ok"
     assert report.n_ok == 2 and report.n_retried >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# hardening: orphaned workers, data-file identity, a different sweep in the same directory
+# ---------------------------------------------------------------------------------------------
+def _children(pid):
+    """pids whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_workers_exit_when_the_sweep_is_killed_and_the_rerun_completes(tmp_path):
+    """kill -9 of `particlegan sweep --jobs 2`: no worker is alive 10 s later, and rerunning the
+    sweep skips the runs that had finished and completes the others."""
+    import signal
+    import time
+
+    out = tmp_path / "sw"
+    fixed = [a for item in TINY if not item.startswith("run.steps") for a in ("--set", item)]
+    args = [sys.executable, "-m", "particlegan", "sweep", *fixed, "--grid", "run.steps=4,5,4000",
+            "--jobs", "2", "--no-plot", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline and proc.poll() is None:
+        rows = read_csv(out / "results.csv") if (out / "results.csv").exists() else []
+        workers = _children(proc.pid)
+        if len(rows) >= 2 and len(workers) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be killed; make the long run longer"
+    assert len(rows) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(10)
+    assert [w for w in workers if _alive(w)] == []
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "3 runs: 3 ok" in res.stdout and "2 already finished and skipped" in res.stdout
+
+
+def test_changed_data_file_changes_the_run_ids_so_the_rerun_redoes_them(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "target.npy"
+    np.save(data, rng.normal(size=(64, 2)))
+    base = ["target.kind=file", f"target.path={data}"]
+    first = run_sweep(tiny_plan("generator.phi=0,0.5", extra=base), tmp_path / "sw", jobs=1, in_process=True)
+    assert first.n_ok == 2
+    np.save(data, rng.normal(size=(64, 2)) + 1.0)
+    plan = tiny_plan("generator.phi=0,0.5", extra=base)
+    assert {r.run_id for r in plan.runs}.isdisjoint(first.outcomes)
+    assert plan.runs[0].cfg["target"]["path_sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
+    again = run_sweep(plan, tmp_path / "sw2", jobs=1, in_process=True)
+    assert again.n_skipped == 0 and again.n_ok == 2
+
+
+def test_relative_data_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    cfg_dir = tmp_path / "study"
+    cfg_dir.mkdir()
+    np.save(cfg_dir / "y.npy", np.random.default_rng(1).normal(size=(40, 2)))
+    (cfg_dir / "c.toml").write_text('[target]\nkind = "file"\npath = "y.npy"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    plan = plan_sweep(load_base(cfg_dir / "c.toml", TINY), [], [0])
+    assert plan.runs[0].cfg["target"]["path"] == str(cfg_dir / "y.npy")
+    from particlegan.config import config_from_sources
+
+    assert config_from_sources(cfg_dir / "c.toml", TINY) == plan.runs[0].cfg
+
+
+def test_a_different_sweep_in_the_same_directory_is_refused_or_replaced(tmp_path):
+    out = tmp_path / "sw"
+    run_sweep(tiny_plan("generator.phi=0,0.5"), out, jobs=1, in_process=True)
+    other = tiny_plan("generator.phi=0,0.9")
+    with pytest.raises(DataError, match=r"holds a different sweep \(2 runs, 1 of them in this one of 2\).*--replace"):
+        run_sweep(other, out, jobs=1, in_process=True)
+    assert json.loads((out / "sweep.json").read_text())["grids"][0]["values"] == [0, 0.5]
+    rep = run_sweep(other, out, jobs=1, in_process=True, replace=True)
+    assert rep.n_skipped == 1 and rep.n_ok == 2
+    listed = {r["run_id"] for r in read_csv(out / "results.csv")}
+    assert listed == {d.name for d in (out / "runs").iterdir()} == {r.run_id for r in other.runs}
+    res = CliRunner().invoke(main, ["sweep", *TINY_ARGS, "--grid", "generator.phi=0.1", "--out", str(out),
+                                    "--in-process", "--no-plot"])
+    assert res.exit_code == 2 and "different sweep" in res.output and res.output.count("\n") == 1
