@@ -32,6 +32,13 @@ def user_errors_to_exit(func):
 @click.version_option(__version__, prog_name="particlegan")
 def main():
     """particlegan: GAN training simulated as particle dynamics."""
+    import os
+    import shlex
+
+    from .storage import COMMAND_ENV
+
+    # recorded in every run's meta.json, also by sweep workers (they inherit the environment)
+    os.environ[COMMAND_ENV] = shlex.join(["particlegan", *sys.argv[1:]])
 
 
 # ---- commands are added below; each parses its arguments and calls one library function ----
@@ -215,12 +222,14 @@ def _default_jobs() -> int:
 @click.option("--replace", is_flag=True,
               help="DIR holds a different sweep: delete its runs that this sweep does not contain "
                    "(refused without it).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (runs, already finished ones, estimated time) and run nothing.")
 @click.option("--in-process", is_flag=True,
               help="Run one at a time in this process, with its thread settings (debugging; no "
                    "protection against crashes).")
 @user_errors_to_exit
 def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_address, force, max_runs,
-          no_plot, replace, in_process):
+          no_plot, replace, dry_run, in_process):
     """Run every combination of the grids x seeds, starting from CONFIG (TOML or a stored
     config.json; default: built-in defaults).
 
@@ -231,18 +240,48 @@ def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_addres
     Exit status: 0 no run failed (diverged runs are results), 1 some runs failed, 2 bad input.
     """
     from .progress import Reporter
-    from .sweep import load_base, parse_grid, parse_logspace, parse_seeds, plan_sweep, run_sweep
+    from .sweep import (describe_plan, load_base, parse_grid, parse_logspace, parse_seeds, plan_sweep,
+                        run_sweep)
 
     axes = [parse_grid(g) for g in grids] + [parse_logspace(item) for item in logspaces]
     fixed = [item.split("=", 1)[0].strip() for item in overrides]
     plan = plan_sweep(load_base(config, overrides), axes, parse_seeds(seeds), max_runs=max_runs,
                       force=force, config_path=config, fixed_keys=fixed)
-    report = run_sweep(plan, out_dir, jobs=jobs if jobs is not None else _default_jobs(),
+    n_jobs = jobs if jobs is not None else _default_jobs()
+    if dry_run:
+        click.echo(describe_plan(plan, out_dir, n_jobs))
+        return
+    report = run_sweep(plan, out_dir, jobs=n_jobs,
                        dask=dask_address, in_process=in_process, plot=not no_plot, reporter=Reporter(),
                        replace=replace)
     click.echo(report.describe())
     if report.n_failed:
         sys.exit(1)
+
+
+@main.command("ls")
+@click.argument("directory", metavar="DIR")
+@click.option("--where", multiple=True, metavar="KEY=VALUE",
+              help="Only runs with this value (repeatable): a config key section.key, a summary "
+                   "observable (collapse, mmd2, ...), status or seed.")
+@click.option("--col", "columns", multiple=True, metavar="OBSERVABLE",
+              help="Summary observable to show (repeatable; default collapse, modes_covered, mmd2).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run instead of a table.")
+@user_errors_to_exit
+def ls_command(directory, where, columns, as_json):
+    """List the runs of a run directory, a sweep directory or a folder of runs: id, status,
+    seed, chosen observables and the parameters that differ from the defaults."""
+    import json
+
+    from .runstore import DEFAULT_COLUMNS, format_runs, list_runs
+
+    records = list_runs(directory, where)
+    if as_json:
+        for rec in records:
+            click.echo(json.dumps({k: rec[k] for k in ("run_id", "path", "status", "seed", "params",
+                                                       "summary")}, sort_keys=True))
+        return
+    click.echo(format_runs(records, columns or DEFAULT_COLUMNS))
 
 
 @main.group()
@@ -323,6 +362,20 @@ def plot_run_cmd(run_dir, out_path):
     from .plotting import run_plot
 
     _echo_figure(run_plot(run_dir, out_path))
+
+
+@plot.command("movie")
+@click.argument("run_dirs", metavar="RUN_DIR [RUN_DIR...]", nargs=-1, required=True)
+@click.option("--out", "out_path", required=True, metavar="GIF", help="Animated GIF to write.")
+@click.option("--label", "labels", multiple=True, metavar="TEXT", help="Title per run, in order.")
+@click.option("--fps", type=click.IntRange(1, 60), default=8, show_default=True, help="Frames per second.")
+@user_errors_to_exit
+def plot_movie_cmd(run_dirs, out_path, labels, fps):
+    """Animated GIF of the particles over time beside the collapse C(t), one frame per stored
+    snapshot (record more frames with --set run.snapshots=100); several runs side by side."""
+    from .plotting_movie import run_movie
+
+    _echo_figure(run_movie(list(run_dirs), out_path, labels, fps))
 
 
 @main.command("ntk")

@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import canonical_json, config_hash
 from .observables import KID_KEYS, SERIES_KEYS, kid_observable, make_mmd_reference, measure
 from .progress import Reporter, null_reporter
-from .storage import atomic_save_npz, atomic_write_bytes, atomic_write_json, ensure_dir, versions
+from .storage import atomic_save_npz, atomic_write_bytes, atomic_write_json, ensure_dir, provenance
 
 SUMMARY_KEYS = ("collapse", "modes_covered", "hq_fraction", "mmd2", "radius_gyration",
                 "critic_grad_norm", "com_error")
@@ -82,6 +82,7 @@ class SimResult:
     diverged_step: int | None = None
     diverged_reason: str | None = None
     wall_time: float = 0.0
+    started_at: str = ""  # local time the run started, ISO 8601
     extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -107,6 +108,25 @@ class SimResult:
             out["diverged_step"] = int(self.diverged_step)
             out["diverged_reason"] = self.diverged_reason
         return out
+
+
+def require_resolved(cfg) -> None:
+    """Refuse (ConfigError) a config that is not a full, valid resolved config: a partial dict,
+    or a resolved one edited to an invalid value (phi = 5, steps = -3). Build configs with
+    :func:`particlegan.config.resolve_config` or use :func:`particlegan.run`."""
+    from .config import resolve_config
+    from .errors import ConfigError
+
+    checked = resolve_config(cfg)  # names the bad key of an edited config
+    for sec, table in checked.items():
+        for key, value in table.items():
+            if not isinstance(cfg.get(sec), dict) or key not in cfg[sec]:
+                raise ConfigError(f"simulate() needs a full resolved config; {sec}.{key} is missing "
+                                  "(resolve it with particlegan.config.resolve_config, or call "
+                                  "particlegan.run(config_dict) which does)")
+            if cfg[sec][key] != value:
+                raise ConfigError(f"simulate() needs a resolved config: {sec}.{key} = {cfg[sec][key]!r} "
+                                  f"resolves to {value!r} (resolve it with resolve_config)")
 
 
 def rms_norm(grad: np.ndarray) -> float:
@@ -147,8 +167,10 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     """
     from .resources import check_memory
 
+    require_resolved(cfg)
     reporter = reporter or null_reporter()
     t0 = time.perf_counter()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     check_memory(cfg)  # before any allocation: a run that cannot fit is refused in one line
     streams = dyn.seed_streams(cfg["run"]["seed"])
     engine = simulation_engine(cfg)
@@ -239,7 +261,7 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     return SimResult(series=arrays, snapshots=np.stack(snapshots), snapshot_steps=np.asarray(snapshot_taken),
                      status=status, steps=state.step, final_state=state, model=model,
                      diverged_step=diverged_step, diverged_reason=diverged_reason,
-                     wall_time=time.perf_counter() - t0)
+                     wall_time=time.perf_counter() - t0, started_at=started_at)
 
 
 def simulation_engine(cfg: dict):
@@ -318,7 +340,8 @@ def write_run(res: SimResult, cfg: dict, out_dir: str | Path, plot: bool = True)
         plot_particles(res, out / "particles.png")
     meta = {
         "run_id": config_hash(cfg),
-        "versions": versions(),
+        **provenance(),
+        "started_at": res.started_at,
         "seed": cfg["run"]["seed"],
         "backend": cfg["run"]["backend"],
         "dtype": cfg["run"]["dtype"],

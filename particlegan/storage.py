@@ -130,6 +130,62 @@ def check_output_file(path: str | Path, option: str, suffix: str | None = None) 
     return p
 
 
+COMMAND_ENV = "PARTICLEGAN_COMMAND"  # the CLI's command line, inherited by sweep workers
+_GIT_CACHE: dict[str, dict | None] = {}
+
+
+def git_state() -> dict | None:
+    """Commit of the particlegan checkout and whether it has uncommitted changes, when the
+    package is imported from a git checkout (an editable install); None otherwise."""
+    import subprocess
+
+    pkg_dir = str(Path(__file__).resolve().parent)
+    if pkg_dir in _GIT_CACHE:
+        return _GIT_CACHE[pkg_dir]
+    state = None
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", pkg_dir, *args], capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+
+        top = Path(git("rev-parse", "--show-toplevel"))
+        if (top / "particlegan").resolve() == Path(pkg_dir):  # our own checkout, not an enclosing repo
+            state = {"commit": git("rev-parse", "HEAD"),
+                     "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        state = None
+    _GIT_CACHE[pkg_dir] = state
+    return state
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo, else platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance() -> dict:
+    """Where and how a run was made (stored in meta.json): package versions, the git commit of
+    the checkout and whether it was modified, host, CPU model, thread settings, command line."""
+    import socket
+    import sys
+
+    import numba
+
+    threads = {k: os.environ.get(k) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
+                                               "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    threads["numba_threads"] = numba.get_num_threads()
+    return {"versions": versions(), "git": git_state(), "host": socket.gethostname(),
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,
+            "command": os.environ.get(COMMAND_ENV) or " ".join(sys.argv)}
+
+
 def versions() -> dict:
     """Versions of the package and of the numerical stack (stored in every meta.json)."""
     import numba

@@ -3,7 +3,8 @@
 A sweep directory holds::
 
     sweep.json      the sweep definition (base config, grids, seeds, run ids)
-    results.csv     one row per run: run_id, each swept key, seed, the summary observables,
+    results.csv     one row per run: run_id, each swept key, each key fixed with --set, seed,
+                    the summary observables,
                     status ("ok" | "diverged" | "failed"), wall_time_s, error
     runs/<id>/      each run stored exactly as ``particlegan run`` stores it; <id> is the
                     run id (:func:`particlegan.config.config_hash` of the resolved config)
@@ -91,6 +92,7 @@ class SweepPlan:
     runs: list[PlannedRun]
     base: dict
     config_path: str | None = None
+    fixed: list[str] = field(default_factory=list)  # keys set with --set (columns of results.csv)
 
     def definition(self) -> dict:
         """JSON-able description stored as sweep.json."""
@@ -101,6 +103,7 @@ class SweepPlan:
             "config_file": self.config_path,
             "base": self.base,
             "grids": [{"key": a.key, "values": list(a.values), "spec": a.spec} for a in self.axes],
+            "fixed": list(self.fixed),
             "seeds": list(self.seeds),
             "n_runs": len(self.runs),
             "runs": [{"run_id": r.run_id, "params": r.params, "seed": r.seed} for r in self.runs],
@@ -308,7 +311,10 @@ def plan_sweep(base: Mapping | None, axes: Sequence[GridAxis], seeds: Sequence[i
             ids.add(run_id)
             params = {a.key: cfg[a.key.split(".")[0]][a.key.split(".")[1]] for a in axes}
             runs.append(PlannedRun(run_id, params, seed, cfg))
-    return SweepPlan(list(axes), seeds, runs, base, config_path)
+    fixed = [k for k in dict.fromkeys(fixed_keys) if k not in seen]
+    for key in fixed:
+        _check_key(key, "--set")
+    return SweepPlan(list(axes), seeds, runs, base, config_path, fixed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +487,8 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json_object(path: Path) -> dict | None:
+    """The JSON object stored in ``path``, or None if it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -495,8 +502,8 @@ def finished_outcome(run_dir: str | Path) -> dict | None:
     A run is finished when meta.json exists (it is written last) and summary.json is readable.
     """
     d = Path(run_dir)
-    meta = _read_json(d / "meta.json")
-    summary = _read_json(d / "summary.json")
+    meta = read_json_object(d / "meta.json")
+    summary = read_json_object(d / "summary.json")
     if meta is None or summary is None:
         return None
     return {"status": summary.get("status", meta.get("status", "ok")), "summary": summary,
@@ -566,7 +573,8 @@ def observable_columns(plan: SweepPlan | None = None) -> tuple[str, ...]:
 
 def results_columns(plan: SweepPlan) -> list[str]:
     """Header of results.csv for ``plan``."""
-    return ["run_id", *(a.key for a in plan.axes), "seed", *observable_columns(plan), *RESULT_COLUMNS_TAIL]
+    return ["run_id", *(a.key for a in plan.axes), *plan.fixed, "seed", *observable_columns(plan),
+            *RESULT_COLUMNS_TAIL]
 
 
 def _cell(value: Any) -> str:
@@ -581,10 +589,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def result_row(run: PlannedRun, outcome: Mapping) -> dict[str, str]:
-    """One results.csv row (all cells as text) for a run and its outcome."""
+def result_row(run: PlannedRun, outcome: Mapping, fixed: Sequence[str] = ()) -> dict[str, str]:
+    """One results.csv row (all cells as text) for a run and its outcome; ``fixed``: the keys
+    set with ``--set``, whose resolved values get a column each."""
     row = {"run_id": run.run_id}
     row.update({k: _cell(v) for k, v in run.params.items()})
+    for key in fixed:
+        section, name = key.split(".")
+        row[key] = _cell(run.cfg[section][name])
     row["seed"] = str(run.seed)
     summary = outcome.get("summary") or {}
     from .simulate import optional_series_keys
@@ -603,7 +615,8 @@ def write_results_csv(path: str | Path, plan: SweepPlan, outcomes: Mapping[str, 
     """Atomically (re)write results.csv: a row per run with an outcome, in plan order."""
     from .storage import atomic_write_csv
 
-    atomic_write_csv(path, (result_row(run, outcomes[run.run_id]) for run in plan.runs if run.run_id in outcomes),
+    atomic_write_csv(path, (result_row(run, outcomes[run.run_id], plan.fixed) for run in plan.runs
+                            if run.run_id in outcomes),
                      columns=results_columns(plan))
 
 
@@ -672,8 +685,11 @@ def _require_dask():
 
 
 @contextmanager
-def _dask_executor(address: str, jobs: int) -> Iterator[tuple[cf.Executor, type]]:
-    """A concurrent.futures executor on a Dask cluster and its lost-worker exception type."""
+def _dask_executor(address: str, jobs: int, probe_dir: Path | None = None) -> Iterator[tuple[cf.Executor, type]]:
+    """A concurrent.futures executor on a Dask cluster and its lost-worker exception type.
+
+    For a remote cluster, ``probe_dir`` (the sweep directory) is first checked to be visible
+    to the workers (:func:`_check_workers_see`)."""
     dask, distributed = _require_dask()
     import logging
 
@@ -695,7 +711,10 @@ def _dask_executor(address: str, jobs: int) -> Iterator[tuple[cf.Executor, type]
             raise ConfigError(f"--dask: cannot connect to the Dask scheduler at {address!r}: "
                               f"{_one_line(exc)}") from None
     try:
-        yield client.get_executor(pure=False), distributed.KilledWorker
+        executor = client.get_executor(pure=False)
+        if address != "local" and probe_dir is not None:
+            _check_workers_see(executor, probe_dir, address)
+        yield executor, distributed.KilledWorker
     finally:
         client.close()
         if cluster is not None:
@@ -704,6 +723,35 @@ def _dask_executor(address: str, jobs: int) -> Iterator[tuple[cf.Executor, type]
             for key in set(os.environ) - set(saved_environ):
                 del os.environ[key]
             os.environ.update(saved_environ)
+
+
+def probe_file(path: str, token: str) -> bool:
+    """Run on a Dask worker: does ``path`` exist there and hold ``token``? (The sweep writes a
+    probe file into its directory and asks a worker to read it back: a check that both see the
+    same file system.)"""
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def _check_workers_see(executor: cf.Executor, directory: Path, address: str) -> None:
+    """ConfigError in one line when a worker of the cluster cannot read the sweep directory."""
+    import secrets
+
+    token = secrets.token_hex(8)
+    probe = directory / f".dask_probe_{token}"
+    probe.write_text(token)
+    try:
+        seen = executor.submit(probe_file, str(probe), token).result(timeout=120)
+    except Exception as exc:
+        raise ConfigError(f"--dask {address}: cannot run a task on the cluster: {_one_line(exc)}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    if not seen:
+        raise ConfigError(f"--dask {address}: the workers cannot see the sweep directory '{directory}' "
+                          "(the runs are written by the workers: put --out on a file system shared "
+                          "with them, at the same path)")
 
 
 def _test_kill_ids() -> dict[str, bool]:
@@ -717,13 +765,44 @@ def _test_kill_ids() -> dict[str, bool]:
     return out
 
 
+def describe_plan(plan: SweepPlan, out_dir: str | Path, jobs: int = 1) -> str:
+    """What ``sweep --dry-run`` prints: the grid, how many runs there are, how many of them
+    ``out_dir`` already holds finished, and an estimated time for the rest (from the wall times
+    of the finished runs, spread over ``jobs`` workers). Reads only; writes nothing."""
+    out = Path(out_dir)
+    walls = []
+    for run in plan.runs:
+        done = finished_outcome(out / "runs" / run.run_id)
+        if done is not None:
+            walls.append(done["wall_time_s"])
+    todo = len(plan.runs) - len(walls)
+    lines = [f"sweep into '{out}': {len(plan.runs)} runs = "
+             + " x ".join([f"{len(a.values)} {a.key}" for a in plan.axes] + [f"{len(plan.seeds)} seeds"])]
+    lines += [f"  {a.key}: {', '.join(map(repr, a.values))}" for a in plan.axes]
+    if plan.fixed:
+        lines.append(f"  fixed: {', '.join(plan.fixed)}")
+    finite = [w for w in walls if math.isfinite(w)]
+    if not todo:
+        eta = "nothing left to run"
+    elif finite:
+        from .progress import format_duration
+
+        per_run = sum(finite) / len(finite)
+        eta = (f"about {format_duration(per_run * todo / max(1, jobs))} on {jobs} worker(s) "
+               f"({per_run:.3g} s per run, mean of the finished ones)")
+    else:
+        eta = "time unknown (no finished run to time from yet)"
+    lines.append(f"  {len(walls)} already finished, {todo} to run: {eta}")
+    return "\n".join(lines)
+
+
 def _check_same_sweep(out: Path, plan: SweepPlan, replace: bool) -> None:
     """Refuse to run ``plan`` into a directory that holds a different sweep (another set of run
     ids in its sweep.json), unless ``replace``: then the stored runs that the new plan does not
     contain are deleted, so that results.csv lists every run in the directory."""
     import shutil
 
-    old = _read_json(out / "sweep.json")
+    old = read_json_object(out / "sweep.json")
     if old is None:
         return
     old_ids = {r.get("run_id") for r in old.get("runs", []) if isinstance(r, dict)}
@@ -779,7 +858,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
             raise ConfigError("--in-process and --dask exclude each other")
         _require_dask()  # before touching the directory
     reporter = reporter or null_reporter()
-    out = ensure_dir(out_dir)
+    # absolute before any work is sent: a Dask worker has its own working directory
+    out = ensure_dir(out_dir).resolve()
     report = SweepReport(out_dir=out, n_runs=len(plan.runs))
     with SweepLock(out):
         _check_same_sweep(out, plan, replace)
@@ -814,7 +894,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
                 _drive(todo, out, plot, record, report, lambda n: _InlineExecutor(), 1, (), False, {},
                        in_worker=False)
             elif dask is not None:
-                with _dask_executor(dask, jobs) as (executor, killed_worker):
+                with _dask_executor(dask, jobs, probe_dir=out) as (executor, killed_worker):
                     # the scheduler queues tasks itself: submit everything at once
                     _drive(todo, out, plot, record, report, lambda n: executor, len(todo),
                            (killed_worker,), False, kill_ids, shutdown=False)

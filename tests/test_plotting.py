@@ -186,3 +186,27 @@ def test_plot_run_cli(sweep_dir, tmp_path):
     assert_png(run_dir / "overview.png", min_bytes=30_000)
     res = CliRunner().invoke(main, ["plot", "run", str(tmp_path)])
     assert res.exit_code == 2 and "no result.npz" in res.output
+
+
+def test_movie_of_two_runs_side_by_side(tmp_path):
+    """`plot movie`: one GIF frame per stored snapshot, runs side by side, written atomically."""
+    from PIL import Image
+
+    base = ["particles.n=24", "run.steps=12", "run.record_every=2", "target.n_samples=100",
+            "critic.features=32", "dynamics.critic_steps_startup=5"]
+    runs = []
+    for phi, snaps in (("0", 5), ("0.9", 3)):
+        d = tmp_path / f"phi{phi}"
+        sets = [a for o in base + [f"generator.phi={phi}", f"run.snapshots={snaps}"] for a in ("--set", o)]
+        assert CliRunner().invoke(main, ["run", *sets, "--no-plot", "--out", str(d)]).exit_code == 0
+        runs.append(str(d))
+    out = tmp_path / "m.gif"
+    res = CliRunner().invoke(main, ["plot", "movie", *runs, "--out", str(out), "--label", "covering"])
+    assert res.exit_code == 0, res.output
+    with Image.open(out) as im:
+        assert im.n_frames == 5 and im.size[0] > im.size[1]  # the longer run sets the frame count
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gif", "phi0", "phi0.9"]  # no temp file left
+    bad = CliRunner().invoke(main, ["plot", "movie", str(tmp_path), "--out", str(tmp_path / "x.gif")])
+    assert bad.exit_code == 2 and "not a finished run directory" in bad.output
+    bad = CliRunner().invoke(main, ["plot", "movie", *runs, "--out", str(tmp_path / "x.mp4")])
+    assert bad.exit_code == 2 and ".gif" in bad.output

@@ -414,3 +414,32 @@ def test_a_memory_error_is_a_one_line_error_leaving_no_run_directory(tmp_path, m
     res = _cli("run", *[a for o in TINY for a in ("--set", o)], "--out", tmp_path / "r", "--no-plot")
     assert res.exit_code == 2 and res.output.startswith("error: out of memory") and res.output.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_meta_json_records_provenance(tmp_path):
+    """meta.json: git commit and modified flag of this checkout, host, CPU, threads, command
+    line, start time (compared with git, socket and the command actually run)."""
+    import socket
+
+    from particlegan.storage import COMMAND_ENV
+
+    out = tmp_path / "r"
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
+    env.pop(COMMAND_ENV, None)
+    args = [sys.executable, "-m", "particlegan", "run", "--set", "run.steps=3", *[a for o in TINY[:1] for a in ("--set", o)],
+            "--no-plot", "--out", str(out)]
+    subprocess.run(args, check=True, capture_output=True, env=env, timeout=120)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["command"].startswith("particlegan run --set run.steps=3") and meta["command"].endswith(str(out))
+    assert meta["host"] == socket.gethostname() and meta["cpu"] and meta["cpu_count"] == os.cpu_count()
+    assert meta["threads"]["NUMBA_NUM_THREADS"] == "1" and meta["threads"]["numba_threads"] == 1
+    assert meta["started_at"] <= meta["finished_at"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
+    import particlegan
+
+    if head.returncode == 0 and particlegan.__file__.startswith(root):  # imported from this checkout
+        assert meta["git"]["commit"] == head.stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        assert meta["git"]["modified"] == bool(dirty)

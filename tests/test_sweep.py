@@ -237,7 +237,8 @@ def test_sweep_stores_runs_like_particlegan_run(pool_sweep, tmp_path):
     out, output = pool_sweep
     assert "4 runs: 4 ok, 0 diverged, 0 failed" in output and "results.csv" in output
     rows = read_csv(out / "results.csv")
-    assert list(rows[0]) == ["run_id", "generator.phi", "seed", "collapse", "modes_covered", "hq_fraction",
+    fixed = [item.split("=")[0] for item in TINY]  # every --set key has its column
+    assert list(rows[0]) == ["run_id", "generator.phi", *fixed, "seed", "collapse", "modes_covered", "hq_fraction",
                              "mmd2", "radius_gyration", "critic_grad_norm", "com_error", "steps", "status",
                              "wall_time_s", "error"]
     assert [(r["generator.phi"], r["seed"]) for r in rows] == [("0.0", "0"), ("0.0", "1"), ("0.5", "0"),
@@ -265,7 +266,7 @@ def test_sweep_stores_runs_like_particlegan_run(pool_sweep, tmp_path):
 
 def test_results_do_not_depend_on_the_number_of_workers(pool_sweep, tmp_path):
     out, _ = pool_sweep
-    plan = tiny_plan("generator.phi=0,0.5", seeds=[0, 1])
+    plan = tiny_plan("generator.phi=0,0.5", seeds=[0, 1], fixed_keys=[o.split("=")[0] for o in TINY])
     report = run_sweep(plan, tmp_path / "serial", in_process=True, plot=False)
     assert report.n_ok == 4
     assert without_wall_time(read_csv(tmp_path / "serial" / "results.csv")) == \
@@ -499,3 +500,57 @@ def test_a_different_sweep_in_the_same_directory_is_refused_or_replaced(tmp_path
     res = CliRunner().invoke(main, ["sweep", *TINY_ARGS, "--grid", "generator.phi=0.1", "--out", str(out),
                                     "--in-process", "--no-plot"])
     assert res.exit_code == 2 and "different sweep" in res.output and res.output.count("\n") == 1
+
+
+def test_dask_cluster_of_separate_processes_with_a_relative_out(tmp_path):
+    """A real `dask scheduler` and `dask worker` started as processes in another directory: the
+    sweep with a relative --out writes its runs where the client is (paths are made absolute
+    before work is sent), and a rerun skips them all."""
+    pytest.importorskip("distributed")
+    import shutil
+    import time
+
+    if shutil.which("dask") is None:
+        pytest.skip("no dask command line")
+    cluster_dir, client_dir = tmp_path / "cluster", tmp_path / "client"
+    cluster_dir.mkdir()
+    client_dir.mkdir()
+    sched_file = cluster_dir / "scheduler.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen(["dask", "scheduler", "--scheduler-file", str(sched_file), "--port", "0",
+                               "--host", "127.0.0.1", "--dashboard-address", ":0", "--no-dashboard"],
+                              cwd=cluster_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen(["dask", "worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
+                                       "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                      cwd=cluster_dir, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        args = [sys.executable, "-m", "particlegan", "sweep", *TINY_ARGS, "--grid", "generator.phi=0,0.5",
+                "--dask", address, "--no-plot", "--out", "sw"]
+        first = subprocess.run(args, cwd=client_dir, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr
+        assert "2 runs: 2 ok" in first.stdout
+        assert len(list((client_dir / "sw" / "runs").iterdir())) == 2 and not (cluster_dir / "sw").exists()
+        again = subprocess.run(args, cwd=client_dir, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "2 already finished and skipped" in again.stdout
+        assert not list((client_dir / "sw").glob(".dask_probe_*"))
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_probe_file_tells_whether_a_worker_sees_the_directory(tmp_path):
+    from particlegan.sweep import probe_file
+
+    (tmp_path / "p").write_text("abc")
+    assert probe_file(str(tmp_path / "p"), "abc")
+    assert not probe_file(str(tmp_path / "p"), "xyz") and not probe_file(str(tmp_path / "none"), "abc")

@@ -49,6 +49,11 @@ def get_backend(name: str):
         return cpu_backend
     if name == "cuda":
         if not cuda_available():
+            try:
+                import numba_cuda  # noqa: F401  (the package of numba.cuda's kernels)
+            except ImportError:
+                raise ConfigError("backend 'cuda' needs the CUDA extra: pip install -e '.[cuda]' "
+                                  "(numba-cuda); use 'cpu' or 'numpy'") from None
             raise ConfigError("backend 'cuda' needs a CUDA GPU (none found); use 'cpu' or 'numpy'")
         from . import cuda_backend
         return cuda_backend
