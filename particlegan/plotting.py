@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401  (NullLocator of the phase-diagram axes)
 import numpy as np  # noqa: E402
 
 from .errors import DataError  # noqa: E402
@@ -20,6 +21,28 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def set_signed_log_scale(ax, values, which: str = "y", floor: float | None = None) -> str:
+    """A log-like axis for a quantity that may change sign near zero (the unbiased MMD^2
+    estimate, a growth rate): log when every value is positive, else matplotlib's ``asinh``
+    scale, which is linear within +-``floor`` and logarithmic beyond, and smooth everywhere (a
+    symlog axis breaks its slope at the threshold, so a crossing of zero looks like a cliff).
+
+    ``floor`` (default 1e-3 of the largest |value|) should be the level below which the values
+    are noise, e.g. ~1/N for an MMD^2 of N particles. Returns the scale name used.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    set_scale = ax.set_yscale if which == "y" else ax.set_xscale
+    if v.size == 0:
+        return "linear"
+    if np.all(v > 0):
+        set_scale("log")
+        return "log"
+    top = float(np.max(np.abs(v))) or 1.0
+    set_scale("asinh", linear_width=floor if floor else 1e-3 * top)
+    return "asinh"
 
 
 MAX_SNAPSHOT_PANELS = 8
@@ -156,9 +179,46 @@ def _cell_edges(centres: np.ndarray, transform) -> np.ndarray:
     return transform.inverted().transform(edges_u.reshape(-1, 1)).ravel()
 
 
+# physical range of swept keys: the cells of a phase diagram are not drawn past it
+KEY_RANGES = {"generator.phi": (None, 1.0), "hq_fraction": (0.0, 1.0)}
+MAX_TICK_LABELS = 10
+
+
+def _clip_edges(edges: np.ndarray, pos: np.ndarray, key: str) -> np.ndarray:
+    """Cell edges limited to the key's physical range (:data:`KEY_RANGES`), and not across
+    zero when every grid value has one sign (a cell around phi = 0 stops at 0 if no negative
+    phi was run); the outer cells then end at the outermost grid values' side of the range."""
+    lo, hi = KEY_RANGES.get(key, (None, None))
+    if lo is None and np.all(pos >= 0):
+        lo = 0.0
+    if hi is None and np.all(pos <= 0):
+        hi = 0.0
+    out = edges.copy()
+    if lo is not None:
+        out = np.maximum(out, lo)
+    if hi is not None:
+        out = np.minimum(out, hi)
+    return out
+
+
+def _grid_ticks(ax, which: str, pos: np.ndarray, values: list) -> None:
+    """Ticks at the grid values (every k-th labelled when there are many), no minor ticks."""
+    order = np.argsort(pos)
+    step = max(1, int(np.ceil(len(pos) / MAX_TICK_LABELS)))
+    shown = order[::step]
+    labels = [_fmt_value(values[i]) for i in shown]
+    if which == "x":
+        ax.set_xticks(pos[shown], labels, rotation=45 if len(shown) > 6 else 0)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    else:
+        ax.set_yticks(pos[shown], labels)
+        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def _setup_axis(ax, which: str, values: list, key: str, log: bool):
     """Positions of ``values`` along one axis (numeric values, or 0..n-1 for categories), their
-    cell edges, and the axis scale/ticks/label."""
+    cell edges (within the key's physical range), and the axis scale, ticks at the grid values
+    and label."""
     set_scale = ax.set_xscale if which == "x" else ax.set_yscale
     set_label = ax.set_xlabel if which == "x" else ax.set_ylabel
     axis = ax.xaxis if which == "x" else ax.yaxis
@@ -166,7 +226,8 @@ def _setup_axis(ax, which: str, values: list, key: str, log: bool):
         pos = np.asarray(values, dtype=float)
         scale, kwargs = _scale_for(pos, log)
         set_scale(scale, **kwargs)
-        edges = _cell_edges(pos, axis.get_transform())
+        edges = _clip_edges(_cell_edges(pos, axis.get_transform()), pos, key)
+        _grid_ticks(ax, which, pos, values)
     else:
         pos = np.arange(len(values), dtype=float)
         edges = np.arange(len(values) + 1, dtype=float) - 0.5
@@ -186,7 +247,7 @@ def _fmt_value(v) -> str:
 def plot_phase_diagram(cells: list[dict], x_key: str, y_key: str, z_key: str, log_x: bool = False,
                        log_y: bool = False, level: float | None = None, title: str | None = None,
                        theory: list[dict] | None = None, ax=None, vmin: float | None = None,
-                       vmax: float | None = None):
+                       vmax: float | None = None, colorbar: bool = True):
     """Heatmap of a seed-averaged observable over a 2-d grid, with the transition contour.
 
     Parameters
@@ -202,6 +263,7 @@ def plot_phase_diagram(cells: list[dict], x_key: str, y_key: str, z_key: str, lo
         top (e.g. the critical penalty of effective-gan-spec A2.9).
     ax : draw into this Axes (default: a new figure).  vmin, vmax : colour range (default: the
         data range; panels compared side by side share one).
+    colorbar : draw this panel's colour bar (side-by-side panels share one, drawn by the caller).
 
     Returns
     -------
@@ -222,8 +284,11 @@ def plot_phase_diagram(cells: list[dict], x_key: str, y_key: str, z_key: str, lo
     ypos, yedges = _setup_axis(ax, "y", ys, y_key, log_y)
     masked = np.ma.masked_invalid(z)
     mesh = ax.pcolormesh(xedges, yedges, masked, cmap="viridis", shading="flat", vmin=vmin, vmax=vmax)
-    cbar = fig.colorbar(mesh, ax=ax)
-    cbar.set_label(axis_label(z_key) + " (mean over seeds)")
+    ax.phase_mesh = mesh  # for a colour bar shared by several panels
+    cbar = None
+    if colorbar:
+        cbar = fig.colorbar(mesh, ax=ax)
+        cbar.set_label(axis_label(z_key) + " (mean over seeds)")
     finite = z[np.isfinite(z)]
     handles = []
     # a contour between categories would interpolate between unrelated settings: numeric axes only
@@ -232,7 +297,9 @@ def plot_phase_diagram(cells: list[dict], x_key: str, y_key: str, z_key: str, lo
         lev = 0.5 * (lo + hi) if level is None else float(level)
         if lo < lev < hi:
             ax.contour(xpos, ypos, masked, levels=[lev], colors="white", linewidths=2.0)
-            cbar.ax.axhline(lev, color="white", lw=2.0)
+            if cbar is not None:
+                cbar.ax.axhline(lev, color="white", lw=2.0)
+            ax.phase_level = lev
             handles.append(matplotlib.lines.Line2D([], [], color="white", lw=2.0,
                                                    label=f"transition: {z_key} = {lev:.3g}"))
     for curve in theory or []:
@@ -321,7 +388,8 @@ OPTIONAL_RUN_PANELS = (("kid", True), ("lr_scale", True))  # drawn when the run 
 
 
 def plot_run_overview(data: dict, title: str = ""):
-    """Time series of a run (collapse, modes covered, MMD^2 on a log scale, critic gradient norm,
+    """Time series of a run (collapse, modes covered, MMD^2 on a log scale (asinh where the
+    unbiased estimate turns negative, linear within the 1/N noise), critic gradient norm,
     centre-of-mass error, and KID / learning-rate factor when the run recorded them) above its
     particle snapshots.
 
@@ -347,13 +415,8 @@ def plot_run_overview(data: dict, title: str = ""):
         values = np.asarray(data[key], dtype=float)
         ax.plot(steps, values, color="C0", lw=1.2)
         if log:
-            finite = values[np.isfinite(values)]
-            positive = finite[finite > 0]
-            if len(finite) and len(positive) == len(finite):
-                ax.set_yscale("log")
-            elif len(positive):
-                # the unbiased MMD^2 estimate dips below zero near convergence: symmetric log
-                ax.set_yscale("symlog", linthresh=max(float(positive.min()), 1e-6 * float(positive.max())))
+            # the unbiased MMD^2 estimate dips below zero near convergence (noise ~ 1/N)
+            set_signed_log_scale(ax, values, floor=1.0 / max(2, data["final_particles"].shape[0]))
         if key == "modes_covered":
             ax.set_ylim(-0.3, len(data["mode_centres"]) + 0.3)
         ax.set_xlabel("step")
@@ -511,12 +574,17 @@ def phase_plot(sweep_dir, x: str, y: str, z: str, log_x: bool = False, log_y: bo
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
         if level is None and finite.size:
             level = 0.5 * (vmin + vmax)  # one transition level for every panel
-        fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels) + 1.2, 4.8), squeeze=False,
+                                 layout="constrained")
         for i, (ax, (d, rows, cells, curves)) in enumerate(zip(axes[0], panels)):
             title = labels[i] if labels else _panel_label(d, rows)
             plot_phase_diagram(cells, x, y, z, log_x, log_y, level, title=title, theory=curves, ax=ax,
-                               vmin=vmin, vmax=vmax)
-        fig.tight_layout()
+                               vmin=vmin, vmax=vmax, colorbar=False)
+        cbar = fig.colorbar(axes[0, 0].phase_mesh, ax=list(axes[0]))  # one scale, one bar
+        cbar.set_label(axis_label(z) + " (mean over seeds)")
+        levels = {getattr(ax, "phase_level", None) for ax in axes[0]} - {None}
+        for lev in levels:
+            cbar.ax.axhline(lev, color="white", lw=2.0)
     path = Path(out) if out else Path(dirs[0]) / f"phase_{z}.png"
     save_figure(fig, path)
     return path, notes

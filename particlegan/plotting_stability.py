@@ -57,7 +57,7 @@ def plot_dispersion(kernels, k, out_path, dim: int = 2, beta: float = 0.0, rho0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plotting import save_figure
+    from .plotting import save_figure, set_signed_log_scale
 
     fig, (ax_g, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
     for i, (label, kk, r_g, r_d) in enumerate(curves):
@@ -72,7 +72,8 @@ def plot_dispersion(kernels, k, out_path, dim: int = 2, beta: float = 0.0, rho0:
     ax_g.set_ylabel(r"generator decay rate $r_G(k)=\rho_0|k|^2\hat K(k)$" + unit)
     ax_g.set_title(f"generator flow (dim {dim})")
     ax_d.set_xscale("log")
-    ax_d.set_yscale("symlog", linthresh=1e-3)
+    # growth rates change sign with beta and span decades: asinh (smooth through 0), not symlog
+    set_signed_log_scale(ax_d, np.concatenate([c[3] for c in curves]))
     ax_d.axhline(0.0, color="0.5", lw=0.8)
     ax_d.set_xlabel("wavenumber |k|")
     ax_d.set_ylabel(r"critic growth rate $(1-\beta)\,r_G(k)$" + unit)

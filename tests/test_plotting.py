@@ -210,3 +210,53 @@ def test_movie_of_two_runs_side_by_side(tmp_path):
     assert bad.exit_code == 2 and "not a finished run directory" in bad.output
     bad = CliRunner().invoke(main, ["plot", "movie", *runs, "--out", str(tmp_path / "x.mp4")])
     assert bad.exit_code == 2 and ".gif" in bad.output
+
+
+def test_phase_cells_stop_at_the_physical_range_and_ticks_sit_at_the_grid():
+    """phi = 0.98 on a log axis would get a cell up to ~1.8 > 1: clipped at phi = 1; the phi = 0
+    cell of a symlog axis does not reach negative phi; ticks are the grid values."""
+    phis, etas = [0.0, 0.01, 0.1, 0.98], [0.001, 0.01]
+    cells = [{"generator.phi": p, "dynamics.eta_d": e, "mean": p, "n": 3} for p in phis for e in etas]
+    fig = plot_phase_diagram(cells, "generator.phi", "dynamics.eta_d", "collapse", log_x=True, log_y=True)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.0)
+    assert list(ax.get_xticks()) == phis and [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.01", "0.1", "0.98"]
+    assert list(ax.get_yticks()) == etas
+    matplotlib.pyplot.close(fig)
+
+
+def test_side_by_side_panels_have_one_colour_bar(sweep_dir, tmp_path):
+    from particlegan.plotting import phase_plot
+
+    seen = {}
+    orig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *a, **k):
+        seen["n_axes"] = len(fig.axes)
+        return orig(fig, *a, **k)
+
+    matplotlib.figure.Figure.savefig = spy
+    try:
+        phase_plot([sweep_dir, sweep_dir], "generator.phi", "loss.penalty_weight", "collapse",
+                   out=tmp_path / "two.png", labels=["a", "b"])
+    finally:
+        matplotlib.figure.Figure.savefig = orig
+    assert seen["n_axes"] == 3  # two panels and a single shared colour bar
+
+
+@pytest.mark.parametrize("values,scale", [([0.8, 0.1, 0.01], "log"), ([0.8, 0.01, -0.004, 0.002], "asinh")])
+def test_signed_log_scale_is_smooth_through_zero(values, scale):
+    """MMD^2 curves that dip below 0 get the asinh scale (no symlog cliff at the threshold):
+    its transform has a continuous slope at +-floor, unlike symlog's."""
+    from particlegan.plotting import set_signed_log_scale
+
+    fig, ax = matplotlib.pyplot.subplots()
+    assert set_signed_log_scale(ax, values, floor=0.01) == scale
+    assert ax.get_yscale() == scale
+    if scale == "asinh":
+        t = ax.yaxis.get_transform()
+        y = np.array([0.0099, 0.01, 0.0101])
+        slopes = np.diff(t.transform(y.reshape(-1, 1)).ravel()) / np.diff(y)
+        assert slopes[0] == pytest.approx(slopes[1], rel=0.05)
+    matplotlib.pyplot.close(fig)

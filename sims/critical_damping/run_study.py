@@ -192,7 +192,7 @@ def plot(rows: list[dict], cfg: dict, summary: dict, path: Path) -> None:
             ax.axvline(lam_c, color=c, ls="--", lw=1)
     axes[0].set(xscale="log", yscale="log", xlabel=r"gradient penalty $\lambda$",
                 ylabel=f"convergence time (steps to $|e|/|e_0| < {THRESHOLD}$)",
-                title=r"U-shape; dashed: $\lambda_c$ (A2.9, $n_c\eta_D$, $h/N$)")
+                title=r"U-shape; dashed: critical penalty $\lambda_c$ of the linear theory")
     axes[0].legend(fontsize=7)
     axes[1].set(xscale="log", yscale="log", ylim=(1e-9, 3), xlabel=r"gradient penalty $\lambda$",
                 ylabel=f"$|e(t)|/|e_0|$ at step {HORIZON}", title="error left at a fixed horizon")

@@ -71,7 +71,7 @@ def plot(out: Path, rows: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from particlegan.plotting import save_figure
+    from particlegan.plotting import save_figure, set_signed_log_scale
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
     for i, (label, rs) in enumerate(rows.items()):
@@ -84,8 +84,8 @@ def plot(out: Path, rows: dict[str, list[dict]], path: Path) -> None:
             ax.fill_between(steps, vals.min(axis=0), vals.max(axis=0), color=f"C{i}", alpha=0.15)
     for ax, (obs, label) in zip(axes, OBSERVABLES):
         ax.set(xlabel="particle step", ylabel=label)
-        if obs == "mmd2":
-            ax.set_yscale("symlog", linthresh=1e-3)
+        if obs == "mmd2":  # asinh: log-like, linear within the 1/N noise of the unbiased estimate
+            set_signed_log_scale(ax, [v for line in ax.get_lines() for v in line.get_ydata()], floor=1 / 128)
             ax.axhline(THRESHOLD, color="0.5", ls=":", lw=1)
     axes[0].legend(fontsize=8)
     n = len(next(iter(rows.values())))

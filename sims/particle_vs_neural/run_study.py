@@ -193,19 +193,24 @@ def figures(cases: list[dict], p: dict, main_path: Path, width_path: Path) -> No
     cs = [c for c in cases if c["width"] == wmax]
     colors = {"neural": "k", "universal": "C1", "matrix": "C0"}
     styles = {"neural": "-", "universal": "--", "matrix": ":"}
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 5.0))
+    # the neural curve is drawn wide and pale underneath, the particle curves on top with markers,
+    # so a curve that coincides with the neural one stays visible; one legend below the panels
+    order = {"neural": 1, "universal": 3, "matrix": 4}
+    markers = {"neural": None, "universal": "s", "matrix": "o"}
     for ax, key, ylabel in ((axes[0], "C", "collapse C = log 8 - H(p)"), (axes[1], "mmd2", "MMD$^2$")):
         for m in MODELS:
             ys = np.stack([c[f"{key}_{m}"] for c in cs])
             t = cs[0]["steps"]
-            ax.plot(t, ys.mean(0), styles[m], color=colors[m], label=LABELS[m],
-                    lw=3.0 if m == "neural" else 1.8, alpha=0.5 if m == "neural" else 1.0)
-            if len(cs) > 1:
-                ax.fill_between(t, ys.min(0), ys.max(0), color=colors[m], alpha=0.15)
+            ax.plot(t, ys.mean(0), styles[m], color=colors[m], label=LABELS[m], zorder=order[m],
+                    lw=5.0 if m == "neural" else 1.6, alpha=0.35 if m == "neural" else 1.0,
+                    marker=markers[m], markevery=max(1, len(t) // 12), ms=4, mfc="none")
+            if len(cs) > 1 and m != "neural":
+                ax.fill_between(t, ys.min(0), ys.max(0), color=colors[m], alpha=0.12, lw=0)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"width {wmax}, mean over {len(cs)} seed(s) (band: min-max)", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.set_title(f"width {wmax}, mean over {len(cs)} seed(s)\n(band: min-max of the particle models)",
+                     fontsize=9)
     ax = axes[2]
     t = cs[0]["snap_steps"]
     for m in ("matrix", "universal"):
@@ -216,8 +221,8 @@ def figures(cases: list[dict], p: dict, main_path: Path, width_path: Path) -> No
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("distance to the neural trajectory")
-    ax.set_title(f"width {wmax}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"width {wmax}: distance to the network's outputs", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
     ax = axes[3]
     c = cs[0]
     ang = 2 * np.pi * np.arange(8) / 8
@@ -230,8 +235,10 @@ def figures(cases: list[dict], p: dict, main_path: Path, width_path: Path) -> No
     ax.set_xlabel("x1")
     ax.set_ylabel("x2")
     ax.set_title(f"final outputs, width {wmax}, seed {c['seed']}", fontsize=9)
-    ax.legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    h3, l3 = ax.get_legend_handles_labels()
+    fig.legend(handles + h3[-1:], labels + l3[-1:], loc="lower center", ncol=4, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     main_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(main_path, dpi=110)
     plt.close(fig)

@@ -125,7 +125,7 @@ def plot(disp: list[dict], gan_rows: list[dict], sweep_dir: Path, path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from particlegan.plotting import save_figure
+    from particlegan.plotting import save_figure, set_signed_log_scale
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     kk = np.linspace(0.2, 2 * np.pi * max(MODES) / (M * SPACING) * 1.05, 200)
@@ -154,8 +154,9 @@ def plot(disp: list[dict], gan_rows: list[dict], sweep_dir: Path, path: Path) ->
                 ax.fill_between(steps, vals.min(axis=0), vals.max(axis=0), color=f"C{i}", alpha=0.12)
         ax.set(xlabel="particle step", ylabel=label,
                title="(b) ring GAN with a learned MLP feature critic\n(mean, min-max over seeds)")
-        if obs == "mmd2":
-            ax.set_yscale("symlog", linthresh=1e-3)
+        if obs == "mmd2":  # asinh: log-like, linear within the 1/N noise of the unbiased estimate
+            set_signed_log_scale(ax, [v for line in ax.get_lines() for v in line.get_ydata()],
+                                 floor=1 / 64)  # particles.n of config.toml
         ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
