@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402,F401  (NullLocator of the phase-diagram axes)
+import matplotlib.ticker  # noqa: E402,F401  (locators of the phase-diagram and asinh axes)
 import numpy as np  # noqa: E402
 
 from .errors import DataError  # noqa: E402
@@ -41,7 +41,19 @@ def set_signed_log_scale(ax, values, which: str = "y", floor: float | None = Non
         set_scale("log")
         return "log"
     top = float(np.max(np.abs(v))) or 1.0
-    set_scale("asinh", linear_width=floor if floor else 1e-3 * top)
+    width = floor if floor else 1e-3 * top
+    set_scale("asinh", linear_width=width)
+    # ticks at 0 and at the decades outside the linear part (the default locator also puts
+    # ticks inside it, whose labels then overlap)
+    k0 = int(np.ceil(np.log10(width)))
+    pos = [10.0 ** k for k in range(k0, int(np.ceil(np.log10(max(float(v.max()), width)))) + 1)]
+    neg = [-10.0 ** k for k in range(k0, int(np.ceil(np.log10(max(-float(v.min()), width)))) + 1)
+           if float(v.min()) < -0.5 * 10.0 ** k]
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(neg) + [0.0] + pos))
+    axis.set_minor_locator(matplotlib.ticker.NullLocator())
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+        lambda y, _: "0" if y == 0 else ("$-" if y < 0 else "$") + f"10^{{{int(round(np.log10(abs(y))))}}}$"))
     return "asinh"
 
 

@@ -28,6 +28,10 @@ def test_alpha_gan_ring_quick(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert md.count("\n| ") == len(study.SETTINGS) + 1 and "46%" in md and "87%" in md
     assert (tmp_path / "alpha_gan_ring.png").read_bytes()[:4] == b"\x89PNG"
+    # --replot redraws from the stored table (seed 0 rerun, bitwise the same run here)
+    (tmp_path / "alpha_gan_ring.png").unlink()
+    assert study.main(["--quick", "--replot", "--jobs", "1", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "alpha_gan_ring.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_alpha_gan_ring_metric_counts_modes_and_hq_samples():

@@ -184,6 +184,7 @@ def figure(evals: list[dict], table: list[dict], chosen: dict, path: Path) -> No
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     ax = axes[0]
+    shown = []  # every value drawn (medians and bands) decides the MMD^2 axis scale
     for i, label in enumerate(OPTIMIZERS):
         r = [x for x in evals if x["optimizer"] == label and x["status"] == "ok"]
         if not r:
@@ -192,10 +193,11 @@ def figure(evals: list[dict], table: list[dict], chosen: dict, path: Path) -> No
         t = r[0]["steps"]
         ax.plot(t, np.median(ys, 0), color=f"C{i}", label=f"{label}, lr {chosen[label][0]:g}")
         ax.fill_between(t, ys.min(0), ys.max(0), color=f"C{i}", alpha=0.12)
+        shown.append(ys.ravel())
     from particlegan.plotting import set_signed_log_scale
 
     # asinh: log-like, linear within the noise of the batch estimate (smooth through 0)
-    set_signed_log_scale(ax, [v for line in ax.get_lines() for v in line.get_ydata()], floor=1e-3)
+    set_signed_log_scale(ax, np.concatenate(shown), floor=1e-3)
     ax.set_xlabel("step")
     ax.set_ylabel("MMD$^2$ (batch vs target, sigma 0.1)")
     ax.set_title(f"median over {table[0]['seeds']} seeds, band: min-max", fontsize=9)
