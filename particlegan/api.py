@@ -61,9 +61,10 @@ def run(config: Mapping | str | Path | None = None, *, overrides: Sequence[str] 
                target_samples=arrays["target_samples"])
 
 
-def grid_sweep(config: Mapping | str | Path | None = None, *, grid: Mapping[str, Sequence[Any]] | None = None,
-          overrides: Sequence[str] = (), seeds: int | Sequence[int] = 1, out: str | Path,
-          jobs: int = 1, plot: bool = False, in_process: bool = False, reporter=None):
+def grid_sweep(config: Mapping | str | Path | None = None, *,
+               grid: Mapping[str, Sequence[Any]] | None = None, overrides: Sequence[str] = (),
+               seeds: int | Sequence[int] = 1, out: str | Path, jobs: int = 1, plot: bool = False,
+               in_process: bool = False, reporter=None):
     """Run a sweep (as ``particlegan sweep``) and return its :class:`particlegan.sweep.SweepReport`.
 
     (Not called ``sweep``: that name is the module :mod:`particlegan.sweep`.)
@@ -72,20 +73,9 @@ def grid_sweep(config: Mapping | str | Path | None = None, *, grid: Mapping[str,
     count S (seeds 0..S-1) or a list; ``overrides`` fix keys for every run. Results:
     :func:`load_sweep` on ``out``.
     """
-    from .config import absolutize_paths, parse_override
-    from .errors import ConfigError
     from .sweep import GridAxis, _check_key, load_base, parse_seeds, plan_sweep, run_sweep
 
-    if config is None or isinstance(config, Mapping):
-        base = absolutize_paths(dict(config or {}), None)
-        for sec, table in base.items():
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"config section {sec!r} must be a table, got {table!r}")
-        for item in overrides:  # overrides win over the dict, as --set over a file
-            sec, key, value = parse_override(item)
-            base.setdefault(sec, {})[key] = value
-    else:
-        base = load_base(config, overrides)
+    base = load_base(config, overrides)
     axes = [GridAxis(key, tuple(values), f"{key}={','.join(map(str, values))}")
             for key, values in (grid or {}).items()]
     for axis in axes:

@@ -45,15 +45,12 @@ def main():
 
 
 def _load_config(config, overrides, seed, backend=None):
-    from .config import config_from_json, config_from_sources, resolve_config
+    from .api import resolve
 
     extra = list(overrides)
     if backend:
         extra.append(f"run.backend={backend}")
-    if config and str(config).endswith(".json"):
-        base = config_from_json(config)
-        return resolve_config(base, extra, seed)
-    return config_from_sources(config, extra, seed)
+    return resolve(config or None, extra, seed)
 
 
 def _format_summary(summary: dict, out_dir) -> str:

@@ -495,7 +495,7 @@ def absolutize_paths(user: Mapping, base_dir: str | Path | None) -> dict:
 
 
 def _attach_data_hashes(cfg: dict, stale: set[tuple[str, str]]) -> None:
-    """Make every data path absolute and record its content hash in ``<key>_sha256``.
+    """Record the content hash of every (absolute) data path in ``<key>_sha256``.
 
     A hash already present (a stored config.json) must match the file: a changed data file is
     a different experiment, refused with ConfigError. ``stale``: path keys changed after the
@@ -503,7 +503,7 @@ def _attach_data_hashes(cfg: dict, stale: set[tuple[str, str]]) -> None:
     """
     for sec, key in PATH_KEYS:
         hkey = f"{key}_sha256"
-        path = cfg[sec][key] = _absolute(cfg[sec][key], None)
+        path = cfg[sec][key]
         if (sec, key) in stale:
             cfg[sec][hkey] = ""
         if not path:
@@ -554,13 +554,16 @@ def resolve_config(user: Mapping | None = None, overrides: list[str] | None = No
     for sec, key in PATH_KEYS:
         cfg[sec][key] = _absolute(cfg[sec][key], base_dir)
     given = {sk: cfg[sk[0]][sk[1]] for sk in PATH_KEYS}
-    hashes_set = set()
+    overridden = set()
     for item in overrides or []:
         section, key, value = parse_override(item)
         _set(cfg, section, key, value)
-        hashes_set.add((section, key))
+        overridden.add((section, key))
+    for sec, key in PATH_KEYS:  # override paths are relative to the current directory
+        cfg[sec][key] = _absolute(cfg[sec][key], None)
+    # a path pointed elsewhere by an override drops the hash stored for the old file
     stale = {(sec, key) for sec, key in PATH_KEYS
-             if _absolute(cfg[sec][key], None) != given[(sec, key)] and (sec, f"{key}_sha256") not in hashes_set}
+             if cfg[sec][key] != given[(sec, key)] and (sec, f"{key}_sha256") not in overridden}
     if seed is not None:
         _set(cfg, "run", "seed", seed)
     _check_cross(cfg)

@@ -3,12 +3,11 @@
 One frame per stored snapshot (record more with ``--set run.snapshots=120``). Several runs are
 drawn side by side (e.g. a covering and a collapsing run), frame k showing each run's k-th
 snapshot (its last one once it has no more). Written with matplotlib's animation module and
-its Pillow writer (Pillow comes with matplotlib), to a temporary file that is then moved into
-place, so a killed call never leaves half a GIF.
+its Pillow writer (Pillow comes with matplotlib), into a scratch file whose bytes are then
+written atomically, so a killed call never leaves half a GIF.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def run_movie(run_dirs, out: str | Path, labels=(), fps: int = 8, dpi: int = 90)
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     from .runstore import load_run
-    from .storage import check_output_file
+    from .storage import atomic_write_bytes, check_output_file
 
     out = check_output_file(out, "movie", ".gif")
     runs = [load_run(d) for d in run_dirs]
@@ -98,14 +97,11 @@ def run_movie(run_dirs, out: str | Path, labels=(), fps: int = 8, dpi: int = 90)
         return [*dots, *markers, *titles]
 
     anim = FuncAnimation(fig, frame, frames=n_frames, blit=False)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.gif")
-    os.close(fd)
-    try:
-        anim.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
+    try:  # the writer needs a file name: render into a scratch folder, then write atomically
+        with tempfile.TemporaryDirectory() as scratch:
+            tmp = Path(scratch) / "movie.gif"
+            anim.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi)
+            atomic_write_bytes(out, tmp.read_bytes())
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

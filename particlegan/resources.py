@@ -92,6 +92,11 @@ def _gib(nbytes: float) -> str:
     return f"{nbytes / 2 ** 30:.3g} GiB"
 
 
+def estimate_text(cfg: dict) -> str:
+    """The total estimate of :func:`estimate_memory`, as "x.yz GiB" (for messages)."""
+    return _gib(sum(estimate_memory(cfg).values()))
+
+
 def check_memory(cfg: dict, available: int | None = None) -> int:
     """Refuse a run whose estimated memory exceeds what is available.
 

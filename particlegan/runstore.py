@@ -13,7 +13,6 @@ back:
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,25 +189,19 @@ class Run:
 
 def load_run(run_dir: str | Path) -> Run:
     """Read a finished run directory back as a :class:`Run` (DataError if it is not one)."""
-    d = Path(run_dir)
-    stored = read_json_object(d / "config.json")
-    summary = read_json_object(d / "summary.json")
-    if stored is None or summary is None or not (d / "result.npz").is_file():
-        raise DataError(f"'{d}' is not a finished run directory (config.json, summary.json and "
-                        "result.npz are needed)")
-    try:
-        with np.load(d / "result.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise DataError(f"'{d / 'result.npz'}' cannot be read: {exc}") from None
-    from .simulate import OPTIONAL_SERIES_KEYS
+    from .analysis import load_run as load_run_arrays
     from .observables import SERIES_KEYS
+    from .simulate import OPTIONAL_SERIES_KEYS
 
-    series = {k: arrays[k] for k in ("step", *SERIES_KEYS, *OPTIONAL_SERIES_KEYS) if k in arrays}
-    return Run(config=stored.get("config", stored), summary=summary, series=series,
-               snapshots=arrays["snapshots"], snapshot_steps=arrays["snapshot_steps"],
-               final_particles=arrays["final_particles"], target_samples=arrays["target_samples"],
-               path=d, meta=read_json_object(d / "meta.json") or {})
+    data = load_run_arrays(run_dir)  # result.npz arrays plus config, summary, meta
+    if not data["config"] or not data["summary"]:
+        raise DataError(f"'{run_dir}' is not a finished run directory (config.json, summary.json and "
+                        "result.npz are needed)")
+    series = {k: data[k] for k in ("step", *SERIES_KEYS, *OPTIONAL_SERIES_KEYS) if k in data}
+    return Run(config=data["config"], summary=data["summary"], series=series,
+               snapshots=data["snapshots"], snapshot_steps=data["snapshot_steps"],
+               final_particles=data["final_particles"], target_samples=data["target_samples"],
+               path=Path(run_dir), meta=data["meta"])
 
 
 def load_sweep(sweep_dir: str | Path, as_frame: bool | None = None):

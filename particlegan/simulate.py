@@ -423,9 +423,10 @@ def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None,
             _remove_partial_run(out, new_dirs)
         if isinstance(exc, MemoryError):
             from .errors import ConfigError
+            from .resources import estimate_text
 
             raise ConfigError(f"out of memory while running (estimated need "
-                              f"{memory_estimate_text(cfg)}); reduce particles.n, target.n_samples, "
+                              f"{estimate_text(cfg)}); reduce particles.n, target.n_samples, "
                               "target.dim or critic.features") from None
         raise
     summary = write_run(res, cfg, out, plot=plot)
@@ -441,12 +442,6 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
-
-
-def memory_estimate_text(cfg: dict) -> str:
-    from .resources import estimate_memory
-
-    return f"{sum(estimate_memory(cfg).values()) / 2 ** 30:.3g} GiB"
 
 
 def _remove_partial_run(out: Path, new_dirs: list[Path]) -> None:

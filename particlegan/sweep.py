@@ -221,15 +221,22 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
     return seeds
 
 
-def load_base(config_path: str | Path | None, overrides: Sequence[str] = ()) -> dict:
-    """The sweep's base as a user dict: the TOML file (or a stored config.json) plus ``--set``.
+def load_base(config_path: str | Path | Mapping | None, overrides: Sequence[str] = ()) -> dict:
+    """The sweep's base as a user dict: the TOML file (or a stored config.json, or a user dict
+    itself) plus ``--set``.
 
-    Relative data paths of the file are made absolute against its directory, those of ``--set``
-    against the current directory (when the runs are resolved)."""
+    Relative data paths of the file are made absolute against its directory (of a dict: against
+    the current directory), those of ``--set`` against the current directory (when the runs are
+    resolved)."""
     from .config import absolutize_paths
 
     base: dict = {}
-    if config_path:
+    if isinstance(config_path, Mapping):
+        for section, table in config_path.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"config section {section!r} must be a table, got {table!r}")
+        base = absolutize_paths(config_path, None)
+    elif config_path:
         p = Path(config_path)
         if p.suffix == ".json":
             from .config import config_from_json

@@ -139,12 +139,9 @@ def test_kernel_matrix_matches_direct_formula(name, d):
                                atol=1e-12)
 
 
-@pytest.mark.parametrize("name", KERNEL_NAMES)
-@pytest.mark.parametrize("d", [1, 3])
-def test_kernel_gradient_matches_finite_differences(name, d):
-    rng = np.random.default_rng(10 + d)
-    spec = anchored(name, d, rng)
-    X, Y = rng.normal(size=(5, d)), rng.normal(size=(4, d))
+def assert_gradient_matches_finite_differences(X, Y, spec):
+    """kernel_grad_matrix against central differences of kernel_matrix in each coordinate."""
+    d = X.shape[1]
     G = kernel_grad_matrix(X, Y, spec)
     h = 1e-6
     for a in range(d):
@@ -152,6 +149,15 @@ def test_kernel_gradient_matches_finite_differences(name, d):
         e[a] = h
         fd = (kernel_matrix(X + e, Y, spec) - kernel_matrix(X - e, Y, spec)) / (2 * h)
         np.testing.assert_allclose(G[:, :, a], fd, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+@pytest.mark.parametrize("d", [1, 3])
+def test_kernel_gradient_matches_finite_differences(name, d):
+    rng = np.random.default_rng(10 + d)
+    spec = anchored(name, d, rng)
+    X, Y = rng.normal(size=(5, d)), rng.normal(size=(4, d))
+    assert_gradient_matches_finite_differences(X, Y, spec)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -312,3 +318,15 @@ def test_ntk_components_match_wide_network_averages(kind, sigma_w, sigma_b):
         prod = samples[:, None, :] * samples[None, :, :]
         err = np.abs(prod.mean(axis=2) - closed)
         assert np.all(err <= 5 * prod.std(axis=2) / np.sqrt(width) + 1e-12), np.max(err)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_riesz_s1_branch_matches_the_closed_form_and_finite_differences(d):
+    """The reference takes 1/sqrt(t) for s = 1 (t = r^2 + eps^2) instead of a general power:
+    values against (r^2 + eps^2)^(-1/2) written out here, gradient against finite differences."""
+    rng = np.random.default_rng(7)
+    spec = make_kernel("riesz", s=1.0, eps=0.2)
+    X, Y = rng.normal(size=(5, d)), rng.normal(size=(4, d))
+    r2 = ((X[:, None, :] - Y[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(kernel_matrix(X, Y, spec), (r2 + 0.04) ** -0.5, rtol=1e-13)
+    assert_gradient_matches_finite_differences(X, Y, spec)
