@@ -6,13 +6,12 @@ The generator is replaced by N particles in output space, coupled through a gene
 Python API (:mod:`particlegan.api`; loaded on first use, so that ``import particlegan`` stays
 light for sweep workers): ``run``, ``grid_sweep``, ``resolve``, ``load_run``, ``load_sweep``,
 ``list_runs``.
+
+Importing the package changes no environment variable and no numba or matplotlib setting: the
+numba process settings (:mod:`particlegan.numba_setup`) are applied when the cpu or cuda
+backend is chosen, and by the ``particlegan`` command.
 """
-from .numba_setup import configure_vector_width as _configure_vector_width
-
 __version__ = "0.1.0"
-
-# before anything imports numba: prefer 512-bit vectors on AVX-512 hosts (particlegan.numba_setup)
-_configure_vector_width()
 
 _API = {"run": "api", "grid_sweep": "api", "resolve": "api", "load_run": "runstore", "load_sweep": "runstore",
         "list_runs": "runstore", "Run": "runstore"}

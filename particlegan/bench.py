@@ -14,15 +14,27 @@ Methods: ``numpy_broadcast`` ((x_i - y_j) by broadcasting, row-chunked to cap me
 ``scipy_cdist`` (cdist 'sqeuclidean' + exp + matvec/matmul, row-chunked), ``numpy_blas`` (the
 BLAS distance expansion r2 = |x|^2 + |y|^2 - 2 x.y with one GEMM per row chunk, numpy exp: the
 baseline of the high-dimension target), ``cpu`` and ``cuda``
-(the particlegan backends, called as users call them), ``pykeops`` (only if importable).
+(the particlegan backends, called as users call them), and the optional peers ``torch`` (the
+same BLAS expansion in torch, row-chunked, on as many threads as numba) and ``pykeops``, each
+only if importable (neither is a dependency; :func:`missing_peers` names those skipped).
 
 Each figure is pairs / best wall time over repeats (after one untimed warm-up call, which also
-compiles). A method whose estimated time for a size exceeds the per-measurement budget is
-skipped (its row is absent), which keeps ``quick`` runs short.
+compiles), and ``peak_mb`` the memory that call needed above what the process held before
+(:func:`peak_memory_mb`; for op 'step': building the model plus one step, i.e. a run's peak).
+A method whose estimated time for a size exceeds the per-measurement budget is skipped (its row
+is absent), which keeps ``quick`` runs short.
+
+Two more measurements are printed beside the table: the fixed cost of a short ``particlegan
+run`` in fresh processes (numpy, cpu compiling into an empty cache, cpu with the cache warm:
+:func:`startup_times`) and the cost of recording one finished run in a sweep's results.csv
+at a small and a large table (:func:`record_times`).
 """
 from __future__ import annotations
 
 import csv
+import math
+import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -32,10 +44,11 @@ import numpy as np
 from .errors import ConfigError
 from .kernels import make_kernel
 
-COLUMNS = ("op", "method", "n", "m", "d", "dtype", "pairs_per_s")
+COLUMNS = ("op", "method", "n", "m", "d", "dtype", "pairs_per_s", "peak_mb")
 OPS = ("kernel_sum", "kernel_grad", "step")
-METHODS = ("numpy_broadcast", "scipy_cdist", "numpy_blas", "cpu", "cuda", "pykeops")
+METHODS = ("numpy_broadcast", "scipy_cdist", "numpy_blas", "cpu", "cuda", "torch", "pykeops")
 BASELINES = ("numpy_broadcast", "scipy_cdist", "numpy_blas")
+PEERS = ("torch", "pykeops")
 FULL_SIZES = (1_000, 10_000, 30_000)
 QUICK_SIZES = (1_000, 3_000)
 DIMS = (2, 3, 16, 100)
@@ -58,6 +71,7 @@ class BenchRow:
     d: int
     dtype: str
     pairs_per_s: float
+    peak_mb: float = math.nan
 
     def as_tuple(self) -> tuple:
         return tuple(getattr(self, c) for c in COLUMNS)
@@ -113,6 +127,25 @@ def _numpy_blas(op, X, Y, w, inv2s2):
     return out
 
 
+def _torch(op, X, Y, w, inv2s2):
+    import torch
+
+    Xt, Yt, wt = (torch.from_numpy(np.ascontiguousarray(a)) for a in (X, Y, w))
+    n = X.shape[0]
+    out = torch.empty(n, dtype=Xt.dtype) if op == "kernel_sum" else torch.empty_like(Xt)
+    yy = (Yt * Yt).sum(1)
+    for rows in _row_chunks(n, Y.shape[0]):
+        x = Xt[rows]
+        r2 = ((x * x).sum(1)[:, None] + yy[None, :] - 2.0 * (x @ Yt.T)).clamp_(min=0.0)
+        e = torch.exp(-inv2s2 * r2)
+        if op == "kernel_sum":
+            out[rows] = e @ wt
+        else:
+            c = e * wt
+            out[rows] = -2 * inv2s2 * (x * c.sum(1)[:, None] - c @ Yt)
+    return out.numpy()
+
+
 def _pykeops(op, X, Y, w, inv2s2):
     from pykeops.numpy import LazyTensor
     x_i, y_j = LazyTensor(X[:, None, :]), LazyTensor(Y[None, :, :])
@@ -138,18 +171,32 @@ def _backend_method(name):
 
 def available_methods() -> tuple:
     """Methods that can run here (cuda needs a GPU; the simulator does not count)."""
+    from .numba_setup import configure
+
+    configure()  # before this first import of numba: measure what runs would use
     from numba import config
 
     from .backends import cuda_available
     found = ["numpy_broadcast", "scipy_cdist", "numpy_blas", "cpu"]
     if cuda_available() and not config.ENABLE_CUDASIM:
         found.append("cuda")
-    try:
-        import pykeops  # noqa: F401  (optional; not a dependency)
-        found.append("pykeops")
-    except Exception:
-        pass
+    for peer in PEERS:
+        if _importable(peer):
+            found.append(peer)
     return tuple(found)
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)  # optional peers; not dependencies
+        return True
+    except Exception:
+        return False
+
+
+def missing_peers() -> tuple:
+    """The optional peers (torch, pykeops) that are not installed here (the bench skips them)."""
+    return tuple(p for p in PEERS if not _importable(p))
 
 
 def _method_fn(method):
@@ -161,7 +208,58 @@ def _method_fn(method):
         return _numpy_blas
     if method == "pykeops":
         return _pykeops
+    if method == "torch":
+        import torch
+        from numba import get_num_threads
+
+        torch.set_num_threads(get_num_threads())  # the same cores as the cpu backend
+        return _torch
     return _backend_method(method)
+
+
+# ------------------------------------------------------------------------- memory ----------
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def peak_memory_mb(fn) -> tuple[object, float]:
+    """Call fn() once; return (its result, the memory it needed in MiB above what was held before).
+
+    The larger of two readings: tracemalloc's peak (every numpy allocation, however brief) and
+    the resident set sampled every millisecond (also what numba, BLAS or torch allocate).
+    """
+    import tracemalloc
+
+    base = _rss_bytes()
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            rss = _rss_bytes()
+            if rss is not None and base is not None:
+                peak[0] = max(peak[0], rss - base)
+            done.wait(0.001)
+    watcher = threading.Thread(target=sample, daemon=True)
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    traced0 = tracemalloc.get_traced_memory()[0]
+    watcher.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        watcher.join()
+        traced = tracemalloc.get_traced_memory()[1] - traced0
+        if not tracing:
+            tracemalloc.stop()
+    return result, max(traced, peak[0]) / 2 ** 20
 
 
 # ------------------------------------------------------------------------- running ---------
@@ -200,7 +298,7 @@ def run_benchmark(quick: bool = False, sizes: Iterable[int] | None = None, dims:
         30 s otherwise); the estimate scales the method's last measured rate.
     step_n : when set, also measure simulator steps/s at N = M = step_n
         (:func:`simulator_step_rows`, on the numpy reference and the particlegan backends among
-        ``methods``, first dtype).
+        ``methods``, in each dtype).
     extra_rows : rows appended as they are; rows of :data:`ROW_HOOKS` too.
     progress : optional callable receiving one-line status messages.
 
@@ -234,23 +332,26 @@ def run_benchmark(quick: bool = False, sizes: Iterable[int] | None = None, dims:
             for op in ops:
                 rate: dict[str, float] = {}  # last measured pairs/s per method, for the skip estimate
                 for n in sorted(sizes):
-                    X = rng.normal(size=(n, d)).astype(dt) / np.sqrt(d)
-                    Y = rng.normal(size=(n, d)).astype(dt) / np.sqrt(d)
+                    # divide before the cast: float32 / np.float64 would be float64
+                    X = (rng.normal(size=(n, d)) / np.sqrt(d)).astype(dt)
+                    Y = (rng.normal(size=(n, d)) / np.sqrt(d)).astype(dt)
                     w = rng.normal(size=n).astype(dt)
                     for meth in methods:
                         if meth in rate and n * n / rate[meth] > budget:
                             continue
                         fn = fns[meth]
                         fn(op, X, Y, w, inv2s2)  # warm-up (and compilation)
+                        _, peak = peak_memory_mb(lambda: fn(op, X, Y, w, inv2s2))
                         best = _best_time(lambda: fn(op, X, Y, w, inv2s2), min_time, 3 if quick else 10)
                         rate[meth] = n * n / best
-                        rows.append(BenchRow(op, meth, n, n, d, dt, rate[meth]))
+                        rows.append(BenchRow(op, meth, n, n, d, dt, rate[meth], peak))
                         if progress:
                             progress(f"{op} {meth} n={n} d={d} {dt}: {rate[meth]:.3g} pairs/s")
     if step_n:
         step_methods = [m for m in methods if m in ("numpy_broadcast", "cpu", "cuda")]
-        rows.extend(simulator_step_rows(step_n, step_methods, tuple(dtypes)[0], min_time=min_time,
-                                        max_repeats=3 if quick else 5, seed=seed))
+        for dt in dtypes:
+            rows.extend(simulator_step_rows(step_n, step_methods, dt, min_time=min_time,
+                                            max_repeats=3 if quick else 5, seed=seed))
     rows.extend(extra_rows)
     for hook in ROW_HOOKS:
         rows.extend(hook(quick))
@@ -264,6 +365,7 @@ def simulator_step_rows(n: int = 10_000, methods: Iterable[str] = ("numpy_broadc
 
     ``methods`` name backends as in :data:`METHODS` ("numpy_broadcast" = the numpy backend).
     One untimed step first (it also compiles), then the best of repeated single steps.
+    ``peak_mb``: the memory of building the model plus that first step (a run's peak).
     """
     from . import dynamics as dyn
     from .config import resolve_config
@@ -273,63 +375,147 @@ def simulator_step_rows(n: int = 10_000, methods: Iterable[str] = ("numpy_broadc
         backend = "numpy" if meth == "numpy_broadcast" else meth
         cfg = resolve_config({}, [f"particles.n={n}", f"target.n_samples={n}", f"run.backend={backend}",
                                   f"run.dtype={dtype}", "dynamics.critic_steps_startup=0"], seed=seed)
-        model, state = dyn.build_model(cfg)
-        state, _ = dyn.outer_step(model, state)  # warm-up (and compilation)
+        def build_and_step():
+            model, state = dyn.build_model(cfg)
+            return model, dyn.outer_step(model, state)[0]  # warm-up (and compilation)
+        (model, state), peak = peak_memory_mb(build_and_step)
         holder = [state]
 
         def one_step():
             holder[0], _ = dyn.outer_step(model, holder[0])
         best = _best_time(one_step, min_time, max_repeats)
-        rows.append(BenchRow("step", meth, n, n, cfg["target"]["dim"], dtype, 1.0 / best))
+        rows.append(BenchRow("step", meth, n, n, cfg["target"]["dim"], dtype, 1.0 / best, peak))
+        del model, state, holder
     return rows
+
+
+# ----------------------------------------------------------- fixed costs and bookkeeping --
+def startup_times(n: int = 128, steps: int = 10) -> list[tuple[str, float]]:
+    """Wall seconds of ``particlegan run`` (N = n, ``steps`` steps, no plot) in fresh processes:
+    the numpy backend, the cpu backend compiling into an empty numba cache, and the cpu backend
+    with that cache warm. The last minus the first is the fixed cost the cpu backend adds."""
+    import subprocess
+    import sys
+    import tempfile
+
+    out = []
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "PARTICLEGAN_CACHE_DIR": os.path.join(scratch, "cache"), "PARTICLEGAN_QUIET": "1"}
+        for label, backend in (("numpy", "numpy"), ("cpu, empty cache", "cpu"), ("cpu, warm cache", "cpu")):
+            cmd = [sys.executable, "-m", "particlegan", "run", "--no-plot", "--force",
+                   "--out", os.path.join(scratch, "run"), "--set", f"particles.n={n}",
+                   "--set", f"run.steps={steps}", "--set", f"run.backend={backend}"]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ConfigError(f"startup measurement failed: {proc.stderr.strip().splitlines()[-1:]}")
+            out.append((label, time.perf_counter() - t0))
+    return out
+
+
+def record_times(table_sizes=(1, 2028), repeats: int = 20) -> list[tuple[int, float, float]]:
+    """Seconds to record one finished run in results.csv when the table already holds k rows:
+    (k, appending one row as sweeps do, rewriting the whole table as they did before)."""
+    import tempfile
+
+    from .sweep import ResultsAppender, load_base, parse_grid, plan_sweep, write_results_csv
+
+    big = max(table_sizes)
+    side = math.ceil(math.sqrt(big))
+    plan = plan_sweep(load_base(None, ["run.steps=10"]),
+                      [parse_grid("generator.phi=" + ",".join(f"{i / side:.6g}" for i in range(side))),
+                       parse_grid("dynamics.eta_d=" + ",".join(f"{0.01 * (i + 1):.6g}" for i in range(side)))],
+                      [0])
+    outcome = {"status": "ok", "wall_time_s": 1.0, "summary": {"steps": 10, "collapse": 0.5, "mmd2": 1e-3}}
+    out = []
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "results.csv")
+        for k in table_sizes:
+            outcomes = {run.run_id: outcome for run in plan.runs[:k]}
+            table = ResultsAppender(path, plan, outcomes)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                table.append(plan.runs[k - 1], outcome)
+            t_append = (time.perf_counter() - t0) / repeats
+            table.close(outcomes)
+            t0 = time.perf_counter()
+            for _ in range(max(1, repeats // 4)):
+                write_results_csv(path, plan, outcomes)
+            t_rewrite = (time.perf_counter() - t0) / max(1, repeats // 4)
+            out.append((k, t_append, t_rewrite))
+    return out
+
+
+def format_side_measurements(startup, records) -> str:
+    """The text of :func:`startup_times` and :func:`record_times` printed below the table."""
+    lines = []
+    if startup:
+        base = startup[0][1]
+        lines.append("fixed cost of a short `particlegan run` (fresh process, N = 128, 10 steps):")
+        lines += [f"  {label:<18} {sec:6.2f} s   ({sec - base:+.2f} s over numpy)" for label, sec in startup]
+    if records:
+        lines.append("recording one finished run in results.csv (k rows already there):")
+        lines += [f"  k = {k:<6} append {a * 1e3:7.3f} ms   rewrite (before) {r * 1e3:7.2f} ms"
+                  for k, a, r in records]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------- reporting -------
 def format_table(rows: Iterable[BenchRow]) -> str:
     """One text table: a line per (op, n, m, d, dtype), a column per method (pairs/s, or steps/s).
 
-    The last column gives the cpu backend's speed-up over the fastest baseline (numpy/scipy).
+    Then the cpu backend's speed-up over the fastest baseline (numpy/scipy) and over each
+    installed peer (cpu/torch, cpu/pykeops), and the peak memory of each method (MiB).
     """
     rows = list(rows)
     if not rows:
         return "(no measurements)"
     meths = [m for m in METHODS if any(r.method == m for r in rows)]
     meths += sorted({r.method for r in rows} - set(meths))
+    peers = [p for p in PEERS if p in meths]
     keys = []
-    table: dict[tuple, dict[str, float]] = {}
+    table: dict[tuple, dict[str, BenchRow]] = {}
     for r in rows:
         key = (r.op, r.n, r.m, r.d, r.dtype)
         if key not in table:
             keys.append(key)
             table[key] = {}
-        table[key][r.method] = r.pairs_per_s
-    head = ["op", "n", "m", "d", "dtype"] + meths + ["cpu/best_baseline"]
+        table[key][r.method] = r
+    head = (["op", "n", "m", "d", "dtype"] + meths + ["cpu/best_baseline"] + [f"cpu/{p}" for p in peers]
+            + [f"MiB {m}" for m in meths])
     lines = []
     for key in keys:
-        vals = table[key]
+        vals = {m: r.pairs_per_s for m, r in table[key].items()}
         cells = [key[0], str(key[1]), str(key[2]), str(key[3]), key[4]]
         cells += [f"{vals[m]:.3g}" if m in vals else "-" for m in meths]
         base = [vals[m] for m in BASELINES if m in vals]
         cells.append(f"{vals['cpu'] / max(base):.1f}x" if base and "cpu" in vals else "-")
+        cells += [f"{vals['cpu'] / vals[p]:.2f}x" if p in vals and "cpu" in vals else "-" for p in peers]
+        cells += [f"{table[key][m].peak_mb:.0f}" if m in table[key] and math.isfinite(table[key][m].peak_mb)
+                  else "-" for m in meths]
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
 
     def fmt(cells):
         return "  ".join(c.rjust(wd) if i >= 1 else c.ljust(wd) for i, (c, wd) in enumerate(zip(cells, widths)))
-    out = ["pair interactions per second (op 'step': simulator steps per second)", fmt(head),
-           "  ".join("-" * wd for wd in widths)]
+    out = ["pair interactions per second (op 'step': simulator steps per second); MiB: peak memory",
+           fmt(head), "  ".join("-" * wd for wd in widths)]
     out += [fmt(c) for c in lines]
+    missing = missing_peers()
+    if missing:
+        out.append(f"peers not installed, skipped: {', '.join(missing)}")
     return "\n".join(out)
 
 
 def write_csv(rows: Iterable[BenchRow], path) -> None:
-    """Write rows with columns exactly op,method,n,m,d,dtype,pairs_per_s."""
+    """Write rows with columns exactly op,method,n,m,d,dtype,pairs_per_s,peak_mb."""
     try:
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
             for r in rows:
-                writer.writerow([r.op, r.method, r.n, r.m, r.d, r.dtype, repr(float(r.pairs_per_s))])
+                writer.writerow([r.op, r.method, r.n, r.m, r.d, r.dtype, repr(float(r.pairs_per_s)),
+                                 repr(float(r.peak_mb))])
     except OSError as exc:
         raise ConfigError(f"cannot write benchmark CSV '{path}': {exc.strerror}") from None
 
@@ -339,4 +525,4 @@ def read_csv(path) -> list[BenchRow]:
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         return [BenchRow(r["op"], r["method"], int(r["n"]), int(r["m"]), int(r["d"]), r["dtype"],
-                         float(r["pairs_per_s"])) for r in reader]
+                         float(r["pairs_per_s"]), float(r.get("peak_mb") or "nan")) for r in reader]

@@ -35,10 +35,12 @@ def main():
     import os
     import shlex
 
+    from .numba_setup import configure
     from .storage import COMMAND_ENV
 
     # recorded in every run's meta.json, also by sweep workers (they inherit the environment)
     os.environ[COMMAND_ENV] = shlex.join(["particlegan", *sys.argv[1:]])
+    configure()  # numba process settings, before any command imports numba
 
 
 # ---- commands are added below; each parses its arguments and calls one library function ----
@@ -421,13 +423,17 @@ def ntk_command(config, overrides, seed, out_path, matrix_path, init_path, as_js
 @main.command("bench")
 @click.option("--quick", is_flag=True, help="Small sizes (N = M up to 3000), finishes in about a minute.")
 @click.option("--csv", "csv_path", default=None, metavar="PATH",
-              help="Also write the measurements as CSV (op,method,n,m,d,dtype,pairs_per_s).")
+              help="Also write the measurements as CSV (op,method,n,m,d,dtype,pairs_per_s,peak_mb).")
+@click.option("--table-only", is_flag=True,
+              help="Skip the run start-up and results.csv bookkeeping measurements.")
 @user_errors_to_exit
-def bench(quick, csv_path):
+def bench(quick, csv_path, table_only):
     """Benchmark Gaussian kernel sums/gradients: pair interactions per second per method."""
-    from .bench import STEP_N, format_table, run_benchmark, write_csv
+    from . import bench as b
 
-    rows = run_benchmark(quick=quick, step_n=STEP_N)
+    rows = b.run_benchmark(quick=quick, step_n=b.STEP_N, dtypes=("float64", "float32"))
     if csv_path:
-        write_csv(rows, csv_path)
-    click.echo(format_table(rows))
+        b.write_csv(rows, csv_path)
+    click.echo(b.format_table(rows))
+    if not table_only:
+        click.echo(b.format_side_measurements(b.startup_times(), b.record_times()))

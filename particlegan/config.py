@@ -30,7 +30,7 @@ SCHEMA_VERSION = 1
 class Key:
     """One config key: its default, type tag, allowed choices and an optional range check.
 
-    ``kind`` is one of ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"path"`` (a data file,
+    ``kind`` is one of ``"int"``, ``"float"``, ``"ints"``, ``"bool"``, ``"str"``, ``"path"`` (a data file,
     stored as an absolute path), ``"sha256"`` (the content hash of the path key of the same name
     without ``_sha256``: "" or 64 hex digits), ``"float?"`` (float or None), ``"floats"`` (list
     of floats).
@@ -66,6 +66,14 @@ def _alpha(v):
 
 def _all_positive(vs):
     return None if len(vs) > 0 and all(v > 0 for v in vs) else "must be a non-empty list of numbers > 0"
+
+
+def _all_nonneg_ints(vs):
+    return None if all(v >= 0 for v in vs) else "must hold integers >= 0"
+
+
+def _all_at_least_one(vs):
+    return None if all(v >= 1 for v in vs) else "must hold integers >= 1"
 
 
 def _adam_betas(vs):
@@ -123,7 +131,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     choices=("particle", "neural")),
     },
     "target": {
-        "kind": Key("ring", "str", "target distribution", choices=("ring", "grid", "file")),
+        "kind": Key("ring", "str", "target distribution (file: .npy/.npz samples; idx: an MNIST-style "
+                    "IDX image file, each image flattened to one sample)", choices=("ring", "grid", "file", "idx")),
         "dim": Key(2, "int", "data dimension d (ring/grid live in the first two coordinates)",
                    check=_at_least(2)),
         "modes": Key(8, "int", "number of ring modes", check=_at_least(1)),
@@ -133,7 +142,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sigma": Key(0.075, "float", "isotropic std of each mode (also the 3-sigma quality scale)",
                      check=_positive),
         "n_samples": Key(4000, "int", "number M of target samples drawn", check=_at_least(2)),
-        "path": Key("", "path", "(kind='file') .npy/.npz of target samples, shape (M, d)"),
+        "path": Key("", "path", "(kind='file') .npy/.npz of target samples, shape (M, d); (kind='idx') "
+                    "an IDX file such as train-images-idx3-ubyte(.gz)"),
+        "indices": Key([], "ints", "(file / idx) which samples to use, by row; empty: all rows of a "
+                       "file, the first n_samples images of an IDX file", check=_all_nonneg_ints),
+        "normalize": Key("none", "str", "(file / idx) pixel scaling of the samples: none, unit "
+                         "(x / 255), mnist ((x / 255 - 0.1307) / 0.3081, the paper's)",
+                         choices=("none", "unit", "mnist")),
         "path_sha256": Key("", "sha256", "content hash of target.path (filled in when the config is "
                            "resolved; a stored one must match the file)"),
     },
@@ -197,6 +212,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mmd_sigmas": Key([0.2], "floats", "mmd critic: Gaussian widths of the mixture",
                           check=_all_positive),
         "width": Key(128, "int", "mlp / learned_features critic: hidden width", check=_at_least(1)),
+        "widths": Key([], "ints", "mlp critic: hidden widths layer by layer, e.g. [64, 1024, 64] "
+                      "(empty: depth layers of width)", check=_all_at_least_one),
         "depth": Key(2, "int", "mlp / learned_features critic: hidden layers", check=_at_least(1)),
         "activation": Key("relu", "str", "mlp / learned_features critic activation",
                           choices=("relu", "leaky_relu", "tanh")),
@@ -364,6 +381,15 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
             raise ConfigError(f"{name} must be a string, got {value!r}")
         if kind == "sha256" and value and not (len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
             raise ConfigError(f"{name} must be empty or 64 lowercase hex digits, got {value!r}")
+    elif kind == "ints":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, list):
+            value = [int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
+                     for v in value]
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  and -2 ** 63 <= v < 2 ** 63 for v in value):
+            raise ConfigError(f"{name} must be a list of integers, got {value!r}")
     elif kind == "floats":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
@@ -407,8 +433,8 @@ def _check_cross(cfg: dict) -> None:
             key = "generator.g2" if gen["g2"] is not None else "generator.phi"
             raise ConfigError(f"{key} gives phi = {gen['phi']!r} outside the PSD range "
                               f"[{lo:.6g}, 1] for particles.n = {n}")
-    if cfg["target"]["kind"] == "file" and not cfg["target"]["path"]:
-        raise ConfigError("target.path must be set when target.kind = 'file'")
+    if cfg["target"]["kind"] in ("file", "idx") and not cfg["target"]["path"]:
+        raise ConfigError(f"target.path must be set when target.kind = '{cfg['target']['kind']}'")
     if cfg["particles"]["init"] == "file" and not cfg["particles"]["init_path"]:
         raise ConfigError("particles.init_path must be set when particles.init = 'file'")
     if gen["kernel"] == "matrix" and not gen["matrix_path"]:
@@ -418,9 +444,6 @@ def _check_cross(cfg: dict) -> None:
                           "generator.parameterization = 'ntk' (biases enter as sigma_b b): set "
                           "generator.sigma_b > 0 (e.g. 1) or leave generator.bias = false")
     crit, loss = cfg["critic"], cfg["loss"]
-    if crit["type"] == "mlp" and cfg["model"]["type"] != "neural":
-        raise ConfigError("critic.type = 'mlp' needs model.type = 'neural' (the particle model's "
-                          "critics are rff, relu_features, kernel, mmd, energy, riesz, learned_features)")
     if crit["type"] in ("kernel", "mmd", "energy", "riesz") and loss["penalty"] != "none":
         raise ConfigError(f"loss.penalty must be 'none' for critic.type = '{crit['type']}' "
                           "(a fixed-kernel critic has no trainable parameters to penalise)")
@@ -456,7 +479,7 @@ def file_sha256(path: str | Path) -> str | None:
     p, _ = split_npz_key(path)
     try:
         st = p.stat()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         return None
     if not p.is_file():
         return None
@@ -509,6 +532,8 @@ def _attach_data_hashes(cfg: dict, stale: set[tuple[str, str]]) -> None:
         if not path:
             cfg[sec][hkey] = ""
             continue
+        if "\x00" in path:
+            raise ConfigError(f"{sec}.{key}: a file path cannot contain a NUL character")
         digest = file_sha256(path)
         if digest is None:  # missing or unreadable: building the model reports it
             continue

@@ -72,22 +72,77 @@ def make_feature_map(kind: str, sigma: float, n_features: int, dim: int,
 @dataclass(frozen=True)
 class FeatureBatch:
     """Features of a fixed set of points: psi (n, K), dpsi (n, K) = scale * act'(A x + b), and
-    mean_psi (K,) = mean_n psi (the whole real-sample term of the IPM objective's gradient)."""
+    mean_psi (K,) = mean_n psi (the whole real-sample term of the IPM objective's gradient).
 
-    psi: np.ndarray
-    dpsi: np.ndarray
+    For the targets, psi / dpsi are None when the loss never reads them
+    (:func:`target_feature_batch`)."""
+
+    psi: np.ndarray | None
+    dpsi: np.ndarray | None
     mean_psi: np.ndarray
 
 
-def build_feature_critic(ccfg: dict, y: np.ndarray, backend, rng: np.random.Generator):
+TARGET_CHUNK_ELEMS = 1 << 22  # features of the targets built this many (row x feature) at a time
+
+
+def target_feature_needs(lcfg: dict) -> tuple[bool, bool]:
+    """Which per-sample features of the targets the critic objective of config section
+    ``loss`` reads: (psi, dpsi).
+
+    The IPM objective reads only their mean; the other objectives read psi_m w (psi); the
+    penalty on the real samples reads the input gradients (dpsi). Nothing else does.
+    """
+    from .losses import objective_from_config, penalty_coefficient
+
+    return (objective_from_config(lcfg).name != "ipm",
+            lcfg["penalty"] == "real" and penalty_coefficient(lcfg) > 0)
+
+
+def target_feature_batch(fm: FeatureMap, y: np.ndarray, backend, keep_psi: bool = True,
+                         keep_dpsi: bool = True, chunk_elems: int = TARGET_CHUNK_ELEMS) -> FeatureBatch:
+    """Features of the targets y (M, d), keeping only what is asked for.
+
+    Up to ``chunk_elems`` (row x feature) entries the batch is built in one piece, exactly as
+    :func:`feature_batch` builds it (bitwise the same mean). Beyond that the features are built
+    over row chunks, so the (M, K) arrays that are not kept are never held (at M = 1e5, K = 512
+    in float64: 819 MB of psi and dpsi, of which the IPM loss uses only the mean); the mean is
+    then the chunk sums added in order, equal to the one-piece mean to rounding (the GEMM of a
+    chunk may round its phases differently from that of all rows).
+    """
+    m, k = y.shape[0], fm.A.shape[0]
+    rows = max(1, chunk_elems // max(k, 1))
+    if (keep_psi and keep_dpsi) or m <= rows:
+        whole = feature_batch(fm, y, backend)
+        return FeatureBatch(whole.psi if keep_psi else None, whole.dpsi if keep_dpsi else None,
+                            whole.mean_psi)
+    A = fm.A.astype(y.dtype, copy=False)
+    b = fm.b.astype(y.dtype, copy=False)
+    psi_parts, dpsi_parts = [], []
+    total = None
+    for start in range(0, m, rows):
+        psi, dpsi = backend.random_features(y[start:start + rows], A, b, fm.activation, fm.scale)
+        part = psi.sum(axis=0)
+        total = part if total is None else total + part
+        if keep_psi:
+            psi_parts.append(psi)
+        if keep_dpsi:
+            dpsi_parts.append(dpsi)
+    return FeatureBatch(np.concatenate(psi_parts) if keep_psi else None,
+                        np.concatenate(dpsi_parts) if keep_dpsi else None, total / m)
+
+
+def build_feature_critic(ccfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
+                         needs: tuple[bool, bool] = (True, True)):
     """Random-feature critic of config section ``critic`` (type rff / relu_features) in y's dtype.
 
+    ``needs``: (psi, dpsi) of the targets to keep (:func:`target_feature_needs`).
     Returns (feature map, features of the targets y (M, d), zero initial weights (K,)).
     """
     dtype = y.dtype
     fmap = make_feature_map(ccfg["type"], ccfg["sigma"], ccfg["features"], y.shape[1], rng)
     fmap = dataclasses.replace(fmap, A=fmap.A.astype(dtype), b=fmap.b.astype(dtype))
-    return fmap, feature_batch(fmap, y, backend), np.zeros(ccfg["features"], dtype=dtype)
+    return (fmap, target_feature_batch(fmap, y, backend, *needs),
+            np.zeros(ccfg["features"], dtype=dtype))
 
 
 def feature_batch(fm: FeatureMap, X: np.ndarray, backend) -> FeatureBatch:
@@ -106,30 +161,24 @@ def feature_values_and_grads(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray):
     return fb.psi @ w, fb.dpsi @ (w[:, None] * fm.A.astype(w.dtype, copy=False))
 
 
-def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam: float, form: str):
+def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam: float, form: str, backend):
     """Penalty value and its gradient in w for f = w^T psi.
 
     With G_i = grad f(x_i) = A^T (dpsi_i * w):  d||G_i||^2/dw = 2 dpsi_i * (A G_i).
     form 'sq': P = lam mean ||G_i||^2;  'gp': P = lam mean (||G_i|| - 1)^2.
-    The weighted sum over samples of the rows dpsi_i * (A G_i) is evaluated as
-    sum_c A_kc (dpsi^T (c G))_kc: two skinny GEMMs over dpsi and no (n, K) temporaries.
+    The per-sample sums come from ``backend.feature_penalty`` (numpy: two skinny GEMMs over
+    dpsi; cpu: one fused pass).
     """
-    A = fm.A.astype(w.dtype, copy=False)
-    G = fb.dpsi @ (w[:, None] * A)             # (n, d)
-
-    def weighted_back(c):                      # sum_i c_i dpsi_i * (A G_i), shape (K,)
-        return np.einsum("kc,kc->k", A, fb.dpsi.T @ (c[:, None] * G))
-    sq = np.einsum("ij,ij->i", G, G)
+    sq, back = backend.feature_penalty(fb.dpsi, fm.A.astype(w.dtype, copy=False), w, form)
     if form == "sq":
-        return lam * sq.mean(), (2.0 * lam / len(sq)) * weighted_back(np.ones_like(sq))
-    norm = np.sqrt(sq + 1e-12)
-    coef = 2.0 * (norm - 1.0) / norm
-    return lam * np.mean((norm - 1.0) ** 2), (lam / len(sq)) * weighted_back(coef)
+        return lam * sq.mean(), (2.0 * lam / len(sq)) * back
+    return lam * np.mean((np.sqrt(sq + 1e-12) - 1.0) ** 2), (lam / len(sq)) * back
 
 
 def feature_critic_objective(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, fake: FeatureBatch,
                              objective: Objective, penalty: str, lam: float,
-                             penalty_batch: FeatureBatch | None, weight_decay: float = 0.0):
+                             penalty_batch: FeatureBatch | None, weight_decay: float = 0.0,
+                             backend=None):
     """Critic objective J(w) (maximised) and its gradient dJ/dw, shape (K,).
 
     Parameters
@@ -137,6 +186,7 @@ def feature_critic_objective(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, 
     real, fake : features of the targets y_m (M points) and particles x_i (N points).
     penalty : 'none' | 'fake' | 'real' | 'interpolates';  lam : effective lambda.
     penalty_batch : features of the interpolates (only for 'interpolates').
+    backend : compute backend of the penalty's per-sample sums (default numpy).
     """
     if objective.name == "ipm":
         # linear in f: J = (mean psi_r - mean psi_f) w, so no per-sample products are needed
@@ -151,13 +201,20 @@ def feature_critic_objective(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, 
         grad = real.psi.T @ da / len(s_r) + fake.psi.T @ db / len(s_f)
     if penalty != "none" and lam > 0:
         batch = {"fake": fake, "real": real, "interpolates": penalty_batch}[penalty]
-        pv, pg = _penalty_grad(fm, batch, w, lam, "gp" if penalty == "interpolates" else "sq")
+        pv, pg = _penalty_grad(fm, batch, w, lam, "gp" if penalty == "interpolates" else "sq",
+                               backend or _numpy_backend())
         value -= pv
         grad = grad - pg
     if weight_decay > 0:
         value -= 0.5 * weight_decay * float(w @ w)
         grad = grad - weight_decay * w
     return float(value), grad
+
+
+def _numpy_backend():
+    from .backends import get_backend
+
+    return get_backend("numpy")
 
 
 def ascend_critic(opt, w: np.ndarray, n_steps: int, grad_fn) -> tuple[np.ndarray, bool]:

@@ -21,18 +21,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import critics as cr
-from . import feature_critic as fc
 from .backends import get_backend
 from .coupling import Coupling, apply_coupling, make_coupling
-from .kernels import KernelSpec
-from .losses import Objective, objective_from_config, penalty_coefficient
+from .losses import Objective, objective_from_config
 from .optimizers import optimizer_from_config, scale_optimizer_lr
+from .particle_critics import build_critic
 from .targets import Target, init_particles, make_target
 
 
 @dataclass(frozen=True)
 class Model:
-    """Everything fixed during a run (built once by :func:`build_model`)."""
+    """Everything fixed during a run (built once by :func:`build_model`).
+
+    ``critic`` is one of the critic objects of :mod:`particlegan.particle_critics` (one
+    interface for every critic type); the engine below never asks which type it is.
+    """
 
     cfg: dict
     target: Target
@@ -41,14 +44,9 @@ class Model:
     objective: Objective
     backend: object
     critic_type: str
-    feature_map: cr.FeatureMap | None
-    real_features: cr.FeatureBatch | None
-    kernel: KernelSpec | None
-    penalty: str
-    lam: float
+    critic: object
     noise_rng: np.random.Generator     # interpolate noise (checkpointed through its state)
     dtype: np.dtype
-    learned: fc.LearnedFeatureCritic | None = None  # critic.type = learned_features
 
 
 @dataclass(frozen=True)
@@ -101,74 +99,39 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     target = make_target(cfg["target"], streams["target"])
     x0 = init_particles(cfg["particles"], cfg["target"]["dim"], streams["particles"]).astype(dtype)
     coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
-    ctype = cfg["critic"]["type"]
     y = target.samples.astype(dtype)
-    fmap = real = kern = learned = None
-    w = None
-    if ctype in cr.FEATURE_CRITICS:
-        fmap, real, w = cr.build_feature_critic(cfg["critic"], y, backend, streams["critic"])
-    elif ctype == "learned_features":
-        learned, w = fc.build_learned_critic(cfg["critic"], cfg["target"]["dim"], streams["critic"], dtype)
-    elif ctype in cr.KERNEL_CRITICS:
-        kern = cr.critic_kernel(cfg["critic"])
-    else:
-        raise NotImplementedError(f"critic.type = {ctype!r} is not available in the particle model")
+    critic, w = build_critic(cfg, y, backend, streams["critic"], streams["noise"])
     model = Model(cfg=cfg, target=target, y=y, coupling=coupling,
-                  objective=objective_from_config(cfg["loss"]), backend=backend, critic_type=ctype,
-                  feature_map=fmap, real_features=real, kernel=kern,
-                  penalty=cfg["loss"]["penalty"], lam=penalty_coefficient(cfg["loss"]),
-                  noise_rng=streams["noise"], dtype=dtype, learned=learned)
+                  objective=objective_from_config(cfg["loss"]), backend=backend,
+                  critic_type=cfg["critic"]["type"], critic=critic, noise_rng=streams["noise"], dtype=dtype)
     state = State(step=0, x=x0, w=w, kernel_state=None,
                   critic_opt=make_critic_optimizer(cfg) if w is not None else None)
-    n_startup = cfg["dynamics"]["critic_steps_startup"]
-    fake = cr.feature_batch(fmap, x0, backend) if fmap is not None else None
-    state = train_critic(model, state, n_startup, fake)
+    state = train_critic(model, state, cfg["dynamics"]["critic_steps_startup"], critic.prepare(x0))
     return model, state
 
 
-def train_critic(model: Model, state: State, n_steps: int,
-                 fake: cr.FeatureBatch | None = None) -> State:
+def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
     """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the particles
-    frozen at ``state.x``."""
-    if model.kernel is not None:
-        ks = cr.kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
+    frozen at ``state.x``; ``ctx``: the critic's ``prepare(state.x)`` when already at hand."""
+    critic = model.critic
+    if not critic.trainable:
+        ks = critic.train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
-    if model.feature_map is not None and fake is None:
-        fake = cr.feature_batch(model.feature_map, state.x, model.backend)
+    ctx = critic.prepare(state.x) if ctx is None else ctx
     opt = state.critic_opt
     scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
-    wd = model.cfg["critic"]["weight_decay"]
-
-    def grad_fn(w):
-        if model.learned is not None:
-            return fc.learned_critic_objective(model.learned, w, state.x, model.y, model.backend, wd,
-                                               need_value=False)[1]
-        pen_batch = None
-        if model.penalty == "interpolates" and model.lam > 0:
-            xhat = cr.interpolates(state.x, model.y, model.noise_rng)
-            pen_batch = cr.feature_batch(model.feature_map, xhat, model.backend)
-        return cr.feature_critic_objective(model.feature_map, w, model.real_features, fake,
-                                           model.objective, model.penalty, model.lam, pen_batch, wd)[1]
-
-    w, finite = cr.ascend_critic(opt, state.w, n_steps, grad_fn)
+    w, finite = cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx))
     return dataclasses.replace(state, w=w, critic_finite=state.critic_finite and finite)
 
 
-def particle_forces(model: Model, state: State, fake: cr.FeatureBatch | None = None):
+def particle_forces(model: Model, state: State, ctx=None):
     """Per-particle forces F (N, d) and critic gradients grad f(x_i) (N, d) at ``state.x``."""
     need_values = model.objective.name != "ipm"
-    if model.feature_map is not None:
-        fake = fake if fake is not None else cr.feature_batch(model.feature_map, state.x, model.backend)
-        values, grad = cr.feature_values_and_grads(model.feature_map, fake, state.w)
-    elif model.learned is not None:
-        values, grad = fc.learned_critic_values_and_grads(model.learned, state.w, state.x, model.y,
-                                                          model.backend, need_values)
-    else:
-        values, grad = cr.kernel_critic_eval(state.kernel_state, model.y, state.x, model.kernel,
-                                             model.backend, need_values)
+    ctx = model.critic.prepare(state.x) if ctx is None else ctx
+    values, grad = model.critic.values_and_grads(state, ctx, need_values)
     if not need_values:
         return grad, grad
     _, dc = model.objective.gen_term(values)
@@ -182,14 +145,13 @@ def outer_step(model: Model, state: State):
     in the critic steps (see :func:`train_critic`).
     """
     dyn = model.cfg["dynamics"]
-    fake = (cr.feature_batch(model.feature_map, state.x, model.backend)
-            if model.feature_map is not None else None)
+    ctx = model.critic.prepare(state.x)  # shared by the critic steps and the forces (x is fixed)
     if dyn["update"] == "simultaneous":
-        forces, grad = particle_forces(model, state, fake)
-        state = train_critic(model, state, dyn["critic_steps"], fake)
+        forces, grad = particle_forces(model, state, ctx)
+        state = train_critic(model, state, dyn["critic_steps"], ctx)
     else:
-        state = train_critic(model, state, dyn["critic_steps"], fake)
-        forces, grad = particle_forces(model, state, fake)
+        state = train_critic(model, state, dyn["critic_steps"], ctx)
+        forces, grad = particle_forces(model, state, ctx)
     x_new = state.x + (dyn["eta_g"] * state.lr_scale) * apply_coupling(model.coupling, forces, model.backend)
     return dataclasses.replace(state, step=state.step + 1, x=x_new.astype(model.dtype, copy=False)), grad
 

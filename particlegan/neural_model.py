@@ -144,11 +144,11 @@ def make_generator(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.
 
 
 def make_critic_mlp(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.MLP:
-    """Critic MLP (d, width x depth, 1) with biases, PyTorch-default init; output = logit f(x)."""
-    c = cfg["critic"]
-    sizes = [cfg["target"]["dim"]] + [c["width"]] * c["depth"] + [1]
-    return nn.init_mlp(sizes, c["activation"], True, "standard", rng, dtype=dtype,
-                       config_prefix="critic")
+    """Critic MLP (d, hidden widths, 1) with biases, PyTorch-default init; output = logit f(x).
+    The one builder shared with the particle model (:mod:`particlegan.particle_critics`)."""
+    from .particle_critics import make_critic_mlp as build
+
+    return build(cfg, rng, dtype)
 
 
 def draw_latents(cfg: dict, rng: np.random.Generator, dtype) -> np.ndarray:
@@ -184,7 +184,8 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     elif ctype == "learned_features":
         learned, w = fc.build_learned_critic(cfg["critic"], cfg["target"]["dim"], streams["critic"], dtype)
     elif ctype in cr.FEATURE_CRITICS:
-        fmap, real, w = cr.build_feature_critic(cfg["critic"], y, backend, streams["critic"])
+        fmap, real, w = cr.build_feature_critic(cfg["critic"], y, backend, streams["critic"],
+                                                cr.target_feature_needs(cfg["loss"]))
     else:
         kern = cr.critic_kernel(cfg["critic"])
     model = NeuralModel(cfg=cfg, target=target, y=y, generator=gen, critic_net=net,
@@ -258,7 +259,7 @@ def critic_objective(model: NeuralModel, w: np.ndarray, x: np.ndarray,
     pen = (cr.feature_batch(model.feature_map, xhat, model.backend)
            if xhat is not None else None)
     return cr.feature_critic_objective(model.feature_map, w, model.real_features, fake,
-                                       model.objective, model.penalty, model.lam, pen, wd)
+                                       model.objective, model.penalty, model.lam, pen, wd, model.backend)
 
 
 def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> NeuralState:

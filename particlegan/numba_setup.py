@@ -1,5 +1,11 @@
-"""Code-generation setting for the numba CPU kernels, applied when ``particlegan`` is imported.
+"""Process settings for the numba CPU kernels, applied by :func:`configure`.
 
+:func:`configure` is called by the ``particlegan`` command, by ``backends.get_backend`` when the
+cpu or cuda backend is chosen, and by :mod:`particlegan.pairmath` (the package's first importer
+of numba) before it imports numba; importing ``particlegan`` itself changes nothing. Code that
+imports numba before any of these gets numba's defaults (recorded as such in meta.json). It makes two choices, each recorded in every run's meta.json.
+
+**Vector width.**
 LLVM vectorises for 256-bit registers by default even on AVX-512 CPUs ("prefer-256-bit", a
 tuning choice made for older Xeons that slowed down on 512-bit instructions). The pair loops of
 :mod:`particlegan.backends.cpu_backend` are pure vector arithmetic, and with 512-bit vectors they
@@ -13,6 +19,14 @@ imported yet, :func:`configure_vector_width` sets them to the host CPU and its f
 process-wide, so it also applies to other numba code in the process. Opt out with
 ``PARTICLEGAN_VECTOR_WIDTH=default``. Results stay bitwise reproducible for a given setting; the
 setting is recorded in every run's meta.json (:func:`vector_width_setting`).
+
+**Idle threads sleep.** numba's OpenMP workers spin for a while after each parallel region
+(GNU OpenMP's default), and so do OpenBLAS's after each GEMM. The high-dimension pair sums and
+the random features alternate between the two pools, and each spinning pool takes a core from
+the other: at d = 100 the Gaussian sums ran 1.3-1.6x slower and an outer step 1.3x slower on a
+2-core host. So :func:`configure_thread_wait` sets ``OMP_WAIT_POLICY=PASSIVE`` (the workers
+sleep at once; waking them costs microseconds) if the user has not set it and numba's threads
+have not started. Opt out with ``PARTICLEGAN_OMP_WAIT=default``.
 """
 from __future__ import annotations
 
@@ -20,7 +34,38 @@ import os
 import sys
 
 ENV = "PARTICLEGAN_VECTOR_WIDTH"
+WAIT_ENV = "PARTICLEGAN_OMP_WAIT"
 _APPLIED = {"value": "default"}
+
+
+def configure() -> dict:
+    """Apply both settings of this module (idempotent); returns what is in effect."""
+    return {"vector_width": configure_vector_width(), "omp_wait_policy": configure_thread_wait()}
+
+
+def _numba_threads_started() -> bool:
+    if "numba" not in sys.modules:
+        return False
+    try:
+        from numba.np.ufunc import parallel
+
+        return bool(getattr(parallel, "_is_initialized", False))
+    except Exception:
+        return True  # unknown: assume started and leave the environment alone
+
+
+def configure_thread_wait() -> str:
+    """Let idle OpenMP workers sleep instead of spinning (see module doc).
+
+    Returns the policy in effect for numba's workers: the user's ``OMP_WAIT_POLICY`` when set,
+    "PASSIVE" when applied here, "default" when opted out or too late (threads started).
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return os.environ["OMP_WAIT_POLICY"]
+    if os.environ.get(WAIT_ENV, "auto") != "auto" or _numba_threads_started():
+        return "default"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "PASSIVE"
 
 
 def configure_vector_width() -> str:

@@ -111,6 +111,35 @@ def measure(x: np.ndarray, centres: np.ndarray, sigma: float, hq_sigmas: float,
     return out
 
 
+def cosine_observables(x: np.ndarray, targets: np.ndarray) -> dict:
+    """Observables of particles against data-point targets in cosine geometry (the paper's
+    MNIST notebook; ``../shared/reference/mnist/README.md``).
+
+    c_mi = 1 - <y_m / |y_m|, x_i / |x_i|>, a(i) = argmin_m c_mi (first index on ties),
+    p_m = fraction of particles with a(i) = m.
+
+    Returns
+    -------
+    dict of floats: ``collapse_cos`` C = log M + sum_m p_m log(p_m + 1e-8) (the notebook's
+    form: 0 = every target hit once by N = M particles, log M = one target); ``quality_cos``
+    mean_i min_m c_mi; ``spread_cos`` mean over i != j of |cos(x_i, x_j)| (data-free);
+    ``targets_hit`` number of targets with p_m > 0.
+    """
+    xs = x.astype(np.float64)
+    xs = xs / np.linalg.norm(xs, axis=1, keepdims=True)
+    ys = targets.astype(np.float64)
+    ys = ys / np.linalg.norm(ys, axis=1, keepdims=True)
+    c = 1.0 - xs @ ys.T                                   # (N, M)
+    assign = np.argmin(c, axis=1)
+    p = np.bincount(assign, minlength=len(ys)) / len(xs)
+    g = np.abs(xs @ xs.T)
+    n = len(xs)
+    return {"collapse_cos": float(np.log(len(ys)) + np.sum(p * np.log(p + 1e-8))),
+            "quality_cos": float(c[np.arange(n), assign].mean()),
+            "spread_cos": float((g.sum() - np.trace(g)) / (n * (n - 1))) if n > 1 else float("nan"),
+            "targets_hit": float(np.count_nonzero(p))}
+
+
 def kid_observable(x: np.ndarray, y: np.ndarray, n_subsets: int, subset_size: int,
                    rng: np.random.Generator) -> dict:
     """KID of the particles against the target samples on raw positions (P1.5).

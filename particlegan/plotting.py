@@ -1,25 +1,34 @@
-"""Figures (matplotlib, Agg backend), always written atomically."""
+"""Figures (matplotlib), always written atomically.
+
+Figures are made with ``matplotlib.figure.Figure`` and rendered by the Agg canvas directly, not
+through pyplot: nothing here selects a matplotlib backend or keeps global figure state, so
+importing or calling this module leaves a notebook's or an application's matplotlib as it was.
+"""
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-import matplotlib
+import matplotlib.ticker  # noqa: F401  (locators of the phase-diagram and asinh axes)
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402,F401  (locators of the phase-diagram and asinh axes)
-import numpy as np  # noqa: E402
+from .errors import DataError
+from .storage import atomic_write_bytes
 
-from .errors import DataError  # noqa: E402
-from .storage import atomic_write_bytes  # noqa: E402
+
+def new_figure(nrows: int = 1, ncols: int = 1, figsize=None, layout=None, **subplots_kw):
+    """(figure, axes) like ``pyplot.subplots``, on an Agg canvas of its own (no pyplot state)."""
+    fig = Figure(figsize=figsize, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **subplots_kw)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
-    """Render ``fig`` to PNG in memory and write it atomically; closes the figure."""
+    """Render ``fig`` to PNG in memory and write it atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -78,7 +87,7 @@ def plot_snapshots(snapshots: np.ndarray, steps: np.ndarray, target: np.ndarray,
     pick = snapshot_panels(len(snapshots))
     snapshots, steps = np.asarray(snapshots)[pick], np.asarray(steps)[pick]
     s = len(snapshots)
-    fig, axes = plt.subplots(1, s, figsize=(2.6 * s, 2.8), sharex=True, sharey=True, squeeze=False)
+    fig, axes = new_figure(1, s, figsize=(2.6 * s, 2.8), sharex=True, sharey=True, squeeze=False)
     lo = np.minimum(target[:, :2].min(axis=0), snapshots[..., :2].min(axis=(0, 1)))
     hi = np.maximum(target[:, :2].max(axis=0), snapshots[..., :2].max(axis=(0, 1)))
     pad = 0.1 * (hi - lo).max()
@@ -288,7 +297,7 @@ def plot_phase_diagram(cells: list[dict], x_key: str, y_key: str, z_key: str, lo
     for c in cells:
         z[yi[c[y_key]], xi[c[x_key]]] = c["mean"]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        fig, ax = new_figure(figsize=(6.4, 4.8))
     else:
         fig = ax.figure
     ax.set_facecolor("0.85")  # grid points without data stay grey
@@ -353,7 +362,7 @@ def plot_seed_lines(groups: dict, x_key: str, y_key: str, hue_key: str | None = 
     -------
     matplotlib Figure.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = new_figure(figsize=(6.4, 4.4))
     hues = sorted(groups, key=lambda v: _order(v) if v is not None else (0, 0.0, ""))
     xs_all = sorted({e[x_key] for g in groups.values() for e in g}, key=_order)
     numeric_x = _is_numeric(xs_all)
@@ -586,7 +595,7 @@ def phase_plot(sweep_dir, x: str, y: str, z: str, log_x: bool = False, log_y: bo
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
         if level is None and finite.size:
             level = 0.5 * (vmin + vmax)  # one transition level for every panel
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels) + 1.2, 4.8), squeeze=False,
+        fig, axes = new_figure(1, len(panels), figsize=(5.6 * len(panels) + 1.2, 4.8), squeeze=False,
                                  layout="constrained")
         for i, (ax, (d, rows, cells, curves)) in enumerate(zip(axes[0], panels)):
             title = labels[i] if labels else _panel_label(d, rows)

@@ -41,11 +41,9 @@ def run_movie(run_dirs, out: str | Path, labels=(), fps: int = 8, dpi: int = 90)
     labels : a title per run (default: its phi and critic).
     fps : frames per second.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation, PillowWriter
+
+    from .plotting import new_figure
 
     from .runstore import load_run
     from .storage import atomic_write_bytes, check_output_file
@@ -59,7 +57,7 @@ def run_movie(run_dirs, out: str | Path, labels=(), fps: int = 8, dpi: int = 90)
     if n_frames < 2:
         raise DataError("the runs hold a single snapshot; record more with --set run.snapshots=100")
     cols = len(runs)
-    fig, axes = plt.subplots(2, cols, figsize=(3.6 * cols, 6.2), squeeze=False,
+    fig, axes = new_figure(2, cols, figsize=(3.6 * cols, 6.2), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1.4]})
     dots, markers, titles = [], [], []
     cmax = max(float(np.nanmax(r.series["collapse"])) for r in runs)
@@ -97,11 +95,9 @@ def run_movie(run_dirs, out: str | Path, labels=(), fps: int = 8, dpi: int = 90)
         return [*dots, *markers, *titles]
 
     anim = FuncAnimation(fig, frame, frames=n_frames, blit=False)
-    try:  # the writer needs a file name: render into a scratch folder, then write atomically
-        with tempfile.TemporaryDirectory() as scratch:
-            tmp = Path(scratch) / "movie.gif"
-            anim.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi)
-            atomic_write_bytes(out, tmp.read_bytes())
-    finally:
-        plt.close(fig)
+    # the writer needs a file name: render into a scratch folder, then write atomically
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch) / "movie.gif"
+        anim.save(tmp, writer=PillowWriter(fps=fps), dpi=dpi)
+        atomic_write_bytes(out, tmp.read_bytes())
     return out

@@ -52,14 +52,9 @@ def plot_dispersion(kernels, k, out_path, dim: int = 2, beta: float = 0.0, rho0:
         scale = scale if scale > 0 else 1.0
         curves.append((label, rel["k"], rel["generator_decay_rate"] / scale, rel["critic_growth_rate"] / scale))
 
-    import matplotlib
+    from .plotting import new_figure, save_figure, set_signed_log_scale
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .plotting import save_figure, set_signed_log_scale
-
-    fig, (ax_g, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_g, ax_d) = new_figure(1, 2, figsize=(10, 4))
     for i, (label, kk, r_g, r_d) in enumerate(curves):
         positive = r_g > 0  # zero-symbol kernels (e.g. distance_induced beta = 1) cannot go on a log axis
         ax_g.loglog(kk[positive], r_g[positive], color=f"C{i}", label=label)

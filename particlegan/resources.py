@@ -10,9 +10,10 @@ step (in bytes, ``dtype`` itemsize per number; float64 for the reference-backend
 
     particles   (N, d) positions, proposals, forces, gradients: ~6 N d
     targets     (M, d) samples in float64 and the run dtype:     2 M d
-    features    rff / relu_features: psi and dpsi of the targets and the particles
-                (M + N) K x 2, plus the interpolates' (N K x 2) with the WGAN-GP penalty, plus
-                M K x 2 of temporaries while the targets' features are built
+    features    rff / relu_features: psi and dpsi of the particles (N K x 2), of the interpolates
+                with the WGAN-GP penalty (N K x 2), those of the targets that the loss reads
+                (M K x 0..2: none for the IPM loss, see critics.target_feature_needs), and the
+                temporaries of the largest batch while it is built
     coupling    a dense (N, N) kernel (matrix, or ntk_* with N <= dense_max)
     snapshots   S N d;  kernel-critic memory: memory N d
     neural      generator (and MLP critic) activations: ~4 N width depth
@@ -46,10 +47,15 @@ def estimate_memory(cfg: dict) -> dict[str, int]:
         "blocks": 4 * max(_BLOCK_ELEMS, max(m, n) * d) * 8,
     }
     if crit["type"] in ("rff", "relu_features"):
-        rows = m + n + (n if cfg["loss"]["penalty"] == "interpolates" else 0)
-        # stored psi, dpsi of every batch, plus the phase / cos / sin temporaries of the largest
-        # batch (the targets) while it is built
-        out["features"] = (2 * rows + 2 * m) * crit["features"] * item + crit["features"] * d * item
+        from .critics import TARGET_CHUNK_ELEMS, target_feature_needs
+
+        k = crit["features"]
+        keep = sum(target_feature_needs(cfg["loss"]))
+        rows = n + (n if cfg["loss"]["penalty"] == "interpolates" else 0)
+        # psi, dpsi of the particle batches and the targets' kept ones, plus the temporaries of
+        # the largest batch while it is built (the targets are built whole only when both are kept)
+        build = 2 * m * k if keep == 2 else max(2 * n * k, 4 * min(TARGET_CHUNK_ELEMS, m * k))
+        out["features"] = (2 * rows + keep * m + build // k) * k * item + k * d * item
     if crit["type"] == "kernel":
         out["kernel_memory"] = (crit["memory"] + 1) * n * d * item
     if gen["kernel"] == "matrix" or (gen["kernel"].startswith("ntk") and n <= gen["dense_max"]):
@@ -57,7 +63,10 @@ def estimate_memory(cfg: dict) -> dict[str, int]:
     if cfg["model"]["type"] == "neural":
         out["generator"] = 4 * n * gen["width"] * gen["depth"] * item + gen["width"] ** 2 * gen["depth"] * item
     if crit["type"] in ("mlp", "learned_features"):
-        out["critic"] = 4 * (m + n) * crit["width"] * crit["depth"] * item + crit["width"] ** 2 * crit["depth"] * item
+        hidden = (crit["widths"] if crit["type"] == "mlp" else []) or [crit["width"]] * crit["depth"]
+        sizes = [d, *hidden, 1]
+        weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+        out["critic"] = 4 * (m + n) * sum(hidden) * item + 4 * weights * item  # + grads, Adam moments
     return out
 
 
@@ -68,7 +77,7 @@ _DRIVERS = {
     "features": "critic.features, target.n_samples, particles.n",
     "kernel_memory": "critic.memory, particles.n", "coupling": "particles.n (dense N x N kernel)",
     "generator": "generator.width, generator.depth, particles.n",
-    "critic": "critic.width, critic.depth, target.n_samples, particles.n",
+    "critic": "critic.width(s), critic.depth, target.n_samples, particles.n",
 }
 
 

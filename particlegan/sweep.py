@@ -32,6 +32,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import concurrent.futures.process
 import copy
+import io
 import itertools
 import json
 import math
@@ -627,6 +628,45 @@ def write_results_csv(path: str | Path, plan: SweepPlan, outcomes: Mapping[str, 
                      columns=results_columns(plan))
 
 
+class ResultsAppender:
+    """Adds one results.csv row per finished run at O(1) cost, without rereading the table.
+
+    The table is first written whole (atomically, in plan order); each later row is one complete
+    CSV line handed to the kernel in a single ``write`` on a file opened with ``O_APPEND``. A
+    kill between two records leaves a complete table; a kill cannot split a ``write`` of a few
+    hundred bytes to a local file, so no partial line is left behind. Rows appended during a
+    sweep are in completion order; :meth:`close` (the end of the sweep) rewrites the table once
+    in plan order. (Rewriting the table at every record cost 90 ms at 2028 rows, i.e. O(n^2)
+    over a sweep.)
+    """
+
+    def __init__(self, path: str | Path, plan: SweepPlan, outcomes: Mapping[str, Mapping]):
+        self.path = Path(path)
+        self.plan = plan
+        self.columns = results_columns(plan)
+        write_results_csv(self.path, plan, outcomes)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
+    def append(self, run: PlannedRun, outcome: Mapping) -> None:
+        """Add the row of ``run`` (one ``write`` call)."""
+        import csv
+
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n",
+                       extrasaction="ignore").writerow(result_row(run, outcome, self.plan.fixed))
+        data = buf.getvalue().encode()
+        written = os.write(self._fd, data)
+        if written != len(data):  # only on a full disk: say so instead of leaving half a row
+            raise DataError(f"could not append a row to '{self.path}' (disk full?)")
+
+    def close(self, outcomes: Mapping[str, Mapping]) -> None:
+        """Stop appending and rewrite the table in plan order."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        write_results_csv(self.path, self.plan, outcomes)
+
+
 # ---------------------------------------------------------------------------------------------
 # execution
 # ---------------------------------------------------------------------------------------------
@@ -882,34 +922,36 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
             else:
                 outcomes[run.run_id] = done
                 report.n_skipped += 1
-        write_results_csv(csv_path, plan, outcomes)
-        if report.n_skipped:
-            reporter.info(f"{report.n_skipped} of {len(plan.runs)} runs already finished in '{out}'; "
-                          "skipping them")
-        if todo:
-            reporter.start(total=len(todo), label="sweep")
+        table = ResultsAppender(csv_path, plan, outcomes)
+        try:
+            if report.n_skipped:
+                reporter.info(f"{report.n_skipped} of {len(plan.runs)} runs already finished in '{out}'; "
+                              "skipping them")
+            if todo:
+                reporter.start(total=len(todo), label="sweep")
 
-            def record(task: _Task, outcome: dict) -> None:
-                outcomes[task.run.run_id] = outcome
-                write_results_csv(csv_path, plan, outcomes)
-                if outcome["status"] == "failed":
-                    reporter.info(f"run {task.run.run_id} failed: {outcome['error']}")
-                reporter.advance(1)
+                def record(task: _Task, outcome: dict) -> None:
+                    outcomes[task.run.run_id] = outcome
+                    table.append(task.run, outcome)
+                    if outcome["status"] == "failed":
+                        reporter.info(f"run {task.run.run_id} failed: {outcome['error']}")
+                    reporter.advance(1)
 
-            kill_ids = {} if in_process else _test_kill_ids()
-            if in_process:
-                _drive(todo, out, plot, record, report, lambda n: _InlineExecutor(), 1, (), False, {},
-                       in_worker=False)
-            elif dask is not None:
-                with _dask_executor(dask, jobs, probe_dir=out) as (executor, killed_worker):
-                    # the scheduler queues tasks itself: submit everything at once
-                    _drive(todo, out, plot, record, report, lambda n: executor, len(todo),
-                           (killed_worker,), False, kill_ids, shutdown=False)
-            else:
-                _drive(todo, out, plot, record, report, _process_pool, jobs,
-                       (concurrent.futures.process.BrokenProcessPool,), True, kill_ids)
-            reporter.finish()
-        write_results_csv(csv_path, plan, outcomes)
+                kill_ids = {} if in_process else _test_kill_ids()
+                if in_process:
+                    _drive(todo, out, plot, record, report, lambda n: _InlineExecutor(), 1, (), False, {},
+                           in_worker=False)
+                elif dask is not None:
+                    with _dask_executor(dask, jobs, probe_dir=out) as (executor, killed_worker):
+                        # the scheduler queues tasks itself: submit everything at once
+                        _drive(todo, out, plot, record, report, lambda n: executor, len(todo),
+                               (killed_worker,), False, kill_ids, shutdown=False)
+                else:
+                    _drive(todo, out, plot, record, report, _process_pool, jobs,
+                           (concurrent.futures.process.BrokenProcessPool,), True, kill_ids)
+                reporter.finish()
+        finally:
+            table.close(outcomes)
     for outcome in outcomes.values():
         status = outcome["status"]
         report.n_ok += status == "ok"

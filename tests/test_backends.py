@@ -237,6 +237,60 @@ def test_poly_exp_accuracy():
     assert np.all(np.abs([pm.poly_exp(v) for v in far] - np.exp(far)) < 1e-40)
 
 
+def test_poly_sincos_accuracy():
+    # against numpy's sin/cos (an independent implementation), dense near 0 and the quadrant
+    # boundaries, and over the whole range in which the cpu backend uses it
+    quadrants = np.arange(-400, 401) * (np.pi / 4)
+    near = np.concatenate([np.linspace(-200, 200, 40001), quadrants, np.nextafter(quadrants, 0),
+                           np.geomspace(1e-300, 1, 50), -np.geomspace(1e-300, 1, 50), [0.0, -0.0]])
+    far = np.random.default_rng(0).uniform(-pm.SINCOS_MAX, pm.SINCOS_MAX, 20000)
+    for x, tol in ((near, 2.3e-16), (far, 4.5e-16)):
+        got = np.array([pm.poly_sincos(v) for v in x])
+        assert np.abs(got[:, 0] - np.sin(x)).max() <= tol
+        assert np.abs(got[:, 1] - np.cos(x)).max() <= tol
+    tiny = np.geomspace(1e-300, 1e-8, 20)  # sin x = x to the last bit there
+    np.testing.assert_array_equal([pm.poly_sincos(v)[0] for v in tiny], tiny)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("form", ["sq", "gp"])
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_feature_penalty_matches_a_direct_loop(backend, dtype, form, d):
+    rng = np.random.default_rng(d)
+    n, K = 37, 19
+    dpsi, A, w = rng.normal(size=(n, K)).astype(dtype), rng.normal(size=(K, d)), rng.normal(size=K)
+    sq, back = get_backend(backend).feature_penalty(dpsi, A.astype(dtype), w.astype(dtype), form)
+    assert sq.dtype == dtype and back.dtype == dtype and sq.shape == (n,) and back.shape == (K,)
+    want_sq, want_back = np.empty(n), np.zeros(K)
+    D = dpsi.astype(np.float64)
+    for i in range(n):  # G_i = A^T (dpsi_i * w); back += c_i dpsi_i * (A G_i)
+        G = A.T @ (D[i] * w)
+        want_sq[i] = G @ G
+        norm = np.sqrt(want_sq[i] + 1e-12)
+        c = 1.0 if form == "sq" else 2.0 * (norm - 1.0) / norm
+        want_back += c * D[i] * (A @ G)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(sq, want_sq, rtol=tol, atol=tol)
+    np.testing.assert_allclose(back, want_back, rtol=tol, atol=tol * np.abs(want_back).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_random_features_with_phases_beyond_the_polynomial_range(dtype):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, 3)).astype(dtype)
+    X[7] = [3e5, -2e5, 1e5]  # phases up to ~1e6: the cpu backend falls back to math.cos/sin
+    A, b = rng.normal(size=(20, 3)).astype(dtype), rng.uniform(-3, 3, 20).astype(dtype)
+    got = get_backend("cpu").random_features(X, A, b, "cos", 0.5)
+    want = get_backend("numpy").random_features(X, A, b, "cos", 0.5)
+    tol = 1e-12 if dtype == np.float64 else 2e-7
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=tol)
+    X[3, 0] = np.inf  # a diverged particle: NaN features, as on the reference
+    for g in get_backend("cpu").random_features(X, A, b, "cos", 0.5):
+        assert np.isnan(g[3]).all() and np.isfinite(g[:3]).all()
+
+
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_pairmath_keeps_float32(name):
     """No literal may promote float32 per-pair maths to float64 (it would run at float64 speed on a GPU)."""
@@ -255,7 +309,8 @@ def test_pairmath_keeps_float32(name):
 
 def test_every_backend_exposes_the_same_functions():
     from particlegan.backends import cuda_backend, numpy_backend
-    api = ("kernel_sum", "kernel_grad_sum", "kernel_value_and_grad_sum", "pair_sum", "random_features", "ntk_apply")
+    api = ("kernel_sum", "kernel_grad_sum", "kernel_value_and_grad_sum", "pair_sum", "random_features", "ntk_apply",
+           "feature_penalty")
     for module in (numpy_backend, cpu_backend, cuda_backend):
         missing = [f for f in api if not callable(getattr(module, f, None))]
         assert not missing, (module.NAME, missing)

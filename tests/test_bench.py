@@ -61,12 +61,12 @@ def test_row_hooks_add_rows(monkeypatch):
 
 
 def test_csv_has_exact_columns_and_round_trips(tmp_path):
-    rows = [bench.BenchRow("kernel_sum", "cpu", 1000, 1000, 2, "float64", 1.25e9),
-            bench.BenchRow("step", "cpu", 256, 256, 2, "float32", 31.5)]
+    rows = [bench.BenchRow("kernel_sum", "cpu", 1000, 1000, 2, "float64", 1.25e9, 12.5),
+            bench.BenchRow("step", "cpu", 256, 256, 2, "float32", 31.5, 3.0)]
     path = tmp_path / "b.csv"
     bench.write_csv(rows, path)
     with open(path, newline="") as fh:
-        assert next(csv.reader(fh)) == ["op", "method", "n", "m", "d", "dtype", "pairs_per_s"]
+        assert next(csv.reader(fh)) == ["op", "method", "n", "m", "d", "dtype", "pairs_per_s", "peak_mb"]
     assert bench.read_csv(path) == rows
 
 
@@ -92,10 +92,13 @@ def test_cli_bench_writes_csv_and_prints_table(tmp_path, monkeypatch):
         calls.append(quick)
         return [bench.BenchRow("kernel_sum", "cpu", 10, 10, 2, "float64", 7.0)]
     monkeypatch.setattr(bench, "run_benchmark", fake_run)
+    monkeypatch.setattr(bench, "startup_times", lambda: [("numpy", 1.0), ("cpu, warm cache", 1.5)])
+    monkeypatch.setattr(bench, "record_times", lambda: [(1, 1e-4, 1e-3), (2028, 1e-4, 0.09)])
     path = tmp_path / "out.csv"
     result = CliRunner().invoke(main, ["bench", "--quick", "--csv", str(path)])
     assert result.exit_code == 0, result.output
     assert calls == [True] and "kernel_sum" in result.output
+    assert "+0.50 s over numpy" in result.output and "k = 2028" in result.output
     assert bench.read_csv(path)[0].pairs_per_s == 7.0
     bad = CliRunner().invoke(main, ["bench", "--csv", str(tmp_path / "no" / "such" / "dir.csv")])
     assert bad.exit_code == 2 and "cannot write benchmark CSV" in bad.output
@@ -104,7 +107,7 @@ def test_cli_bench_writes_csv_and_prints_table(tmp_path, monkeypatch):
 def test_script_runs_the_same_function(tmp_path):
     out = tmp_path / "s.csv"
     proc = subprocess.run([sys.executable, "sims/bench/run_bench.py", "--sizes", "30", "--dims", "2",
-                           "--methods", "scipy_cdist", "--csv", str(out)], cwd=REPO, capture_output=True,
+                           "--methods", "scipy_cdist", "--csv", str(out), "--table-only"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "scipy_cdist" in proc.stdout
@@ -124,3 +127,36 @@ def test_run_benchmark_adds_step_rows_for_backend_methods_only():
     rows = bench.run_benchmark(quick=True, sizes=(30,), dims=(2,), methods=("scipy_cdist", "cpu"),
                                ops=("kernel_sum",), step_n=150)
     assert [(r.method, r.n) for r in rows if r.op == "step"] == [("cpu", 150)]
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    _, small = bench.peak_memory_mb(lambda: np.ones(10))
+    result, big = bench.peak_memory_mb(lambda: float(np.ones(40 * 2 ** 20 // 8).sum()))  # 40 MiB, freed
+    assert result == 40 * 2 ** 20 // 8
+    assert 35 < big < 80 and small < 5
+
+
+def test_step_rows_report_the_run_peak_memory():
+    (row,) = bench.simulator_step_rows(n=2000, methods=("numpy_broadcast",), min_time=0.0, max_repeats=1)
+    # at least the targets' and particles' arrays; far below keeping all (M, K) features thrice
+    assert 0.05 < row.peak_mb < 200
+
+
+def test_record_times_compare_appending_with_rewriting():
+    (k1, a1, r1), (k2, a2, r2) = bench.record_times(table_sizes=(1, 400), repeats=4)
+    assert (k1, k2) == (1, 400) and min(a1, a2, r1, r2) > 0  # measured; never compared here
+
+
+def test_torch_peer_computes_the_same_sums_when_installed():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    X, Y, w = rng.normal(size=(30, 4)), rng.normal(size=(25, 4)), rng.normal(size=25)
+    for op in ("kernel_sum", "kernel_grad"):
+        np.testing.assert_allclose(bench._method_fn("torch")(op, X, Y, w, 0.5),
+                                   bench._numpy_blas(op, X, Y, w, 0.5), rtol=1e-10, atol=1e-12)
+
+
+def test_table_names_missing_peers(monkeypatch):
+    monkeypatch.setattr(bench, "missing_peers", lambda: ("pykeops",))
+    table = bench.format_table([bench.BenchRow("kernel_sum", "cpu", 10, 10, 2, "float64", 7.0, 1.0)])
+    assert "peers not installed, skipped: pykeops" in table

@@ -35,7 +35,7 @@ def _leaf_example(sec, key):
     return {"int": lambda d: d + 1, "float": lambda d: d * 0.5 if d else 0.5,
             "bool": lambda d: not d, "str": lambda d: d, "path": lambda d: "/data/x.npy",
             "sha256": lambda d: "ab" * 32,
-            "float?": lambda d: 0.5, "floats": lambda d: [0.3, 0.6]}[spec.kind](spec.default)
+            "float?": lambda d: 0.5, "floats": lambda d: [0.3, 0.6], "ints": lambda d: [8, 16]}[spec.kind](spec.default)
 
 
 @pytest.mark.parametrize("sec,key", [(s, k) for s in SCHEMA for k in SCHEMA[s]])
@@ -135,10 +135,14 @@ def test_default_config_is_a_fresh_copy():
     assert default_config()["critic"]["mmd_sigmas"] == [0.2]
 
 
-def test_mlp_critic_needs_the_neural_model():
-    with pytest.raises(ConfigError, match="model.type"):
-        resolve_config(overrides=["critic.type=mlp"])
-    assert resolve_config(overrides=["critic.type=mlp", "model.type=neural"])["critic"]["type"] == "mlp"
+def test_mlp_critic_in_both_models_with_per_layer_widths():
+    for model in ("particle", "neural"):
+        cfg = resolve_config(overrides=["critic.type=mlp", f"model.type={model}", "critic.widths=[64, 1024, 64]"])
+        assert cfg["critic"]["widths"] == [64, 1024, 64]
+    assert resolve_config(overrides=["critic.widths=32"])["critic"]["widths"] == [32]
+    for bad, words in (("[0, 4]", ">= 1"), ("[1.5]", "integers"), ('["a"]', "integers"), ("true", "integers")):
+        with pytest.raises(ConfigError, match=words):
+            resolve_config(overrides=[f"critic.widths={bad}"])
 
 
 def test_kid_observable_and_schedule_defaults():

@@ -34,23 +34,88 @@ def test_feature_values_and_grads_match_direct_formula_and_fd(kind):
         np.testing.assert_allclose(g[:, k], (direct(x + e) - direct(x - e)) / (2 * h), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
 @pytest.mark.parametrize("kind", cr.FEATURE_CRITICS)
 @pytest.mark.parametrize("penalty", ["none", "fake", "real", "interpolates"])
 @pytest.mark.parametrize("obj", OBJECTIVES)
-def test_critic_objective_gradient_finite_difference(kind, penalty, obj):
+def test_critic_objective_gradient_finite_difference(kind, penalty, obj, backend):
+    be = get_backend(backend)
     fm, x, y, w, rng = _setup(kind)
     objective = make_objective(*obj)
-    real, fake = cr.feature_batch(fm, y, NP), cr.feature_batch(fm, x, NP)
+    real, fake = cr.feature_batch(fm, y, be), cr.feature_batch(fm, x, be)
     xhat = cr.interpolates(x, y, rng)
-    pen = cr.feature_batch(fm, xhat, NP)
+    pen = cr.feature_batch(fm, xhat, be)
 
     def J(wv):
-        return cr.feature_critic_objective(fm, wv, real, fake, objective, penalty, 0.7, pen, 0.05)[0]
+        return cr.feature_critic_objective(fm, wv, real, fake, objective, penalty, 0.7, pen, 0.05, be)[0]
 
-    _, grad = cr.feature_critic_objective(fm, w, real, fake, objective, penalty, 0.7, pen, 0.05)
+    _, grad = cr.feature_critic_objective(fm, w, real, fake, objective, penalty, 0.7, pen, 0.05, be)
     h = 1e-6
     fd = np.array([(J(w + h * e) - J(w - h * e)) / (2 * h) for e in np.eye(len(w))])
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("keep", [(False, False), (True, False), (False, True)])
+def test_streamed_target_features_equal_the_whole_batch(backend, dtype, keep):
+    import dataclasses
+
+    be = get_backend(backend)
+    rng = np.random.default_rng(3)
+    fm = cr.make_feature_map("rff", 0.7, 48, 3, rng)
+    fm = dataclasses.replace(fm, A=fm.A.astype(dtype), b=fm.b.astype(dtype))
+    y = rng.normal(size=(1001, 3)).astype(dtype)
+    whole = cr.feature_batch(fm, y, be)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for chunk, bitwise in ((48 * 7, False), (48 * 1000, False), (48 * 1001, True)):
+        fb = cr.target_feature_batch(fm, y, be, *keep, chunk_elems=chunk)
+        assert fb.mean_psi.dtype == whole.mean_psi.dtype and fb.mean_psi.shape == (48,)
+        if bitwise:  # fits one chunk: built exactly as the whole batch
+            np.testing.assert_array_equal(fb.mean_psi, whole.mean_psi)
+        np.testing.assert_allclose(fb.mean_psi, whole.mean_psi, rtol=tol, atol=tol * 1e-2)
+        for kept, got, want in zip(keep, (fb.psi, fb.dpsi), (whole.psi, whole.dpsi)):
+            if kept:
+                np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+            else:
+                assert got is None
+
+
+@pytest.mark.parametrize("loss, want", [
+    ({"kind": "ipm", "penalty": "fake"}, (False, False)),
+    ({"kind": "ipm", "penalty": "real"}, (False, True)),
+    ({"kind": "ipm", "penalty": "real", "penalty_weight": 0.0}, (False, False)),
+    ({"kind": "minimax", "penalty": "interpolates"}, (True, False)),
+    ({"kind": "alpha", "penalty": "real"}, (True, True)),
+])
+def test_target_features_kept_are_those_the_objective_reads(loss, want):
+    from particlegan.config import resolve_config
+    from particlegan.dynamics import build_model
+
+    items = [f"loss.{k}={v!r}" if isinstance(v, str) else f"loss.{k}={v}" for k, v in loss.items()]
+    items = [i.replace("'", '"') for i in items]
+    cfg = resolve_config(overrides=items + ["particles.n=16", "target.n_samples=64", "critic.features=16",
+                                            "dynamics.critic_steps_startup=1", "observables.mmd_samples=16"])
+    assert cr.target_feature_needs(cfg["loss"]) == want
+    model, _ = build_model(cfg)
+    real = model.critic.real
+    assert (real.psi is not None, real.dpsi is not None) == want
+
+
+def test_streaming_the_targets_features_bounds_the_memory():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    fm = cr.make_feature_map("rff", 1.0, 256, 2, rng)
+    y = rng.normal(size=(40_000, 2))  # psi + dpsi: 164 MB
+    peaks = {}
+    for keep in ((True, True), (False, False)):
+        tracemalloc.start()
+        cr.target_feature_batch(fm, y, NP, *keep, chunk_elems=1 << 20)
+        peaks[keep] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[(True, True)] > 2 * 40_000 * 256 * 8
+    assert peaks[(False, False)] < 0.2 * peaks[(True, True)]
 
 
 def test_penalty_values_match_direct_gradient_norms():

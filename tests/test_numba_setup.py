@@ -1,6 +1,6 @@
-"""particlegan.numba_setup: 512-bit vectors for the numba kernels on AVX-512 hosts, applied at
-import time, opt-out by environment, recorded in meta.json; results agree with the default
-code generation to rounding."""
+"""particlegan.numba_setup: 512-bit vectors for the numba kernels on AVX-512 hosts and sleeping
+idle OpenMP threads, applied when the cpu backend is chosen (not at import), opt-out by
+environment, recorded in meta.json; results agree with the default code generation to rounding."""
 import json
 import os
 import subprocess
@@ -12,8 +12,9 @@ import pytest
 PROBE = """
 import json, os, sys
 {pre}
-import particlegan
-import numba
+before = dict(os.environ)
+import particlegan, particlegan.api, particlegan.simulate, particlegan.sweep
+assert dict(os.environ) == before, "importing particlegan changed the environment"
 from particlegan.numba_setup import vector_width_setting
 from particlegan.backends import get_backend
 from particlegan.kernels import make_kernel
@@ -21,14 +22,16 @@ import numpy as np
 rng = np.random.default_rng(0)
 X, Y, w = rng.normal(size=(300, 2)), rng.normal(size=(500, 2)), rng.normal(size=500)
 out = get_backend("cpu").kernel_sum(X, Y, w, make_kernel("gaussian", sigma=0.5))
+import numba
 print(json.dumps({{"setting": vector_width_setting(), "features": numba.config.CPU_FEATURES or "",
-                   "out": out.tolist()}}))
+                   "wait": os.environ.get("OMP_WAIT_POLICY"), "out": out.tolist()}}))
 """
 
 
 def _probe(env_extra=None, pre=""):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
-    env.pop("PARTICLEGAN_VECTOR_WIDTH", None)
+    for key in ("PARTICLEGAN_VECTOR_WIDTH", "PARTICLEGAN_OMP_WAIT", "OMP_WAIT_POLICY"):
+        env.pop(key, None)
     env.update(env_extra or {})
     res = subprocess.run([sys.executable, "-c", PROBE.format(pre=pre)], capture_output=True, text=True,
                          env=env, timeout=300)
@@ -47,6 +50,19 @@ def test_opt_out_and_numba_imported_first_leave_the_default():
     assert _probe({"PARTICLEGAN_VECTOR_WIDTH": "default"})["setting"] == "default"
     assert _probe(pre="import numba")["setting"] == "default"
     assert _probe({"NUMBA_CPU_NAME": "generic"})["setting"] == "default"
+
+
+def test_idle_threads_sleep_unless_the_user_chose_otherwise():
+    assert _probe()["wait"] == "PASSIVE"
+    assert _probe({"OMP_WAIT_POLICY": "ACTIVE"})["wait"] == "ACTIVE"
+    assert _probe({"PARTICLEGAN_OMP_WAIT": "default"})["wait"] is None
+
+
+def test_importing_particlegan_touches_no_matplotlib_backend():
+    code = ("import matplotlib; before = matplotlib.rcParams['backend']; "
+            "import particlegan.plotting, particlegan.plotting_movie, particlegan.plotting_stability; "
+            "assert matplotlib.rcParams['backend'] == before")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": "pdf"})
 
 
 def test_avx512_hosts_get_512_bit_vectors_with_the_same_results():

@@ -111,3 +111,33 @@ def test_kid_observable_draws_from_the_given_stream():
     second = kid_observable(x, y, 3, 10, rng)       # the stream moved on: other subsets
     assert first != second
     assert kid_observable(x, y, 3, 10, np.random.default_rng(0)) == first
+
+
+def test_cosine_observables_match_a_direct_loop():
+    import math
+
+    from particlegan.observables import cosine_observables
+
+    rng = np.random.default_rng(4)
+    y = rng.random((6, 5))
+    x = np.concatenate([y[[0, 0, 3]] * 2.0 + 1e-3 * rng.normal(size=(3, 5)), rng.random((4, 5))])
+    got = cosine_observables(x, y)
+
+    def cos(a, b):
+        return sum(ai * bi for ai, bi in zip(a, b)) / math.sqrt(sum(v * v for v in a) * sum(v * v for v in b))
+    assign, best = [], []
+    for xi in x:
+        dists = [1 - cos(xi, ym) for ym in y]
+        m = min(range(len(y)), key=lambda k: dists[k])
+        assign.append(m)
+        best.append(dists[m])
+    p = [assign.count(m) / len(x) for m in range(len(y))]
+    want_c = math.log(len(y)) + sum(pm * math.log(pm + 1e-8) for pm in p)
+    spread = [abs(cos(x[i], x[j])) for i in range(len(x)) for j in range(len(x)) if i != j]
+    assert got["collapse_cos"] == pytest.approx(want_c, abs=1e-12)
+    assert got["quality_cos"] == pytest.approx(sum(best) / len(best), abs=1e-12)
+    assert got["spread_cos"] == pytest.approx(sum(spread) / len(spread), abs=1e-12)
+    assert got["targets_hit"] == len(set(assign)) and assign[:3] == [0, 0, 3]
+    # every target hit once: C ~ 0; all particles on one target: C = log M
+    assert cosine_observables(y * 3, y)["collapse_cos"] == pytest.approx(0, abs=1e-6)
+    assert cosine_observables(np.repeat(y[:1], 6, axis=0), y)["collapse_cos"] == pytest.approx(math.log(6), abs=1e-6)

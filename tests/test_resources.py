@@ -35,7 +35,7 @@ def test_estimate_is_within_a_factor_two_of_the_measured_peak(extra):
 
 
 @pytest.mark.parametrize("key,part", [("particles.n=1000000000", "features"),
-                                      ("target.n_samples=1000000000", "features"),
+                                      ("target.n_samples=1000000000", "blocks"),  # IPM: targets features streamed
                                       ("target.dim=1000000000", "blocks")])
 def test_huge_sizes_are_refused_before_allocating(tmp_path, key, part):
     res = CliRunner().invoke(main, ["run", "--set", key, "--out", str(tmp_path / "r"), "--no-plot"])

@@ -135,3 +135,45 @@ def test_atomic_write_csv_round_trips_and_formats_floats(tmp_path):
     with pytest.raises(DataError, match="no rows"):
         atomic_write_csv(tmp_path / "e.csv", [])
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------------------ IDX files ---
+def _idx_bytes(arr, type_byte=0x08):
+    import struct
+    head = bytes([0, 0, type_byte, arr.ndim]) + b"".join(struct.pack(">I", n) for n in arr.shape)
+    return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dtype, type_byte", [(np.uint8, 0x08), (np.int16, 0x0B), (np.float32, 0x0D)])
+def test_read_idx_round_trips_images_plain_and_gzipped(tmp_path, gz, dtype, type_byte):
+    import gzip
+
+    from particlegan.storage import read_idx
+
+    imgs = (np.arange(5 * 4 * 3) % 251).astype(dtype).reshape(5, 4, 3)
+    path = tmp_path / ("x.idx.gz" if gz else "x.idx")
+    data = _idx_bytes(imgs, type_byte)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    got = read_idx(path, "target.path")
+    assert got.dtype == np.dtype(dtype) and got.dtype.isnative
+    np.testing.assert_array_equal(got, imgs)
+    np.testing.assert_array_equal(read_idx(path, "target.path", max_items=2), imgs[:2])
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda b: b"\x08\x03" + b[2:], "bad magic number"),
+    (lambda b: b[:2] + b"\x07" + b[3:], "unknown IDX data type"),
+    (lambda b: b[:-5], "truncated"),
+    (lambda b: b[:10], "truncated"),
+    (lambda b: b"", "bad magic number"),
+])
+def test_read_idx_refuses_bad_files_in_one_line(tmp_path, mutate, words):
+    from particlegan.errors import DataError
+    from particlegan.storage import read_idx
+
+    path = tmp_path / "bad-idx3-ubyte"
+    path.write_bytes(mutate(_idx_bytes(np.zeros((3, 4, 4), np.uint8))))
+    with pytest.raises(DataError, match=words) as info:
+        read_idx(path, "target.path")
+    assert "target.path" in str(info.value) and "\n" not in str(info.value)

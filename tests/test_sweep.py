@@ -295,17 +295,39 @@ def test_rerun_skips_finished_runs_and_redoes_unfinished_ones(tmp_path):
     assert without_wall_time(read_csv(out / "results.csv")) == without_wall_time(rows)
 
 
-def test_results_csv_is_rewritten_after_every_run(tmp_path):
+def test_results_csv_gains_one_complete_row_per_finished_run_without_being_rewritten(tmp_path):
+    # O(1) per record: the table is appended to (same inode, never reread), each state parseable
     seen = []
+    path = tmp_path / "sw" / "results.csv"
 
     class Checking(Reporter):
         def advance(self, n=1):
             super().advance(n)
-            seen.append(len(read_csv(tmp_path / "sw" / "results.csv")))
+            seen.append((len(read_csv(path)), path.stat().st_ino, path.read_bytes()))
 
     report = run_sweep(tiny_plan("generator.phi=0,0.25,0.5"), tmp_path / "sw", in_process=True, plot=False,
                        reporter=Checking(enabled=False))
-    assert report.n_ok == 3 and seen == [1, 2, 3]
+    assert report.n_ok == 3 and [n for n, _, _ in seen] == [1, 2, 3]
+    assert len({ino for _, ino, _ in seen}) == 1  # appended in place, not replaced by a new file
+    for (_, _, before), (_, _, after) in zip(seen, seen[1:]):
+        assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 1
+    assert len(read_csv(path)) == 3
+
+
+def test_appended_rows_are_put_in_plan_order_when_the_sweep_ends(tmp_path):
+    from particlegan.sweep import ResultsAppender
+
+    plan = tiny_plan("generator.phi=0,0.25,0.5")
+    outcomes = {}
+    table = ResultsAppender(tmp_path / "results.csv", plan, outcomes)
+    for run in reversed(plan.runs):  # finished in reverse order
+        outcomes[run.run_id] = {"status": "failed", "summary": None, "wall_time_s": 1.0, "error": "x, \"y\""}
+        table.append(run, outcomes[run.run_id])
+    rows = read_csv(tmp_path / "results.csv")
+    assert [r["run_id"] for r in rows] == [r.run_id for r in reversed(plan.runs)]
+    assert rows[0]["error"] == 'x, "y"'  # quoted like the csv module quotes
+    table.close(outcomes)
+    assert [r["run_id"] for r in read_csv(tmp_path / "results.csv")] == [r.run_id for r in plan.runs]
 
 
 def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):

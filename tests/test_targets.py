@@ -43,3 +43,41 @@ def test_gaussian_init_statistics():
     x = init_particles(cfg["particles"], 2, np.random.default_rng(0))
     np.testing.assert_allclose(x.std(axis=0), 0.1, rtol=0.03)
     np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=0.004)
+
+
+def _write_idx(path, imgs):
+    import struct
+    path.write_bytes(bytes([0, 0, 8, 3]) + b"".join(struct.pack(">I", n) for n in imgs.shape) + imgs.tobytes())
+
+
+def test_idx_target_takes_first_images_or_indices_and_normalizes(tmp_path):
+    from particlegan.config import resolve_config
+    from particlegan.targets import make_target
+
+    imgs = np.random.default_rng(0).integers(0, 256, size=(10, 3, 3)).astype(np.uint8)
+    _write_idx(tmp_path / "imgs-idx3-ubyte", imgs)
+    base = ["target.kind=idx", f"target.path={tmp_path / 'imgs-idx3-ubyte'}", "target.dim=9"]
+    t = make_target(resolve_config(overrides=base + ["target.n_samples=4"])["target"], None)
+    np.testing.assert_array_equal(t.samples, imgs[:4].reshape(4, 9).astype(float))
+    assert t.centres is t.samples
+    cfg = resolve_config(overrides=base + ["target.indices=[7, 2]", 'target.normalize="mnist"'])
+    t = make_target(cfg["target"], None)
+    np.testing.assert_allclose(t.samples, (imgs[[7, 2]].reshape(2, 9) / 255 - 0.1307) / 0.3081)
+    cfg = resolve_config(overrides=base + ["target.n_samples=3", 'target.normalize="unit"'])
+    assert make_target(cfg["target"], None).samples.max() <= 1.0
+
+
+@pytest.mark.parametrize("extra, words", [(["target.dim=8"], "target.dim = 8"),
+                                          (["target.indices=[10]"], "target.indices")])
+def test_idx_target_mismatches_are_one_line_errors(tmp_path, extra, words):
+    from click.testing import CliRunner
+
+    from particlegan.cli import main
+
+    _write_idx(tmp_path / "i", np.zeros((10, 3, 3), np.uint8))
+    args = ["run", "--no-plot", "--out", str(tmp_path / "r")]
+    for item in ["target.kind=idx", f"target.path={tmp_path / 'i'}", "target.dim=9", *extra]:
+        args += ["--set", item]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and words in res.output and res.output.count("\n") == 1
+    assert not (tmp_path / "r").exists()

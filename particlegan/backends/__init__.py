@@ -7,6 +7,8 @@
 * ``kernel_value_and_grad_sum(X, Y, w, kernel) -> ((n,), (n, d))``  both (one pass on cpu/cuda)
 * ``pair_sum(X, Y, kernel) -> float``                sum_{i,j} k(x_i, y_j)
 * ``random_features(X, A, b, activation, scale) -> (psi, dpsi)``, each (n, K)
+* ``feature_penalty(dpsi, A, w, form) -> (sq (n,), back (K,))``  input-gradient norms of f = psi w
+  and their pull-back to w (the gradient penalty of the random-feature critics)
 * ``ntk_apply(Z, F, kind, sigma_w, sigma_b) -> (N, d)``  out_i = sum_j Theta(z_i, z_j) F_j
 
 Backends: ``numpy`` (chunked reference oracle), ``cpu`` (numba parallel drivers),
@@ -44,6 +46,10 @@ def get_backend(name: str):
     if name == "numpy":
         from . import numpy_backend
         return numpy_backend
+    if name in ("cpu", "cuda"):
+        from ..numba_setup import configure
+
+        configure()  # before numba's first import (vector width, sleeping idle threads)
     if name == "cpu":
         from . import cpu_backend
         return cpu_backend

@@ -10,8 +10,9 @@ Design (ecosystem-anchors 1.2):
   only, because numba's ``math.exp`` no longer vectorises (no SVML since numba 0.62).
 * d >= ``HIGH_D`` (every kernel): the cross products x.y come from BLAS over row blocks, with both
   point sets shifted by the centres' mean first so that r2 = |x'|^2 + |y'|^2 - 2 x'.y' loses
-  little precision; gradients are a second BLAS product with the coefficient block. float32
-  Gaussians there use numpy's SIMD float32 exp on the block instead of the float64 poly-exp.
+  little precision; gradients are a second BLAS product with the coefficient block. Gaussians
+  there take one fused parallel pass per Gram block (r2, poly-exp, weighted sums, coefficients)
+  in float64, also when the Gram block itself is float32.
 * Other kernels in low d: a direct loop calling :func:`~particlegan.pairmath.pair_terms`.
 * NTK apply: row blocks of Theta (BLAS Gram, per-entry closed form in numba, BLAS product), so
   memory is O(block N) and the N x N matrix is never held when N is large.
@@ -22,12 +23,13 @@ Results are returned in the input's float dtype.
 """
 from __future__ import annotations
 
-import os
+import math
 
 import numpy as np
 from numba import njit, prange
 
 from .. import pairmath as pm
+from . import jit_cache
 from ..kernels import KernelSpec, anchor
 from .numpy_backend import check_features, check_ntk, check_points, out_dtype
 
@@ -38,10 +40,17 @@ ROWS = 16            # target points per parallel work item (they share each cen
 GRAM_ELEMS = 1 << 21  # entries of one BLAS Gram block (16 MB in float64)
 
 # fast-math without nnan/ninf, so that NaN/inf still propagate to the divergence checks
-# On-disk caching of the compiled drivers is opt-in (PARTICLEGAN_NUMBA_CACHE=1): numba keys its
-# cache on this file only, so an edit of pairmath.py alone would leave stale machine code behind.
-_CACHE = os.environ.get("PARTICLEGAN_NUMBA_CACHE", "0") == "1"
 _FM = {"contract", "reassoc", "arcp", "nsz", "afn"}
+
+
+def _driver(**options):
+    """``njit(parallel=True, **options)`` with the package's disk cache (:mod:`.jit_cache`:
+    compiled once per package version and CPU, reused by every later process)."""
+    def wrap(fn):
+        dispatcher = njit(parallel=True, **options)(fn)
+        jit_cache.attach(dispatcher)
+        return dispatcher
+    return wrap
 
 
 # ------------------------------------------------------------------ Gaussian, low d --------
@@ -64,7 +73,7 @@ def _tile_r2(xi, Yt, j0, j1, r2):
             r2[jj] += t * t
 
 
-@njit(parallel=True, fastmath=_FM, cache=_CACHE)
+@_driver(fastmath=_FM)
 def _gauss_sum_lowd(X, Yt, w, mix, out):
     """out_i = sum_j w_j sum_s ws_s exp(-a_s |x_i - y_j|^2); Yt is (d, m), mix rows (a_s, -, ws_s).
 
@@ -101,7 +110,7 @@ def _gauss_sum_lowd(X, Yt, w, mix, out):
             out[i] = acc[i - i0]
 
 
-@njit(parallel=True, fastmath=_FM, cache=_CACHE)
+@_driver(fastmath=_FM)
 def _gauss_value_grad_lowd(X, Yt, w, mix, out_v, out_g):
     """Values as in :func:`_gauss_sum_lowd` and gradients out_g[i] = sum_j c_ij (x_i - y_j),
     c_ij = w_j sum_s ws_s (-2 a_s) exp(-a_s r2_ij); same tile-outer order."""
@@ -154,7 +163,7 @@ def _gauss_value_grad_lowd(X, Yt, w, mix, out_v, out_g):
 
 
 # ------------------------------------------------------------- any kernel, low d -----------
-@njit(parallel=True, cache=_CACHE)
+@_driver()
 def _generic_lowd(X, Y, w, code, p, mix, aa, bb, want_grad, out_v, out_g, out_saa):
     """Direct per-pair loop for any kernel.
 
@@ -190,35 +199,58 @@ def _generic_lowd(X, Y, w, code, p, mix, aa, bb, want_grad, out_v, out_g, out_sa
 
 
 # ------------------------------------------------------------------ BLAS path, high d ------
-@njit(parallel=True, fastmath=_FM, cache=_CACHE)
+@_driver(fastmath=_FM)
 def _gauss_from_gram(G, xx, yy, w, mix, want_grad, out_v, c_sum):
     """Gaussian sums from a Gram block G = X' Y'^T (shifted points) and squared norms xx, yy.
 
-    out_v[i] = sum_j w_j k_ij.  With want_grad, G is overwritten by c_ij = 2 w_j dk/dr2 and
-    c_sum[i] = sum_j c_ij, so that grad_i = x'_i c_sum[i] - (C Y')_i.
+    out_v[i] = sum_j w_j k_ij, r2_ij = xx_i + yy_j - 2 G_ij.  With want_grad, G is overwritten
+    by c_ij = 2 w_j dk/dr2 and c_sum[i] = sum_j c_ij, so that grad_i = x'_i c_sum[i] - (C Y')_i.
+    G may be float32 (from a float32 GEMM): r2, exp and the sums are still float64, so the only
+    float32 rounding is that of the Gram entries (and of c_ij for the gradient GEMM).
+    One fused pass per row; the common single Gaussian has its own loop without the mixture
+    loop inside, which is what lets LLVM vectorise it (~1.3 ns per pair on 2 AVX2 cores,
+    5x the mixture loop).
     """
     n, m = G.shape
     n_s = mix.shape[1]
+    neg_a0, ws0 = -mix[0, 0], mix[2, 0]
     for i in prange(n):
+        gi = G[i]
+        xi = xx[i]
         acc = 0.0
         csum = 0.0
-        for j in range(m):
-            r2 = max(xx[i] + yy[j] - 2.0 * G[i, j], 0.0)
-            kv = 0.0
-            c = 0.0
-            for s in range(n_s):
-                e = mix[2, s] * pm.poly_exp(-mix[0, s] * r2)
-                kv += e
-                c -= 2.0 * mix[0, s] * e
-            acc += w[j] * kv
+        if n_s == 1:
             if want_grad:
-                G[i, j] = w[j] * c
-                csum += w[j] * c
+                for j in range(m):
+                    r2 = max(xi + yy[j] - 2.0 * gi[j], 0.0)
+                    e = w[j] * ws0 * pm.poly_exp(neg_a0 * r2)
+                    acc += e
+                    c = 2.0 * neg_a0 * e
+                    gi[j] = c
+                    csum += c
+            else:
+                for j in range(m):
+                    r2 = max(xi + yy[j] - 2.0 * gi[j], 0.0)
+                    acc += w[j] * pm.poly_exp(neg_a0 * r2)
+                acc *= ws0
+        else:
+            for j in range(m):
+                r2 = max(xi + yy[j] - 2.0 * gi[j], 0.0)
+                kv = 0.0
+                c = 0.0
+                for s in range(n_s):
+                    e = mix[2, s] * pm.poly_exp(-mix[0, s] * r2)
+                    kv += e
+                    c -= 2.0 * mix[0, s] * e
+                acc += w[j] * kv
+                if want_grad:
+                    gi[j] = w[j] * c
+                    csum += w[j] * c
         out_v[i] = acc
         c_sum[i] = csum
 
 
-@njit(parallel=True, cache=_CACHE)
+@_driver()
 def _generic_from_gram(G, xx, yy, xc, yc, cc, w, code, p, mix, aa, bb, want_grad, out_v, s_r2, s_ab, s_aa):
     """Any kernel from a Gram block G = X' Y'^T of points shifted by c (x = x' + c).
 
@@ -268,29 +300,6 @@ def _anchor_norms(X64, Y64, kernel):
     return x0, ((X64 - x0) ** 2).sum(axis=1), ((Y64 - x0) ** 2).sum(axis=1)
 
 
-def _gauss_from_gram_f32(G, xx, yy, w64, mix, want_grad, Xs, Ys32):
-    """float32 Gaussian block with numpy's SIMD float32 exp (16 lanes; faster here than the
-    float64 poly-exp). Returns (values (b,) float64, gradients (b, d) or None)."""
-    r2 = G
-    r2 *= np.float32(-2.0)
-    r2 += xx.astype(np.float32)[:, None]
-    r2 += yy.astype(np.float32)[None, :]
-    np.maximum(r2, np.float32(0.0), out=r2)
-    w32 = w64.astype(np.float32)
-    kv = np.zeros_like(r2)
-    coef = np.zeros_like(r2) if want_grad else None
-    for s in range(mix.shape[1]):
-        e = np.exp(np.float32(-mix[0, s]) * r2)
-        kv += np.float32(mix[2, s]) * e
-        if want_grad:
-            coef += np.float32(-2.0 * mix[0, s] * mix[2, s]) * e
-    vals = (kv @ w32).astype(np.float64)
-    if not want_grad:
-        return vals, None
-    coef *= w32  # c_ij = w_j 2 dk/dr2, grad_i = x'_i sum_j c_ij - sum_j c_ij y'_j
-    return vals, Xs * coef.sum(axis=1, dtype=np.float64)[:, None] - (coef @ Ys32)
-
-
 def _high_d(X, X64, Y64, w64, kernel, want_grad):
     """BLAS row-block path for any kernel; returns (values (n,), grads (n, d) or None), float64."""
     n, d = X64.shape
@@ -313,11 +322,7 @@ def _high_d(X, X64, Y64, w64, kernel, want_grad):
         rows = slice(start, min(n, start + block))
         G = Xs_g[rows] @ Ys_g.T
         nb = G.shape[0]
-        if gauss and gemm_dtype == np.float32:
-            vals[rows], g = _gauss_from_gram_f32(G, xx[rows], yy, w64, mix, want_grad, Xs[rows], Ys_g)
-            if want_grad:
-                grads[rows] = g
-        elif gauss:
+        if gauss:
             c_sum = np.empty(nb)
             _gauss_from_gram(G, xx[rows], yy, w64, mix, want_grad, vals[rows], c_sum)
             if want_grad:
@@ -393,7 +398,7 @@ def pair_sum(X, Y, kernel: KernelSpec) -> float:
 
 
 # ------------------------------------------------------------------ random features --------
-@njit(parallel=True, cache=_CACHE)
+@_driver()
 def _features_inplace(H, b, is_cos, scale, zero, dpsi):
     """H <- scale act(H + b) and dpsi <- scale act'(H + b) (pairmath.feature_act), row-parallel."""
     n, K = H.shape
@@ -402,25 +407,145 @@ def _features_inplace(H, b, is_cos, scale, zero, dpsi):
             H[i, k], dpsi[i, k] = pm.feature_act(H[i, k] + b[k], is_cos, scale, zero)
 
 
+@_driver()
+def _cos_features_inplace(H, b, scale, dpsi):
+    """H <- scale cos(H + b), dpsi <- -scale sin(H + b) with the vectorising poly_sincos
+    (phases within +-SINCOS_MAX; 6x math.cos + math.sin, which numba cannot vectorise)."""
+    n, K = H.shape
+    for i in prange(n):
+        hi = H[i]
+        di = dpsi[i]
+        for k in range(K):
+            s, c = pm.poly_sincos(np.float64(hi[k] + b[k]))
+            hi[k] = scale * c
+            di[k] = -scale * s
+
+
+@_driver()
+def _cos_features_lowd(X, At, b, scale, psi, dpsi):
+    """psi = scale cos(X A^T + b), dpsi = -scale sin(X A^T + b) with the phases computed in the
+    loop (d < HIGH_D): no GEMM, no phase array, and no hand-over between the BLAS and numba
+    thread pools (the spinning BLAS threads slowed the following pass down by 1.6x). At is (d, K)."""
+    n, d = X.shape
+    K = At.shape[1]
+    for i in prange(n):
+        xi = X[i]
+        pi = psi[i]
+        di = dpsi[i]
+        for k in range(K):  # the phases of row i, one vectorised pass per coordinate
+            pi[k] = b[k]
+        for c in range(d):
+            xc = xi[c]
+            ac = At[c]
+            for k in range(K):
+                pi[k] += xc * ac[k]
+        for k in range(K):  # then the activation, on the row while it is in L1
+            s, co = pm.poly_sincos(np.float64(pi[k]))
+            pi[k] = scale * co
+            di[k] = -scale * s
+
+
 def random_features(X, A, b, activation: str, scale: float):
     """psi = scale act(X A^T + b), dpsi = scale act'(X A^T + b): X (n, d), A (K, d), b (K,) -> (n, K) each.
 
-    X A^T by BLAS in X's float dtype; the activation in one fused parallel pass.
+    cos features use the polynomial sin/cos when every phase is within +-SINCOS_MAX (bounded
+    by Cauchy-Schwarz as max|x_i| max|a_k| + max|b_k|), with the phases computed in the same
+    loop for d < HIGH_D; otherwise X A^T comes from BLAS in X's float dtype and the activation
+    (math.cos / math.sin beyond the polynomial's range) follows in one fused parallel pass.
     """
     X, A, b = check_features(X, A, b, activation)
     dt = out_dtype(X)
-    H = np.ascontiguousarray(X, dtype=dt) @ np.ascontiguousarray(A, dtype=dt).T
-    H = np.ascontiguousarray(H)
+    Xd = np.ascontiguousarray(X, dtype=dt)
+    Ad = np.ascontiguousarray(A, dtype=dt)
+    bd = np.ascontiguousarray(b, dtype=dt)
+    poly = activation == "cos" and Xd.size and Ad.size and _phase_bound(Xd, Ad, bd) <= pm.SINCOS_MAX
+    if poly and 0 < Xd.shape[1] < HIGH_D:
+        psi = np.empty((Xd.shape[0], Ad.shape[0]), dtype=dt)
+        dpsi = np.empty_like(psi)
+        _cos_features_lowd(Xd, np.ascontiguousarray(Ad.T), bd, dt(scale), psi, dpsi)
+        return psi, dpsi
+    H = np.ascontiguousarray(Xd @ Ad.T)
     dpsi = np.empty_like(H)
-    _features_inplace(H, np.ascontiguousarray(b, dtype=dt), activation == "cos", dt(scale), dt(0), dpsi)
+    if poly:
+        _cos_features_inplace(H, bd, dt(scale), dpsi)
+    else:
+        _features_inplace(H, bd, activation == "cos", dt(scale), dt(0), dpsi)
     return H, dpsi
+
+
+def _phase_bound(X, A, b) -> float:
+    """An upper bound of |a_k . x_i + b_k| over all i, k (NaN when an input is not finite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        nx = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64).max())
+        na = np.sqrt(np.einsum("ij,ij->i", A, A, dtype=np.float64).max())
+        return float(nx * na + np.abs(b).max(initial=0.0))
+
+
+# ---------------------------------------------------------------- feature penalty --------
+PENALTY_ITEMS = 64  # row groups of the fused penalty pass, summed in a fixed order at the end
+
+@_driver(fastmath=_FM)
+def _feature_penalty(dpsi, At, wAt, gp, sq, parts):
+    """sq_i = ||G_i||^2, G_i = sum_k dpsi_ik w_k a_k, and parts[t] = sum over the rows of work
+    item t of c_i dpsi_i * (A G_i): one read of each row of dpsi (it stays in L1 for the second
+    loop), where the numpy form reads dpsi twice. At, wAt are (d, K); parts (n_items, K)."""
+    n, K = dpsi.shape
+    d = At.shape[0]
+    n_items = parts.shape[0]
+    per = (n + n_items - 1) // n_items
+    for t in prange(n_items):
+        acc = parts[t]
+        acc[:] = 0.0
+        g = np.empty(d)
+        ag = np.empty(K)
+        for i in range(t * per, min(n, (t + 1) * per)):
+            di = dpsi[i]
+            s2 = 0.0
+            for c in range(d):
+                wc = wAt[c]
+                gc = 0.0
+                for k in range(K):
+                    gc += di[k] * wc[k]
+                g[c] = gc
+                s2 += gc * gc
+            sq[i] = s2
+            coef = 1.0
+            if gp:
+                norm = math.sqrt(s2 + 1e-12)
+                coef = 2.0 * (norm - 1.0) / norm
+            for k in range(K):
+                ag[k] = 0.0
+            for c in range(d):
+                ac = At[c]
+                gc = coef * g[c]
+                for k in range(K):
+                    ag[k] += gc * ac[k]
+            for k in range(K):
+                acc[k] += di[k] * ag[k]
+
+
+def feature_penalty(dpsi, A, w, form: str):
+    """Input-gradient norms sq (n,) of f = psi w and their pull-back back (K,) to w
+    (see numpy_backend.feature_penalty for the formulas): one fused parallel pass over dpsi.
+    Sums in float64; returned in dpsi's float dtype."""
+    dpsi = np.ascontiguousarray(dpsi)
+    dt = out_dtype(dpsi)
+    A64 = np.asarray(A, dtype=np.float64)
+    At = np.ascontiguousarray(A64.T)
+    wAt = np.ascontiguousarray((np.asarray(w, dtype=np.float64)[:, None] * A64).T)
+    n, K = dpsi.shape
+    items = max(1, min(n, PENALTY_ITEMS))  # fixed, not per thread: bitwise the same on 1 or 2 threads
+    sq = np.empty(n)
+    parts = np.empty((items, K))
+    _feature_penalty(dpsi, At, wAt, form == "gp", sq, parts)
+    return sq.astype(dt), parts.sum(axis=0).astype(dt)
 
 
 # ---------------------------------------------------------------------------- NTK ----------
 NTK_BLOCK_ELEMS = 1 << 22  # entries of Theta held at once (32 MB in float64)
 
 
-@njit(parallel=True, cache=_CACHE)
+@_driver()
 def _ntk_from_gram(G, q_rows, q_cols, kind, p):
     """Overwrite a Gram block G = Z_rows Z^T with Theta entries (pairmath.ntk_entry)."""
     n, m = G.shape

@@ -25,6 +25,7 @@ from numba import types as nbtypes
 from .. import pairmath as pm
 from ..kernels import KernelSpec, anchor
 from .numpy_backend import check_features, check_ntk, check_points, out_dtype
+from .numpy_backend import feature_penalty  # noqa: F401  (host-side: two skinny GEMMs, no pair loop)
 
 NAME = "cuda"
 SIMULATED = bool(config.ENABLE_CUDASIM)

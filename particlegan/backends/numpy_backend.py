@@ -141,6 +141,27 @@ def random_features(X, A, b, activation: str, scale: float):
     return s * np.maximum(H, 0), s * (H > 0).astype(dt)
 
 
+def feature_penalty(dpsi, A, w, form: str):
+    """Input-gradient norms of a random-feature critic f = psi w and their pull-back to w.
+
+    With G_i = grad f(x_i) = A^T (dpsi_i * w) (d,):  sq_i = ||G_i||^2 and
+    back = sum_i c_i dpsi_i * (A G_i) (K,), c_i = 1 (form 'sq') or 2 (||G_i|| - 1) / ||G_i||
+    (form 'gp', ||G_i|| from sq_i + 1e-12), so that d sq_i / dw = 2 dpsi_i * (A G_i).
+
+    Parameters
+    ----------
+    dpsi : (n, K).  A : (K, d).  w : (K,).  form : 'sq' or 'gp'.
+
+    Returns
+    -------
+    sq (n,), back (K,), in dpsi's float dtype. Two skinny GEMMs over dpsi, no (n, K) temporary.
+    """
+    G = dpsi @ (w[:, None] * A)                      # (n, d)
+    sq = np.einsum("ij,ij->i", G, G)
+    c = np.ones_like(sq) if form == "sq" else 2.0 * (np.sqrt(sq + 1e-12) - 1.0) / np.sqrt(sq + 1e-12)
+    return sq, np.einsum("kc,kc->k", A, dpsi.T @ (c[:, None] * G))
+
+
 def check_features(X, A, b, activation):
     """Validate random-feature arguments; returns X, A, b as arrays."""
     if activation not in ("cos", "relu"):

@@ -1,12 +1,13 @@
 """Run the pair-sum benchmark (same function as `particlegan bench`) and print its table.
 
 Usage: python sims/bench/run_bench.py [--quick] [--csv PATH] [--sizes 1000,10000] [--dims 2,3]
-       [--dtypes float64,float32] [--methods cpu,scipy_cdist] [--step-n 10000]
+       [--dtypes float64,float32] [--methods cpu,scipy_cdist] [--step-n 10000] [--table-only]
 """
 import argparse
 import sys
 
-from particlegan.bench import STEP_N, format_table, run_benchmark, write_csv
+from particlegan.bench import (STEP_N, format_side_measurements, format_table, record_times, run_benchmark,
+                               startup_times, write_csv)
 from particlegan.errors import ParticleGANError
 
 
@@ -27,6 +28,8 @@ def main(argv=None):
     parser.add_argument("--dtypes", type=_names, default=("float64",), help="float64 and/or float32")
     parser.add_argument("--methods", type=_names, default=None, help="subset of the available methods")
     parser.add_argument("--step-n", type=int, default=STEP_N, help="N = M of the simulator-step rows (0: skip)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="skip the run start-up and results.csv bookkeeping measurements")
     args = parser.parse_args(argv)
     try:
         rows = run_benchmark(quick=args.quick, sizes=args.sizes, dims=args.dims, dtypes=args.dtypes,
@@ -37,6 +40,8 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    if not args.table_only:
+        print(format_side_measurements(startup_times(), record_times()))
     return 0
 
 

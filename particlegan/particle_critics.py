@@ -1,0 +1,178 @@
+"""Critic side of the particle engine: one small object per critic type, one interface.
+
+:mod:`particlegan.dynamics` composes the particles (moved through a coupling kernel) with any of
+these objects; adding a critic means writing one class here and one line in
+:func:`build_critic`, not editing the engine. Every object answers:
+
+* ``trainable`` -- True when the critic has parameters ``state.w`` trained by gradient ascent
+  with ``state.critic_opt`` (the engine runs the steps, :func:`particlegan.critics.ascend_critic`);
+  False for the fixed-kernel critics, which update their own memory (``train``).
+* ``prepare(x) -> ctx`` -- what depends only on the particles x (N, d) and is shared by the
+  critic steps and the forces of one outer step (the random features of x), or None.
+* ``objective_grad(w, x, ctx) -> (P,)`` -- dJ/dw of the critic objective (trainable critics).
+* ``train(kernel_state, x, n_steps, cfg, lr_scale) -> kernel_state`` -- (fixed-kernel critics).
+* ``values_and_grads(state, ctx, need_values) -> (values (N,) or None, grads (N, d))`` -- f(x_i)
+  and grad f(x_i) at ``state.x``, from which the engine forms the particle forces.
+
+The objects hold only what is fixed at build time (arrays, kernel specs, coefficients); the
+interpolate-noise generator of the WGAN-GP penalty is the one exception (its state is
+checkpointed by the engine).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import critics as cr
+from . import feature_critic as fc
+from . import nn
+from .kernels import KernelSpec
+from .losses import Objective, objective_from_config, penalty_coefficient
+
+
+@dataclass(frozen=True)
+class CriticLoss:
+    """What a trained critic maximises: the objective on (y, x), the gradient penalty (kind,
+    effective lambda, interpolate noise) and the weight decay."""
+
+    y: np.ndarray                  # (M, d) targets
+    objective: Objective
+    penalty: str
+    lam: float
+    weight_decay: float
+    noise_rng: np.random.Generator
+
+    def interpolates(self, x):
+        """WGAN-GP points for the 'interpolates' penalty (drawn each critic step), else None."""
+        if self.penalty == "interpolates" and self.lam > 0:
+            return cr.interpolates(x, self.y, self.noise_rng)
+        return None
+
+
+@dataclass(frozen=True)
+class FeatureCritic:
+    """f(x) = w^T psi(x) with fixed random features (critic.type rff / relu_features)."""
+
+    feature_map: cr.FeatureMap
+    real: cr.FeatureBatch          # features of the targets (only what the loss reads)
+    loss: CriticLoss
+    backend: object
+    trainable = True
+
+    def prepare(self, x):
+        return cr.feature_batch(self.feature_map, x, self.backend)
+
+    def objective_grad(self, w, x, ctx):
+        L = self.loss
+        xhat = L.interpolates(x)
+        pen_batch = None if xhat is None else cr.feature_batch(self.feature_map, xhat, self.backend)
+        return cr.feature_critic_objective(self.feature_map, w, self.real, ctx, L.objective, L.penalty, L.lam,
+                                           pen_batch, L.weight_decay, self.backend)[1]
+
+    def values_and_grads(self, state, ctx, need_values):
+        return cr.feature_values_and_grads(self.feature_map, ctx, state.w)
+
+
+@dataclass(frozen=True)
+class LearnedCritic:
+    """Kernel critic in a learned feature space (critic.type learned_features)."""
+
+    learned: fc.LearnedFeatureCritic
+    y: np.ndarray
+    weight_decay: float
+    backend: object
+    trainable = True
+
+    def prepare(self, x):
+        return None
+
+    def objective_grad(self, w, x, ctx):
+        return fc.learned_critic_objective(self.learned, w, x, self.y, self.backend, self.weight_decay,
+                                           need_value=False)[1]
+
+    def values_and_grads(self, state, ctx, need_values):
+        return fc.learned_critic_values_and_grads(self.learned, state.w, state.x, self.y, self.backend,
+                                                  need_values)
+
+
+@dataclass(frozen=True)
+class MLPCritic:
+    """Neural critic f = MLP(x) (critic.type mlp): d -> widths -> 1, trained on (y, x)."""
+
+    net: nn.MLP                    # architecture and initial parameters (theta)
+    loss: CriticLoss
+    trainable = True
+
+    def prepare(self, x):
+        return None
+
+    def objective_grad(self, w, x, ctx):
+        from .neural_model import mlp_critic_objective
+
+        L = self.loss
+        return mlp_critic_objective(self.net.with_theta(w), L.y, x, L.objective, L.penalty, L.lam,
+                                    L.interpolates(x), L.weight_decay)[1]
+
+    def values_and_grads(self, state, ctx, need_values):
+        return nn.critic_values_and_input_grads(self.net.with_theta(state.w), state.x)
+
+
+@dataclass(frozen=True)
+class KernelCritic:
+    """Fixed-kernel witness critics with memory (critic.type kernel / mmd / energy / riesz)."""
+
+    kernel: KernelSpec
+    y: np.ndarray
+    backend: object
+    trainable = False
+
+    def prepare(self, x):
+        return None
+
+    def train(self, kernel_state, x, n_steps, cfg, lr_scale):
+        return cr.kernel_critic_train(kernel_state, x, n_steps, cfg, lr_scale)
+
+    def values_and_grads(self, state, ctx, need_values):
+        return cr.kernel_critic_eval(state.kernel_state, self.y, state.x, self.kernel, self.backend,
+                                     need_values)
+
+
+def critic_layer_sizes(cfg: dict) -> list[int]:
+    """Layer sizes of an MLP critic: d, then ``critic.widths`` (or ``critic.depth`` x
+    ``critic.width`` when widths is empty), then 1."""
+    c = cfg["critic"]
+    hidden = list(c["widths"]) or [c["width"]] * c["depth"]
+    return [cfg["target"]["dim"], *hidden, 1]
+
+
+def make_critic_mlp(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.MLP:
+    """Critic MLP of :func:`critic_layer_sizes` with biases, PyTorch-default init; output = f(x)."""
+    return nn.init_mlp(critic_layer_sizes(cfg), cfg["critic"]["activation"], True, "standard", rng,
+                       dtype=dtype, config_prefix="critic")
+
+
+def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
+                 noise_rng: np.random.Generator):
+    """The critic object of config section ``critic`` and its initial parameters (or None).
+
+    Parameters
+    ----------
+    y : (M, d) target samples in the run dtype.  rng : the critic's random stream (features,
+    initial weights).  noise_rng : the interpolate-noise stream of the WGAN-GP penalty.
+    """
+    ccfg, lcfg = cfg["critic"], cfg["loss"]
+    ctype, dtype, wd = ccfg["type"], y.dtype, ccfg["weight_decay"]
+    loss = CriticLoss(y, objective_from_config(lcfg), lcfg["penalty"], penalty_coefficient(lcfg), wd, noise_rng)
+    if ctype in cr.FEATURE_CRITICS:
+        fmap, real, w = cr.build_feature_critic(ccfg, y, backend, rng, cr.target_feature_needs(lcfg))
+        return FeatureCritic(fmap, real, loss, backend), w
+    if ctype == "learned_features":
+        learned, w = fc.build_learned_critic(ccfg, cfg["target"]["dim"], rng, dtype)
+        return LearnedCritic(learned, y, wd, backend), w
+    if ctype == "mlp":
+        net = make_critic_mlp(cfg, rng, dtype)
+        return MLPCritic(net, loss), net.theta.copy()
+    if ctype in cr.KERNEL_CRITICS:
+        return KernelCritic(cr.critic_kernel(ccfg), y, backend), None
+    raise NotImplementedError(f"critic.type = {ctype!r} is not available in the particle model")
