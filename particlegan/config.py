@@ -260,6 +260,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kid": Key(False, "bool", "record the KID (P1.5: cubic polynomial kernel, gamma = 1/d, on the "
                    "raw positions: particles as fake, target samples as real features) as series "
                    "kid and kid_std (absent when false)"),
+        "cosine": Key(False, "bool", "record the cosine observables of data-point targets (the paper's "
+                      "MNIST measures: collapse_cos = log M - H(p) with nearest-target cosine assignment, "
+                      "quality_cos, spread_cos, targets_hit; absent when false)"),
         "kid_subsets": Key(10, "int", "KID: number of random subsets (drawn from the observables "
                            "random stream)", check=_at_least(1)),
         "kid_subset_size": Key(200, "int", "KID: rows per subset, capped at min(particles.n, "

@@ -11,6 +11,9 @@
 * optional (``observables.kid``): KID (P1.5, cubic polynomial kernel, gamma = 1/d) between the
   particles as fake and the target samples as real features (raw positions), with its subset std
   (:func:`kid_observable`). Series ``kid`` / ``kid_std`` exist only in runs that record them.
+* optional (``observables.cosine``): the paper's MNIST measures against data-point targets in
+  cosine geometry (:func:`cosine_observables`): collapse_cos, quality_cos, spread_cos,
+  targets_hit.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from .mmd import kid
 SERIES_KEYS = ("collapse", "modes_covered", "hq_fraction", "radius_gyration", "mmd2",
                "critic_grad_norm", "com_error")
 KID_KEYS = ("kid", "kid_std")  # recorded only with observables.kid = true
+COSINE_KEYS = ("collapse_cos", "quality_cos", "spread_cos", "targets_hit")  # observables.cosine = true
 
 
 def nearest_mode(x: np.ndarray, centres: np.ndarray):

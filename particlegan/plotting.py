@@ -108,15 +108,46 @@ def plot_snapshots(snapshots: np.ndarray, steps: np.ndarray, target: np.ndarray,
     return fig
 
 
+def image_side(d: int) -> int | None:
+    """Side s of square s x s images of dimension d = s^2 (s >= 4), else None."""
+    s = int(round(np.sqrt(d)))
+    return s if s >= 4 and s * s == d else None
+
+
+def plot_image_grid(rows: list[tuple[str, np.ndarray]], title: str, max_images: int = 16):
+    """Particles (or targets) as images: one row of up to ``max_images`` per (label, (n, s^2))."""
+    side = image_side(rows[0][1].shape[1])
+    n_cols = max(1, min(max_images, max(len(a) for _, a in rows)))
+    fig, axes = new_figure(len(rows), n_cols, figsize=(0.9 * n_cols + 1.2, 1.0 * len(rows) + 0.5),
+                           squeeze=False)
+    for r, (label, arr) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(arr):
+                ax.imshow(arr[c].reshape(side, side), cmap="gray")
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def plot_particles(res, path: str | Path) -> None:
-    """particles.png of a :class:`particlegan.simulate.SimResult`."""
+    """particles.png of a :class:`particlegan.simulate.SimResult`: snapshots in the first two
+    coordinates, or, when d is a square (images), the particles and targets as image grids."""
     cfg = res.model.cfg
     g = cfg["generator"]
     title = (f"{cfg['target']['kind']} target, N={cfg['particles']['n']}, kernel={g['kernel']}"
              + (f", phi={g['phi']:g}" if g["kernel"] == "universal" else "")
              + f", critic={cfg['critic']['type']}, status={res.status}")
-    fig = plot_snapshots(res.snapshots, res.snapshot_steps, res.model.target.samples,
-                         res.model.target.centres, title)
+    if image_side(res.final_state.x.shape[1]):
+        fig = plot_image_grid([(f"particles, step {res.final_state.step}", res.final_state.x),
+                               ("targets", res.model.target.samples)], title)
+    else:
+        fig = plot_snapshots(res.snapshots, res.snapshot_steps, res.model.target.samples,
+                             res.model.target.centres, title)
     save_figure(fig, path)
 
 
@@ -158,6 +189,10 @@ KEY_LABELS = {
     "critic_grad_norm": r"critic gradient norm $\|\nabla f\|$",
     "com_error": r"centre-of-mass error $\|\bar{x} - \bar{y}\|$",
     "kid": "KID",
+    "collapse_cos": r"collapse $C = \log M - H(p)$ (cosine)",
+    "quality_cos": "mean nearest-target cosine distance",
+    "spread_cos": r"mean $|\cos|$ between particles",
+    "targets_hit": "targets hit",
     "kid_std": "KID std over subsets",
     "lr_scale": r"learning-rate factor $\eta / \eta_0$",
     "steps": "steps taken",

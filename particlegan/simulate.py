@@ -28,22 +28,26 @@ import numpy as np
 from . import dynamics as dyn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import canonical_json, config_hash
-from .observables import KID_KEYS, SERIES_KEYS, kid_observable, make_mmd_reference, measure
+from .observables import (COSINE_KEYS, KID_KEYS, SERIES_KEYS, cosine_observables, kid_observable,
+                          make_mmd_reference, measure)
 from .progress import Reporter, null_reporter
 from .storage import atomic_save_npz, atomic_write_bytes, atomic_write_json, ensure_dir, provenance
 
 SUMMARY_KEYS = ("collapse", "modes_covered", "hq_fraction", "mmd2", "radius_gyration",
                 "critic_grad_norm", "com_error")
-OPTIONAL_SERIES_KEYS = (*KID_KEYS, "lr_scale")  # recorded only when switched on by the config
+OPTIONAL_SERIES_KEYS = (*KID_KEYS, "lr_scale", *COSINE_KEYS)  # recorded only when switched on by the config
 
 
 def optional_series_keys(cfg: dict) -> tuple[str, ...]:
     """Optional series (and summary entries) a run of the resolved ``cfg`` records, in
-    :data:`OPTIONAL_SERIES_KEYS` order: ``kid``, ``kid_std`` (``observables.kid``) and
-    ``lr_scale`` (``schedule.kind != "none"``)."""
+    :data:`OPTIONAL_SERIES_KEYS` order: ``kid``, ``kid_std`` (``observables.kid``),
+    ``lr_scale`` (``schedule.kind != "none"``) and the cosine observables of data targets
+    (``observables.cosine``: collapse_cos, quality_cos, spread_cos, targets_hit)."""
     on = set(KID_KEYS) if cfg["observables"]["kid"] else set()
     if cfg["schedule"]["kind"] != "none":
         on.add("lr_scale")
+    if cfg["observables"]["cosine"]:
+        on.update(COSINE_KEYS)
     return tuple(k for k in OPTIONAL_SERIES_KEYS if k in on)
 
 
@@ -207,6 +211,8 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
             if ocfg["kid"]:
                 obs.update(kid_observable(st.x, model.y, ocfg["kid_subsets"], ocfg["kid_subset_size"],
                                           obs_rng))
+            if ocfg["cosine"]:
+                obs.update(cosine_observables(st.x, model.target.centres))
         obs["lr_scale"] = float(st.lr_scale)
         series["step"].append(st.step)
         for k in (*SERIES_KEYS, *optional):

@@ -443,3 +443,26 @@ def test_meta_json_records_provenance(tmp_path):
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True).stdout.strip()
         assert meta["git"]["modified"] == bool(dirty)
+
+
+def test_images_against_an_mlp_critic_record_cosine_observables_and_draw_image_grids(tmp_path):
+    # a miniature of the paper's MNIST setting: 4 x 4 "images" from an IDX file, MLP critic
+    import struct
+
+    from particlegan.simulate import run_to_dir
+
+    imgs = np.random.default_rng(0).integers(0, 256, size=(12, 4, 4)).astype(np.uint8)
+    idx = tmp_path / "imgs-idx3-ubyte"
+    idx.write_bytes(bytes([0, 0, 8, 3]) + b"".join(struct.pack(">I", n) for n in imgs.shape) + imgs.tobytes())
+    cfg = resolve_config(overrides=["target.kind=idx", f"target.path={idx}", "target.dim=16", "target.n_samples=10",
+                                    'target.normalize="mnist"', "particles.n=10", "critic.type=mlp",
+                                    "critic.widths=[8, 8]", "run.steps=5", "observables.cosine=true",
+                                    "observables.mmd_samples=10", "dynamics.critic_steps_startup=2"])
+    run_to_dir(cfg, tmp_path / "r", plot=True)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert 0 <= summary["collapse_cos"] <= np.log(10) + 1e-9 and 1 <= summary["targets_hit"] <= 10
+    with np.load(tmp_path / "r" / "result.npz") as res:
+        assert len(res["collapse_cos"]) == len(res["step"])
+    from matplotlib.image import imread
+    img = imread(tmp_path / "r" / "particles.png")
+    assert img.shape[1] > 2 * img.shape[0]  # two rows of ten images, not a scatter panel

@@ -81,3 +81,30 @@ def test_idx_target_mismatches_are_one_line_errors(tmp_path, extra, words):
     res = CliRunner().invoke(main, args)
     assert res.exit_code != 0 and words in res.output and res.output.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_mnist_study_config_runs_and_its_extract_script_round_trips(tmp_path):
+    import struct
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from particlegan.simulate import simulate
+    from particlegan.sweep import load_base
+
+    repo = Path(__file__).resolve().parents[1]
+    shipped = np.load(repo / "sims" / "mnist" / "targets_first100_uint8.npy")
+    assert shipped.shape == (100, 784) and shipped.dtype == np.uint8
+    cfg = resolve_config(load_base(repo / "sims" / "mnist" / "config.toml",
+                                   ["run.steps=2", "dynamics.critic_steps_startup=1", "dynamics.critic_steps=1"]))
+    assert cfg["critic"]["widths"] == [64, 1024, 64] and cfg["target"]["dim"] == 784
+    res = simulate(cfg)
+    assert res.status == "ok" and res.model.target.samples.shape == (100, 784)
+    np.testing.assert_allclose(res.model.target.samples.max(), (1 - 0.1307) / 0.3081)
+    imgs = shipped[:7].reshape(7, 28, 28)
+    idx = tmp_path / "t-idx3-ubyte"
+    idx.write_bytes(bytes([0, 0, 8, 3]) + b"".join(struct.pack(">I", n) for n in imgs.shape) + imgs.tobytes())
+    out = tmp_path / "t.npy"
+    subprocess.run([sys.executable, str(repo / "sims" / "mnist" / "extract_targets.py"), str(idx), str(out), "5"],
+                   check=True)
+    np.testing.assert_array_equal(np.load(out), shipped[:5])
