@@ -340,12 +340,18 @@ def _param_grad_from(params: MLP, cache: ForwardCache, deltas: list,
     grad = np.empty_like(params.theta)
     c = params.bias_scale()
     for k, (ws, bs) in enumerate(_layout(params.layer_sizes, params.bias)):
-        gw = (deltas[k].T @ cache.inputs[k]) * params.weight_scale(k)
+        # written straight into theta's layout (no (n_{k+1}, n_k) temporaries: they cost 4x the GEMMs)
+        gw = grad[ws].reshape(params.layer_sizes[k + 1], params.layer_sizes[k])
+        np.matmul(deltas[k].T, cache.inputs[k], out=gw)
+        a = params.weight_scale(k)
+        if a != 1.0:
+            gw *= gw.dtype.type(a)
         if extra_w is not None and extra_w[k] is not None:
-            gw = gw + extra_w[k]
-        grad[ws] = gw.ravel()
+            gw += extra_w[k]
         if bs is not None:
-            grad[bs] = c * deltas[k].sum(axis=0)
+            np.sum(deltas[k], axis=0, out=grad[bs])
+            if c != 1.0:
+                grad[bs] *= grad.dtype.type(c)
     return grad
 
 
@@ -490,10 +496,12 @@ def penalty_and_param_grad(params: MLP, X: np.ndarray, weights,
     for k in range(L - 1, -1, -1):
         ws, bs = _layout(params.layer_sizes, params.bias)[k]
         a_k = params.weight_scale(k)
-        gw = deltas[k].T @ hdots[k]
+        gw = grad[ws].reshape(params.layer_sizes[k + 1], params.layer_sizes[k])  # in place, as above
+        np.matmul(deltas[k].T, hdots[k], out=gw)
         if zbar is not None:
-            gw = gw + zbar.T @ cache.inputs[k]
-        grad[ws] = (gw * a_k).ravel()
+            gw += zbar.T @ cache.inputs[k]
+        if a_k != 1.0:
+            gw *= gw.dtype.type(a_k)
         if bs is not None:
             grad[bs] = 0 if zbar is None else c * zbar.sum(axis=0)
         if k == 0:
