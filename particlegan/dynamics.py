@@ -11,10 +11,12 @@ are computed with the critic *before* its n_c steps.
 
 The static part of a simulation is a frozen :class:`Model`; the evolving part a frozen
 :class:`State`; :func:`outer_step` is a pure function ``(model, state) -> (state, info)``
-except for the interpolate-noise generator held by the model (its state is checkpointed).
+(the critic optimizer is copied before it steps, so the input state is never changed) except
+for the interpolate-noise generator held by the model (its state is checkpointed).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -120,11 +122,11 @@ def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
     if n_steps == 0:
         return state
     ctx = critic.prepare(state.x) if ctx is None else ctx
-    opt = state.critic_opt
+    opt = copy.deepcopy(state.critic_opt)  # the optimizer steps a copy: the input state stays as it was
     scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
     w, finite = cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx))
-    return dataclasses.replace(state, w=w, critic_finite=state.critic_finite and finite)
+    return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite)
 
 
 def particle_forces(model: Model, state: State, ctx=None):

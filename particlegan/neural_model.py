@@ -49,6 +49,7 @@ checkpointed: fresh minibatches resume exactly), interpolates from ``noise``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -270,7 +271,7 @@ def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> Neural
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
-    opt = state.critic_opt
+    opt = copy.deepcopy(state.critic_opt)  # steps a copy: the input state stays as it was
     scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
     opt.begin_outer_step()
 
@@ -281,7 +282,7 @@ def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> Neural
         return critic_objective(model, w, state.x, xhat, need_value=False)[1]
 
     w, finite = cr.ascend_critic(opt, state.w, n_steps, grad_fn)
-    return dataclasses.replace(state, w=w, critic_finite=state.critic_finite and finite)
+    return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite)
 
 
 def critic_values_and_grads(model: NeuralModel, state: NeuralState, x: np.ndarray,
@@ -340,13 +341,13 @@ def outer_step(model: NeuralModel, state: NeuralState):
     else:
         state = train_critic(model, state, dyn["critic_steps"])
         forces, grad = particle_forces(model, state)
-    gopt = state.gen_opt
+    gopt = copy.deepcopy(state.gen_opt)
     scale_optimizer_lr(gopt, dyn["eta_g"], state.lr_scale)
     gopt.begin_outer_step()
     theta = gopt.step(state.theta_g, generator_param_grad(model, state, forces))
     z = draw_latents(model.cfg, model.latent_rng, model.dtype) if model.fresh_latents else state.z
     x = nn.mlp_apply(model.generator.with_theta(theta), z)
-    return dataclasses.replace(state, step=state.step + 1, x=x, z=z, theta_g=theta), grad
+    return dataclasses.replace(state, step=state.step + 1, x=x, z=z, theta_g=theta, gen_opt=gopt), grad
 
 
 def state_is_finite(state: NeuralState) -> bool:

@@ -92,3 +92,25 @@ def test_particles_against_an_mlp_critic_fit_the_ring():
         mmd_start.append(res.series["mmd2"][0])
     assert np.mean(modes) >= 6
     assert np.mean(mmd_end) < np.mean(mmd_start) / 3
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "cg"])
+@pytest.mark.parametrize("model_type", ["particle", "neural"])
+def test_outer_step_leaves_its_input_state_unchanged(optimizer, model_type):
+    # the optimizers' moments used to live in the state object and be stepped in place, so a
+    # second call on the same state gave another result
+    from particlegan import neural_model as nm
+
+    extra = [f"critic.optimizer={optimizer}", f"model.type={model_type}"]
+    if model_type == "neural":
+        extra += ["generator.optimizer=adam", "generator.width=8"]
+    cfg = tiny("critic.type=mlp", *extra)
+    engine = nm if model_type == "neural" else dyn
+    model, state = engine.build_model(cfg)
+    state, _ = engine.outer_step(model, state)  # moments are non-zero from here on
+    a, _ = engine.outer_step(model, state)
+    b, _ = engine.outer_step(model, state)
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.w, b.w)
+    c, _ = engine.outer_step(model, a)  # and the chain continues from the returned state
+    assert c.step == a.step + 1
