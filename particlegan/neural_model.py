@@ -61,6 +61,7 @@ from . import nn
 from .backends import get_backend
 from .losses import Objective, objective_from_config, penalty_coefficient
 from .optimizers import optimizer_from_config, scale_optimizer_lr
+from .particle_critics import make_critic_mlp, mlp_critic_objective  # the critic maths of both engines
 from .targets import Target, make_target
 
 
@@ -144,14 +145,6 @@ def make_generator(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.
                        config_prefix="generator")
 
 
-def make_critic_mlp(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.MLP:
-    """Critic MLP (d, hidden widths, 1) with biases, PyTorch-default init; output = logit f(x).
-    The one builder shared with the particle model (:mod:`particlegan.particle_critics`)."""
-    from .particle_critics import make_critic_mlp as build
-
-    return build(cfg, rng, dtype)
-
-
 def draw_latents(cfg: dict, rng: np.random.Generator, dtype) -> np.ndarray:
     """N = particles.n latents (N, generator.latent_dim) of kind generator.latent."""
     g = cfg["generator"]
@@ -205,46 +198,6 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
 
 
 # --------------------------------------------------------------------------- critic ----
-def mlp_critic_objective(critic: nn.MLP, y: np.ndarray, x: np.ndarray, objective: Objective,
-                         penalty: str, lam: float, xhat: np.ndarray | None = None,
-                         weight_decay: float = 0.0) -> tuple[float, np.ndarray]:
-    """Critic objective J(phi) (maximised) of an MLP critic and its gradient dJ/dphi.
-
-    J = (1/M) sum_m a(f(y_m)) + (1/N) sum_i b(f(x_i)) - P - (wd/2) ||phi||^2, with a, b the
-    objective's real/fake terms and P = lam mean ||grad f||^2 on x (``fake``) or y (``real``),
-    or lam mean (||grad f(xhat)|| - 1)^2 on the interpolates ``xhat`` (``interpolates``).
-
-    Parameters
-    ----------
-    critic : scalar-output MLP f.
-    y : (M, d) real samples.  x : (N, d) generated samples.
-    objective : :class:`particlegan.losses.Objective`.
-    penalty : "none" | "fake" | "real" | "interpolates".  lam : effective lambda >= 0.
-    xhat : (N, d) interpolates (only for ``interpolates``).
-    weight_decay : L2 coefficient wd >= 0.
-
-    Returns
-    -------
-    value : float J.  grad : (P_D,) dJ/dphi.
-    """
-    out_r, cache_r = nn.mlp_forward(critic, y)
-    out_f, cache_f = nn.mlp_forward(critic, x)
-    va, da = objective.real_term(out_r[:, 0])
-    vb, db = objective.fake_term(out_f[:, 0])
-    value = float(va.mean() + vb.mean())
-    grad = nn.mlp_backward(critic, cache_r, (da / len(y))[:, None])[0]
-    grad = grad + nn.mlp_backward(critic, cache_f, (db / len(x))[:, None])[0]
-    if penalty != "none" and lam > 0:
-        pts, form = {"fake": (x, "sq"), "real": (y, "sq"), "interpolates": (xhat, "gp")}[penalty]
-        pv, pg = nn.penalty_and_param_grad(critic, pts, lam / len(pts), form)
-        value -= pv
-        grad = grad - pg
-    if weight_decay > 0:
-        value -= 0.5 * weight_decay * float(critic.theta @ critic.theta)
-        grad = grad - critic.theta.dtype.type(weight_decay) * critic.theta
-    return value, grad
-
-
 def critic_objective(model: NeuralModel, w: np.ndarray, x: np.ndarray,
                      xhat: np.ndarray | None = None, need_value: bool = True) -> tuple[float, np.ndarray]:
     """J and dJ/dw of the model's trainable critic (MLP, random features or learned feature map)

@@ -108,14 +108,52 @@ class MLPCritic:
         return None
 
     def objective_grad(self, w, x, ctx):
-        from .neural_model import mlp_critic_objective
-
         L = self.loss
         return mlp_critic_objective(self.net.with_theta(w), L.y, x, L.objective, L.penalty, L.lam,
                                     L.interpolates(x), L.weight_decay)[1]
 
     def values_and_grads(self, state, ctx, need_values):
         return nn.critic_values_and_input_grads(self.net.with_theta(state.w), state.x)
+
+
+def mlp_critic_objective(critic: nn.MLP, y: np.ndarray, x: np.ndarray, objective: Objective,
+                         penalty: str, lam: float, xhat: np.ndarray | None = None,
+                         weight_decay: float = 0.0) -> tuple[float, np.ndarray]:
+    """Critic objective J(phi) (maximised) of an MLP critic and its gradient dJ/dphi.
+
+    J = (1/M) sum_m a(f(y_m)) + (1/N) sum_i b(f(x_i)) - P - (wd/2) ||phi||^2, with a, b the
+    objective's real/fake terms and P = lam mean ||grad f||^2 on x (``fake``) or y (``real``),
+    or lam mean (||grad f(xhat)|| - 1)^2 on the interpolates ``xhat`` (``interpolates``).
+
+    Parameters
+    ----------
+    critic : scalar-output MLP f.
+    y : (M, d) real samples.  x : (N, d) generated samples.
+    objective : :class:`particlegan.losses.Objective`.
+    penalty : "none" | "fake" | "real" | "interpolates".  lam : effective lambda >= 0.
+    xhat : (N, d) interpolates (only for ``interpolates``).
+    weight_decay : L2 coefficient wd >= 0.
+
+    Returns
+    -------
+    value : float J.  grad : (P_D,) dJ/dphi.
+    """
+    out_r, cache_r = nn.mlp_forward(critic, y)
+    out_f, cache_f = nn.mlp_forward(critic, x)
+    va, da = objective.real_term(out_r[:, 0])
+    vb, db = objective.fake_term(out_f[:, 0])
+    value = float(va.mean() + vb.mean())
+    grad = nn.mlp_backward(critic, cache_r, (da / len(y))[:, None])[0]
+    grad = grad + nn.mlp_backward(critic, cache_f, (db / len(x))[:, None])[0]
+    if penalty != "none" and lam > 0:
+        pts, form = {"fake": (x, "sq"), "real": (y, "sq"), "interpolates": (xhat, "gp")}[penalty]
+        pv, pg = nn.penalty_and_param_grad(critic, pts, lam / len(pts), form)
+        value -= pv
+        grad = grad - pg
+    if weight_decay > 0:
+        value -= 0.5 * weight_decay * float(critic.theta @ critic.theta)
+        grad = grad - critic.theta.dtype.type(weight_decay) * critic.theta
+    return value, grad
 
 
 @dataclass(frozen=True)

@@ -656,7 +656,7 @@ class ResultsAppender:
                        extrasaction="ignore").writerow(result_row(run, outcome, self.plan.fixed))
         data = buf.getvalue().encode()
         written = os.write(self._fd, data)
-        if written != len(data):  # only on a full disk: say so instead of leaving half a row
+        if written != len(data):  # only on a full disk: say that the row is cut short
             raise DataError(f"could not append a row to '{self.path}' (disk full?)")
 
     def close(self, outcomes: Mapping[str, Mapping]) -> None:

@@ -1,5 +1,7 @@
 """Critic objects of the particle engine: one interface for every critic type, the MLP critic
 on particles (gradients against finite differences, layer widths, fit of the ring)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,7 @@ def test_mlp_critic_layers_follow_widths_or_width_and_depth():
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh"])
 @pytest.mark.parametrize("penalty", ["none", "fake", "real", "interpolates"])
 def test_mlp_critic_parameter_gradient_matches_finite_differences(activation, penalty):
-    from particlegan.neural_model import mlp_critic_objective
+    from particlegan.particle_critics import mlp_critic_objective
 
     cfg = tiny("critic.type=mlp", f"critic.activation={activation}", f"loss.penalty=\"{penalty}\"",
                "loss.penalty_weight=0.5", "critic.weight_decay=0.01", "critic.widths=[5, 4]")
@@ -66,8 +68,8 @@ def test_mlp_critic_input_gradients_drive_the_particles_and_match_finite_differe
         for k in range(2):
             e = np.zeros_like(state.x)
             e[i, k] = h
-            up = model.critic.values_and_grads(type(state)(**{**state.__dict__, "x": state.x + e}), None, True)[0]
-            dn = model.critic.values_and_grads(type(state)(**{**state.__dict__, "x": state.x - e}), None, True)[0]
+            up = model.critic.values_and_grads(dataclasses.replace(state, x=state.x + e), None, True)[0]
+            dn = model.critic.values_and_grads(dataclasses.replace(state, x=state.x - e), None, True)[0]
             assert abs((up[i] - dn[i]) / (2 * h) - grads[i, k]) < 1e-6
     forces, g = dyn.particle_forces(model, state)
     np.testing.assert_array_equal(forces, grads)  # the IPM objective: F = grad f

@@ -158,7 +158,11 @@ def feature_penalty(dpsi, A, w, form: str):
     """
     G = dpsi @ (w[:, None] * A)                      # (n, d)
     sq = np.einsum("ij,ij->i", G, G)
-    c = np.ones_like(sq) if form == "sq" else 2.0 * (np.sqrt(sq + 1e-12) - 1.0) / np.sqrt(sq + 1e-12)
+    if form == "sq":
+        c = np.ones_like(sq)
+    else:
+        norm = np.sqrt(sq + 1e-12)
+        c = 2.0 * (norm - 1.0) / norm
     return sq, np.einsum("kc,kc->k", A, dpsi.T @ (c[:, None] * G))
 
 
