@@ -378,10 +378,35 @@ def critical_penalties(cfg: Mapping, point_mass: float = 1.0) -> dict[str, float
     g2 = gen["g2"] if gen["g2"] is not None else gen["phi"] * g1
     norm = n if gen["normalization"] == "ntk" else 1.0
     eta_d_eff = dyn["critic_steps"] * dyn["eta_d"]
+    # mean_grad's lambda acts as lambda / n^2 on E||grad f||^2: lambda_c in its units is n^2 times
+    form, units = loss["penalty_form"], 1.0
+    if form == "mean_grad":
+        form, units = "lambda", float(n if loss["penalty"] != "real" else cfg["target"]["n_samples"]) ** 2
     out = {}
     for mode, eigenvalue in zip(("cm", "rel"), kernel_eigenvalues(g1, g2, n)):
         kappa = eigenvalue / norm
-        out[mode] = (float(critical_penalty(dyn["eta_g"], eta_d_eff, kappa, point_mass * h,
-                                            loss["penalty_form"]))
+        out[mode] = (units * float(critical_penalty(dyn["eta_g"], eta_d_eff, kappa, point_mass * h, form))
                      if kappa > 0 else math.nan)
     return out
+
+
+# ------------------------------------------------------------------ phase-map comparison ----
+def first_crossing(xs: Sequence[float], values: Sequence[float], level: float) -> float:
+    """Smallest x (of a row of a phase map, xs ascending) whose value exceeds ``level``
+    (the critical coupling phi_c of a collapse map with level C = 2); nan when none does.
+    nan values are skipped (missing cells)."""
+    for x, v in sorted(zip(xs, values)):
+        if np.isfinite(v) and v > level:
+            return float(x)
+    return math.nan
+
+
+def same_side_fraction(a: Mapping, b: Mapping, level: float) -> tuple[float, int]:
+    """Fraction of the cells common to two maps {cell: value} (finite in both) on the same
+    side of ``level`` (value > level counts as above), and the number of common cells
+    (fraction nan when there are none)."""
+    common = [k for k in a if k in b and np.isfinite(a[k]) and np.isfinite(b[k])]
+    if not common:
+        return math.nan, 0
+    same = sum((a[k] > level) == (b[k] > level) for k in common)
+    return same / len(common), len(common)

@@ -68,6 +68,10 @@ def _all_positive(vs):
     return None if len(vs) > 0 and all(v > 0 for v in vs) else "must be a non-empty list of numbers > 0"
 
 
+def _all_rates(vs):
+    return None if all(0 <= v < 1 for v in vs) else "must be rates in [0, 1)"
+
+
 def _all_nonneg_ints(vs):
     return None if all(v >= 0 for v in vs) else "must hold integers >= 0"
 
@@ -154,9 +158,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "particles": {
         "n": Key(256, "int", "number N of particles", check=_at_least(2)),
-        "init": Key("gaussian", "str", "particle initialisation", choices=("gaussian", "file")),
-        "init_sigma": Key(0.1, "float", "std of the Gaussian initialisation at the origin",
-                          check=_positive),
+        "init": Key("gaussian", "str", "particle initialisation: N(0, init_sigma^2 I), "
+                    "N(target mean, init_sigma^2 I) (target_mean) or a file",
+                    choices=("gaussian", "target_mean", "file")),
+        "init_sigma": Key(0.1, "float", "std of the Gaussian initialisation (at the origin or at "
+                          "the target mean)", check=_positive),
         "init_path": Key("", "path", "(init='file') .npy/.npz of initial particles, shape (N, d)"),
         "init_path_sha256": Key("", "sha256", "content hash of particles.init_path (filled in when "
                                 "the config is resolved; a stored one must match the file)"),
@@ -215,6 +221,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "widths": Key([], "ints", "mlp critic: hidden widths layer by layer, e.g. [64, 1024, 64] "
                       "(empty: depth layers of width)", check=_all_at_least_one),
         "depth": Key(2, "int", "mlp / learned_features critic: hidden layers", check=_at_least(1)),
+        "dropout": Key([], "floats", "mlp critic (particle model): dropout rate after each hidden "
+                       "layer, one per hidden layer (e.g. [0, 0.2, 0], USD's critic); applied in "
+                       "the critic steps, not in the particle forces; empty: none", check=_all_rates),
+        "output_bias": Key(True, "bool", "mlp critic: bias on the output layer (false: USD's "
+                           "Linear(64, 1, bias=False))"),
         "activation": Key("relu", "str", "mlp / learned_features critic activation",
                           choices=("relu", "leaky_relu", "tanh")),
         "feature_dim": Key(2, "int", "learned_features critic: feature-space dimension m",
@@ -240,8 +251,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        choices=("none", "fake", "real", "interpolates")),
         "penalty_weight": Key(1.0, "float", "gradient penalty strength lambda", check=_nonneg),
         "penalty_form": Key("lambda", "str",
-                            "penalty convention: lambda E||grad f||^2 or (lambda/2) E||grad f||^2",
-                            choices=("lambda", "half_lambda")),
+                            "penalty convention: lambda E||grad f||^2, (lambda/2) E||grad f||^2, or "
+                            "mean_grad: lambda E||grad_x mean_j f(x_j)||^2 = (lambda/n^2) E||grad f||^2 "
+                            "over the n penalty points (IBM/USD's D_forward_weights)",
+                            choices=("lambda", "half_lambda", "mean_grad")),
     },
     "dynamics": {
         "eta_g": Key(1.0, "float", "particle (generator) step size eta_G", check=_positive),
@@ -450,6 +463,17 @@ def _check_cross(cfg: dict) -> None:
     if crit["type"] in ("kernel", "mmd", "energy", "riesz") and loss["penalty"] != "none":
         raise ConfigError(f"loss.penalty must be 'none' for critic.type = '{crit['type']}' "
                           "(a fixed-kernel critic has no trainable parameters to penalise)")
+    if loss["penalty_form"] == "mean_grad" and loss["penalty"] == "interpolates":
+        raise ConfigError("loss.penalty_form = 'mean_grad' applies to the squared-norm penalties "
+                          "(loss.penalty = 'fake' or 'real'), not to 'interpolates'")
+    if crit["dropout"]:
+        hidden = len(crit["widths"]) or crit["depth"]
+        if crit["type"] != "mlp" or cfg["model"]["type"] != "particle":
+            raise ConfigError("critic.dropout is available for critic.type = 'mlp' in the particle "
+                              "model only (leave it empty otherwise)")
+        if len(crit["dropout"]) != hidden:
+            raise ConfigError(f"critic.dropout has {len(crit['dropout'])} rates for {hidden} hidden "
+                              "layers: give one rate per hidden layer (0 for none)")
     sched = cfg["schedule"]
     if sched["kind"] == "kid":
         if sched["floor"] > cfg["dynamics"]["eta_g"]:

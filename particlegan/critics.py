@@ -92,10 +92,10 @@ def target_feature_needs(lcfg: dict) -> tuple[bool, bool]:
     The IPM objective reads only their mean; the other objectives read psi_m w (psi); the
     penalty on the real samples reads the input gradients (dpsi). Nothing else does.
     """
-    from .losses import objective_from_config, penalty_coefficient
+    from .losses import objective_from_config
 
     return (objective_from_config(lcfg).name != "ipm",
-            lcfg["penalty"] == "real" and penalty_coefficient(lcfg) > 0)
+            lcfg["penalty"] == "real" and lcfg["penalty_weight"] > 0)
 
 
 def target_feature_batch(fm: FeatureMap, y: np.ndarray, backend, keep_psi: bool = True,

@@ -99,7 +99,8 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     dtype = np.dtype(cfg["run"]["dtype"])
     backend = get_backend(cfg["run"]["backend"])
     target = make_target(cfg["target"], streams["target"])
-    x0 = init_particles(cfg["particles"], cfg["target"]["dim"], streams["particles"]).astype(dtype)
+    x0 = init_particles(cfg["particles"], cfg["target"]["dim"], streams["particles"],
+                        target_mean=target.samples.mean(axis=0)).astype(dtype)
     coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
     y = target.samples.astype(dtype)
     critic, w = build_critic(cfg, y, backend, streams["critic"], streams["noise"])

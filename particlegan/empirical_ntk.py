@@ -74,7 +74,7 @@ def _layer_grams(params: MLP, Z: np.ndarray):
     out, cache = mlp_forward(params, Z)
     c2 = params.bias_scale() ** 2
     grams = []
-    for k, (_, bs) in enumerate(_layout(params.layer_sizes, params.bias)):
+    for k, (_, bs) in enumerate(params.layout()):
         h = cache.inputs[k]
         H = params.weight_scale(k) ** 2 * (h @ h.T)
         if bs is not None:

@@ -59,7 +59,7 @@ from . import critics as cr
 from . import feature_critic as fc
 from . import nn
 from .backends import get_backend
-from .losses import Objective, objective_from_config, penalty_coefficient
+from .losses import Objective, objective_from_config, run_penalty_coefficient
 from .optimizers import optimizer_from_config, scale_optimizer_lr
 from .particle_critics import make_critic_mlp, mlp_critic_objective  # the critic maths of both engines
 from .targets import Target, make_target
@@ -185,7 +185,7 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     model = NeuralModel(cfg=cfg, target=target, y=y, generator=gen, critic_net=net,
                         feature_map=fmap, real_features=real, kernel=kern, critic_type=ctype,
                         objective=objective_from_config(cfg["loss"]), backend=backend,
-                        penalty=cfg["loss"]["penalty"], lam=penalty_coefficient(cfg["loss"]),
+                        penalty=cfg["loss"]["penalty"], lam=run_penalty_coefficient(cfg, len(y)),
                         noise_rng=streams["noise"], latent_rng=streams["particles"],
                         fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype,
                         learned=learned)

@@ -67,25 +67,30 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # ------------------------------------------------------------------------- parameters ----
 @functools.lru_cache(maxsize=256)
-def _layout(layer_sizes: tuple[int, ...], bias: bool) -> tuple[tuple[slice, slice | None], ...]:
-    """Flat-vector slices (weight, bias or None) of every layer."""
+def _layout(layer_sizes: tuple[int, ...], bias: bool,
+            output_bias: bool = True) -> tuple[tuple[slice, slice | None], ...]:
+    """Flat-vector slices (weight, bias or None) of every layer (the last layer has a bias only
+    when both ``bias`` and ``output_bias``)."""
     out = []
     pos = 0
-    for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]):
+    last = len(layer_sizes) - 2
+    for k, (n_in, n_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
         w = slice(pos, pos + n_in * n_out)
         pos += n_in * n_out
         b = None
-        if bias:
+        if bias and (output_bias or k < last):
             b = slice(pos, pos + n_out)
             pos += n_out
         out.append((w, b))
     return tuple(out)
 
 
-def count_params(layer_sizes: Sequence[int], bias: bool) -> int:
-    """Number of scalar parameters: sum_k n_{k+1} n_k (+ n_{k+1} with biases)."""
+def count_params(layer_sizes: Sequence[int], bias: bool, output_bias: bool = True) -> int:
+    """Number of scalar parameters: sum_k n_{k+1} n_k (+ n_{k+1} with biases; the output
+    layer's only with ``output_bias``)."""
     sizes = tuple(int(s) for s in layer_sizes)
-    return sum(a * b + (b if bias else 0) for a, b in zip(sizes[:-1], sizes[1:]))
+    return sum(s.stop - s.start for pair in _layout(sizes, bool(bias), bool(output_bias))
+               for s in pair if s is not None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,11 +101,13 @@ class MLP:
     ----------
     layer_sizes : (n_0, ..., n_L) layer widths (input, hidden..., output).
     activation : "relu", "leaky_relu" or "tanh" (hidden layers; the output layer is linear).
-    bias : whether every layer has a bias vector.
+    bias : whether the layers have bias vectors.
     parameterization : "standard" or "ntk" (see the module docstring).
     theta : (P,) flat parameter vector (float32 or float64); ``weight``/``bias_vector`` are views.
     leaky_slope : negative-side slope of leaky_relu.
     sigma_w, sigma_b : ntk-parameterisation weight and bias multipliers (unused for "standard").
+    output_bias : with ``bias``, whether the output layer has one too (False: USD's critic,
+        ``Linear(64, 1, bias=False)``).
     """
 
     layer_sizes: tuple[int, ...]
@@ -111,6 +118,11 @@ class MLP:
     leaky_slope: float = 0.2
     sigma_w: float = 1.0
     sigma_b: float = 1.0
+    output_bias: bool = True
+
+    def layout(self) -> tuple[tuple[slice, slice | None], ...]:
+        """Flat-vector slices (weight, bias or None) of every layer."""
+        return _layout(self.layer_sizes, self.bias, self.output_bias)
 
     @property
     def n_layers(self) -> int:
@@ -135,12 +147,12 @@ class MLP:
 
     def weight(self, k: int) -> np.ndarray:
         """View of W_k, shape (n_{k+1}, n_k)."""
-        ws, _ = _layout(self.layer_sizes, self.bias)[k]
+        ws, _ = self.layout()[k]
         return self.theta[ws].reshape(self.layer_sizes[k + 1], self.layer_sizes[k])
 
     def bias_vector(self, k: int) -> np.ndarray | None:
         """View of b_k, shape (n_{k+1},), or None without biases."""
-        _, bs = _layout(self.layer_sizes, self.bias)[k]
+        _, bs = self.layout()[k]
         return None if bs is None else self.theta[bs]
 
     def weight_scale(self, k: int) -> float:
@@ -156,7 +168,7 @@ class MLP:
     def tensor_slices(self) -> list[slice]:
         """Slices of theta holding each tensor (W_0, b_0, W_1, ...), in order; they tile theta."""
         out = []
-        for ws, bs in _layout(self.layer_sizes, self.bias):
+        for ws, bs in self.layout():
             out.append(ws)
             if bs is not None:
                 out.append(bs)
@@ -177,7 +189,8 @@ def _check_choice(prefix: str, key: str, value, choices) -> None:
 
 def init_mlp(layer_sizes: Sequence[int], activation: str, bias: bool, parameterization: str,
              rng: np.random.Generator, leaky_slope: float = 0.2, sigma_w: float = 1.0,
-             sigma_b: float = 1.0, dtype=np.float64, config_prefix: str = "mlp") -> MLP:
+             sigma_b: float = 1.0, dtype=np.float64, config_prefix: str = "mlp",
+             output_bias: bool = True) -> MLP:
     """Draw a freshly initialised MLP.
 
     Parameters
@@ -193,10 +206,11 @@ def init_mlp(layer_sizes: Sequence[int], activation: str, bias: bool, parameteri
     sigma_b : ntk bias multiplier (>= 0).
     dtype : float32 or float64 parameter dtype.
     config_prefix : config section named in error messages (e.g. "generator", "critic").
+    output_bias : with ``bias``, give the output layer a bias too.
 
     Returns
     -------
-    MLP with theta of shape (count_params(layer_sizes, bias),).
+    MLP with theta of shape (count_params(layer_sizes, bias, output_bias),).
     """
     p = config_prefix
     try:
@@ -217,8 +231,8 @@ def init_mlp(layer_sizes: Sequence[int], activation: str, bias: bool, parameteri
     dt = np.dtype(dtype)
     if dt not in _DTYPES:
         raise ConfigError(f"{p}.dtype = {dt.name!r}: choose float32 or float64")
-    theta = np.empty(count_params(sizes, bool(bias)), dtype=np.float64)
-    for k, (ws, bs) in enumerate(_layout(sizes, bool(bias))):
+    theta = np.empty(count_params(sizes, bool(bias), bool(output_bias)), dtype=np.float64)
+    for k, (ws, bs) in enumerate(_layout(sizes, bool(bias), bool(output_bias))):
         n_in = sizes[k]
         if parameterization == "standard":
             bound = 1.0 / math.sqrt(n_in)
@@ -231,7 +245,8 @@ def init_mlp(layer_sizes: Sequence[int], activation: str, bias: bool, parameteri
                 theta[bs] = rng.standard_normal(bs.stop - bs.start)
     return MLP(layer_sizes=sizes, activation=activation, bias=bool(bias),
                parameterization=parameterization, theta=theta.astype(dt),
-               leaky_slope=float(leaky_slope), sigma_w=float(sigma_w), sigma_b=float(sigma_b))
+               leaky_slope=float(leaky_slope), sigma_w=float(sigma_w), sigma_b=float(sigma_b),
+               output_bias=bool(output_bias))
 
 
 # ------------------------------------------------------------------------ activations ----
@@ -259,6 +274,31 @@ def _act_d2(mlp: MLP, z: np.ndarray, h: np.ndarray) -> np.ndarray | None:
     return None
 
 
+# ---------------------------------------------------------------------------- dropout ----
+def dropout_masks(params: MLP, n: int, rates: Sequence[float],
+                  rng: np.random.Generator) -> list:
+    """Inverted-dropout multipliers of the hidden layers (as torch ``nn.Dropout`` in training).
+
+    Hidden layer k (0 <= k < L-1) with rate p_k > 0 gets m_k = 1[u >= p_k] / (1 - p_k),
+    u ~ U(0, 1) of shape (n, n_{k+1}), drawn in layer order; h_{k+1} = m_k * act(z_k).
+    Rate 0 gives None (no draw).
+
+    Returns
+    -------
+    list of L-1 entries, each None or (n, n_{k+1}) in the parameter dtype.
+    """
+    if len(rates) != params.n_layers - 1:
+        raise ValueError(f"{len(rates)} dropout rates for {params.n_layers - 1} hidden layers")
+    out = []
+    for k, p in enumerate(rates):
+        if p <= 0:
+            out.append(None)
+            continue
+        keep = rng.random((int(n), params.layer_sizes[k + 1])) >= p
+        out.append(keep.astype(params.dtype) * params.dtype.type(1.0 / (1.0 - p)))
+    return out
+
+
 # ---------------------------------------------------------------------- forward/backward ----
 @dataclass(frozen=True)
 class ForwardCache:
@@ -266,10 +306,20 @@ class ForwardCache:
 
     inputs : [h_0, ..., h_{L-1}], h_k (n, n_k) the input of layer k (h_0 = X).
     preacts : [z_0, ..., z_{L-1}], z_k (n, n_{k+1}) the pre-activation of layer k.
+    masks : None, or L-1 dropout multipliers (None or (n, n_{k+1})), h_{k+1} = m_k act(z_k).
     """
 
     inputs: list
     preacts: list
+    masks: list | None = None
+
+    def rows(self, sl: slice) -> "ForwardCache":
+        """The cache of the rows ``sl`` of the batch (views; rows do not interact)."""
+        masks = None if self.masks is None else [None if m is None else m[sl] for m in self.masks]
+        return ForwardCache([h[sl] for h in self.inputs], [z[sl] for z in self.preacts], masks)
+
+    def mask(self, k: int):
+        return None if self.masks is None else self.masks[k]
 
 
 def _as_batch(mlp: MLP, X, what: str = "X") -> np.ndarray:
@@ -279,13 +329,14 @@ def _as_batch(mlp: MLP, X, what: str = "X") -> np.ndarray:
     return X
 
 
-def mlp_forward(params: MLP, X: np.ndarray) -> tuple[np.ndarray, ForwardCache]:
-    """Forward pass out = z_{L-1} with z_k = a_k h_k W_k^T + c b_k, h_{k+1} = act(z_k).
+def mlp_forward(params: MLP, X: np.ndarray, masks: list | None = None) -> tuple[np.ndarray, ForwardCache]:
+    """Forward pass out = z_{L-1} with z_k = a_k h_k W_k^T + c b_k, h_{k+1} = m_k act(z_k).
 
     Parameters
     ----------
     params : the network.
     X : (n, n_0) inputs (cast to the parameter dtype).
+    masks : optional dropout multipliers m_k of :func:`dropout_masks` (default: none, m_k = 1).
 
     Returns
     -------
@@ -297,14 +348,19 @@ def mlp_forward(params: MLP, X: np.ndarray) -> tuple[np.ndarray, ForwardCache]:
     c = params.bias_scale()
     for k in range(params.n_layers):
         inputs.append(h)
-        z = (h @ params.weight(k).T) * h.dtype.type(params.weight_scale(k))
+        z = h @ params.weight(k).T
+        a = params.weight_scale(k)
+        if a != 1.0:
+            z *= h.dtype.type(a)
         b = params.bias_vector(k)
         if b is not None:
-            z = z + h.dtype.type(c) * b
+            z += h.dtype.type(c) * b
         preacts.append(z)
         if k < params.n_layers - 1:
             h = _act(params, z)
-    return preacts[-1], ForwardCache(inputs=inputs, preacts=preacts)
+            if masks is not None and masks[k] is not None:
+                h *= masks[k]
+    return preacts[-1], ForwardCache(inputs=inputs, preacts=preacts, masks=masks)
 
 
 def mlp_apply(params: MLP, X: np.ndarray) -> np.ndarray:
@@ -312,34 +368,54 @@ def mlp_apply(params: MLP, X: np.ndarray) -> np.ndarray:
     return mlp_forward(params, X)[0]
 
 
+def _unmasked_act(params: MLP, cache: ForwardCache, k: int) -> np.ndarray:
+    """act(z_k) of hidden layer k (h_{k+1} before its dropout multiplier)."""
+    if cache.mask(k) is None:
+        return cache.inputs[k + 1]
+    return _act(params, cache.preacts[k])
+
+
 def _hidden_d1(params: MLP, cache: ForwardCache, k: int) -> np.ndarray:
-    """act'(z_k) for hidden layer k (0 <= k < L-1), shape (n, n_{k+1})."""
-    return _act_d1(params, cache.preacts[k], cache.inputs[k + 1])
+    """m_k act'(z_k) = dh_{k+1}/dz_k of hidden layer k (0 <= k < L-1), shape (n, n_{k+1})."""
+    d1 = _act_d1(params, cache.preacts[k], _unmasked_act(params, cache, k))
+    m = cache.mask(k)
+    return d1 if m is None else d1 * m
+
+
+def _hidden_d2(params: MLP, cache: ForwardCache, k: int) -> np.ndarray | None:
+    """m_k act''(z_k) of hidden layer k, or None where act'' = 0 a.e."""
+    d2 = _act_d2(params, cache.preacts[k], _unmasked_act(params, cache, k))
+    m = cache.mask(k)
+    return d2 if (d2 is None or m is None) else d2 * m
 
 
 def _backward_deltas(params: MLP, cache: ForwardCache, grad_out: np.ndarray):
     """Per-sample deltas delta_k = dLoss/dz_k (n, n_{k+1}) for k = 0..L-1 and dLoss/dX (n, n_0).
 
     delta_{L-1} = grad_out;  gamma_k = a_k delta_k W_k = dLoss/dh_k;
-    delta_{k-1} = gamma_k * act'(z_{k-1}).
+    delta_{k-1} = gamma_k * m_{k-1} act'(z_{k-1}).
     """
     L = params.n_layers
     deltas = [None] * L
     delta = grad_out
     for k in range(L - 1, -1, -1):
         deltas[k] = delta
-        gamma = (delta @ params.weight(k)) * delta.dtype.type(params.weight_scale(k))
+        gamma = delta @ params.weight(k)
+        a = params.weight_scale(k)
+        if a != 1.0:
+            gamma *= delta.dtype.type(a)
         if k > 0:
             delta = gamma * _hidden_d1(params, cache, k - 1)
     return deltas, gamma
 
 
 def _param_grad_from(params: MLP, cache: ForwardCache, deltas: list,
-                     extra_w: list | None = None) -> np.ndarray:
-    """Assemble grad theta: dW_k = a_k delta_k^T h_k (+ extra_w[k]), db_k = c sum_n delta_k."""
-    grad = np.empty_like(params.theta)
+                     extra_w: list | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Assemble grad theta: dW_k = a_k delta_k^T h_k (+ extra_w[k]), db_k = c sum_n delta_k
+    (into ``out`` when given)."""
+    grad = np.empty_like(params.theta) if out is None else out
     c = params.bias_scale()
-    for k, (ws, bs) in enumerate(_layout(params.layer_sizes, params.bias)):
+    for k, (ws, bs) in enumerate(params.layout()):
         # written straight into theta's layout (no (n_{k+1}, n_k) temporaries: they cost 4x the GEMMs)
         gw = grad[ws].reshape(params.layer_sizes[k + 1], params.layer_sizes[k])
         np.matmul(deltas[k].T, cache.inputs[k], out=gw)
@@ -400,7 +476,7 @@ def mlp_jacobian(params: MLP, X: np.ndarray) -> np.ndarray:
         grad_out = np.zeros_like(out)
         grad_out[:, mu] = 1
         deltas, _ = _backward_deltas(params, cache, grad_out)
-        for k, (ws, bs) in enumerate(_layout(params.layer_sizes, params.bias)):
+        for k, (ws, bs) in enumerate(params.layout()):
             a_k = params.weight_scale(k)
             per_sample = deltas[k][:, :, None] * cache.inputs[k][:, None, :] * a_k
             J[:, mu, ws] = per_sample.reshape(n, -1)
@@ -415,12 +491,48 @@ def _check_scalar_output(params: MLP) -> None:
         raise ValueError(f"a critic must have one output (the logit), got {params.d_out}")
 
 
+@dataclass(frozen=True)
+class CriticPass:
+    """One forward and one backward pass (d out / d out = 1) of a scalar critic on a batch.
+
+    values : (n,) f(x_i).   grads : (n, n_0) grad_x f(x_i).
+    cache : the forward cache.   deltas : [delta_k (n, n_{k+1})], delta_k = df(x_i)/dz_k.
+
+    Because the output is scalar, the backward pass of any per-sample weights c_i is c_i times
+    these deltas, so one pass serves the objective's parameter gradient
+    (:func:`weighted_param_grad`), the input gradients and the gradient penalty.
+    """
+
+    values: np.ndarray
+    grads: np.ndarray
+    cache: ForwardCache
+    deltas: list
+
+    def rows(self, sl: slice) -> "CriticPass":
+        """The pass restricted to the rows ``sl`` (views)."""
+        return CriticPass(self.values[sl], self.grads[sl], self.cache.rows(sl),
+                          [dk[sl] for dk in self.deltas])
+
+
+def critic_pass(params: MLP, X: np.ndarray, masks: list | None = None) -> CriticPass:
+    """Values, input gradients and backward deltas of a scalar critic at X (n, n_0)."""
+    _check_scalar_output(params)
+    out, cache = mlp_forward(params, X, masks)
+    deltas, g = _backward_deltas(params, cache, np.ones_like(out))
+    return CriticPass(out[:, 0], g, cache, deltas)
+
+
+def weighted_param_grad(params: MLP, cp: CriticPass, coef: np.ndarray,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """sum_i coef_i d f(x_i) / d theta (P,) from one :class:`CriticPass` (coef: (n,))."""
+    coef = np.asarray(coef, dtype=params.dtype)[:, None]
+    return _param_grad_from(params, cp.cache, [coef * dk for dk in cp.deltas], out=out)
+
+
 def critic_values_and_input_grads(params: MLP, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Critic values f(x_i) (n,) and input gradients grad_x f(x_i) (n, n_0)."""
-    _check_scalar_output(params)
-    out, cache = mlp_forward(params, X)
-    _, g = _backward_deltas(params, cache, np.ones_like(out))
-    return out[:, 0], g
+    cp = critic_pass(params, X)
+    return cp.values, cp.grads
 
 
 def critic_input_grad(params: MLP, X: np.ndarray) -> np.ndarray:
@@ -428,8 +540,8 @@ def critic_input_grad(params: MLP, X: np.ndarray) -> np.ndarray:
     return critic_values_and_input_grads(params, X)[1]
 
 
-def penalty_and_param_grad(params: MLP, X: np.ndarray, weights,
-                           form: str) -> tuple[float, np.ndarray]:
+def penalty_and_param_grad(params: MLP, X: np.ndarray | None, weights, form: str,
+                           cp: CriticPass | None = None) -> tuple[float, np.ndarray]:
     """Gradient penalty and its gradient w.r.t. the critic parameters (double backward).
 
     With g_i = grad_x f(x_i) and s_i = ||g_i||^2:
@@ -440,12 +552,13 @@ def penalty_and_param_grad(params: MLP, X: np.ndarray, weights,
     Derivation. dP/dtheta = sum_i r_i . dg_i/dtheta with r_i = dP/dg_i held fixed
     (sq: r_i = 2 w_i g_i; gp: r_i = 2 w_i (1 - 1/sqrt(s_i + 1e-12)) g_i), i.e. the parameter
     gradient of F(theta) = sum_i D_x f(x_i)[r_i], the forward-mode tangent of the network along
-    r_i. The tangent pass is hdot_0 = r, zdot_k = a_k hdot_k W_k^T, hdot_{k+1} = act'(z_k) zdot_k.
+    r_i. The tangent pass is hdot_0 = r, zdot_k = a_k hdot_k W_k^T, hdot_{k+1} = m_k act'(z_k) zdot_k
+    (m_k: the dropout multipliers, 1 without dropout).
     Reverse mode through (primal, tangent) with adjoints zdotbar_{L-1} = 1, zbar_{L-1} = 0 gives
     zdotbar_k = delta_k (the input-gradient deltas) and::
 
         dF/dW_k = a_k (delta_k^T hdot_k + zbar_k^T h_k),      dF/db_k = c sum_n zbar_k
-        zbar_{k-1} = act'(z_{k-1}) (a_k zbar_k W_k) + act''(z_{k-1}) zdot_{k-1} gamma_k,
+        zbar_{k-1} = m_{k-1} [act'(z_{k-1}) (a_k zbar_k W_k) + act''(z_{k-1}) zdot_{k-1} gamma_k],
         gamma_k = a_k delta_k W_k.
 
     For relu/leaky_relu act'' = 0 almost everywhere, so zbar = 0 and only the first term
@@ -454,9 +567,11 @@ def penalty_and_param_grad(params: MLP, X: np.ndarray, weights,
     Parameters
     ----------
     params : scalar-output critic.
-    X : (n, n_0) points where the penalty is evaluated.
+    X : (n, n_0) points where the penalty is evaluated (ignored when ``cp`` is given).
     weights : (n,) per-point weights w_i (or a scalar), e.g. lambda / n.
     form : "sq" or "gp".
+    cp : optional :class:`CriticPass` at the points, already computed (e.g. rows of the
+        objective's pass; it carries that pass's dropout masks).
 
     Returns
     -------
@@ -465,11 +580,11 @@ def penalty_and_param_grad(params: MLP, X: np.ndarray, weights,
     """
     if form not in PENALTY_FORMS:
         raise ConfigError(f"penalty form = {form!r}: choose one of {', '.join(PENALTY_FORMS)}")
-    _check_scalar_output(params)
-    out, cache = mlp_forward(params, X)
-    n = out.shape[0]
+    if cp is None:
+        cp = critic_pass(params, X)
+    cache, deltas, g = cp.cache, cp.deltas, cp.grads
+    n = g.shape[0]
     w = np.broadcast_to(np.asarray(weights, dtype=params.dtype), (n,))
-    deltas, g = _backward_deltas(params, cache, np.ones_like(out))
     s = np.einsum("ij,ij->i", g, g)
     if form == "sq":
         value = float(np.dot(w, s))
@@ -485,7 +600,9 @@ def penalty_and_param_grad(params: MLP, X: np.ndarray, weights,
     hdot = r
     for k in range(L):
         hdots.append(hdot)
-        zdot = (hdot @ params.weight(k).T) * params.weight_scale(k)
+        zdot = hdot @ params.weight(k).T
+        if params.weight_scale(k) != 1.0:
+            zdot *= zdot.dtype.type(params.weight_scale(k))
         zdots.append(zdot)
         if k < L - 1:
             hdot = zdot * _hidden_d1(params, cache, k)
@@ -494,7 +611,7 @@ def penalty_and_param_grad(params: MLP, X: np.ndarray, weights,
     c = params.bias_scale()
     zbar = None  # zbar_{L-1} = 0
     for k in range(L - 1, -1, -1):
-        ws, bs = _layout(params.layer_sizes, params.bias)[k]
+        ws, bs = params.layout()[k]
         a_k = params.weight_scale(k)
         gw = grad[ws].reshape(params.layer_sizes[k + 1], params.layer_sizes[k])  # in place, as above
         np.matmul(deltas[k].T, hdots[k], out=gw)
@@ -506,7 +623,7 @@ def penalty_and_param_grad(params: MLP, X: np.ndarray, weights,
             grad[bs] = 0 if zbar is None else c * zbar.sum(axis=0)
         if k == 0:
             break
-        d2 = _act_d2(params, cache.preacts[k - 1], cache.inputs[k])
+        d2 = _hidden_d2(params, cache, k - 1)
         new_zbar = None
         if zbar is not None:
             new_zbar = (zbar @ params.weight(k)) * a_k * _hidden_d1(params, cache, k - 1)

@@ -319,16 +319,28 @@ class Adam(Optimizer):
             if self.amsgrad:
                 self.v_max = np.zeros_like(x)
         self.t += 1
-        self.m = t(b1) * self.m + t(1 - b1) * g
-        self.v = t(b2) * self.v + t(1 - b2) * (g * g)
+        # in place on the optimizer's own moments, op by op as the textbook expressions
+        # m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g^2 (same roundings; no fresh arrays,
+        # which at 1e5+ parameters cost more than the arithmetic)
+        tmp = np.multiply(g, t(1 - b1))
+        self.m *= t(b1)
+        self.m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp *= t(1 - b2)
+        self.v *= t(b2)
+        self.v += tmp
         second = self.v
         if self.amsgrad:
-            self.v_max = np.maximum(self.v_max, self.v)
+            np.maximum(self.v_max, self.v, out=self.v_max)
             second = self.v_max
         bc1 = 1 - b1 ** self.t
         bc2 = 1 - b2 ** self.t
-        denom = np.sqrt(second / t(bc2)) + t(self.eps)
-        return x - (lr / bc1) * (self.m / denom)
+        np.divide(second, t(bc2), out=tmp)
+        np.sqrt(tmp, out=tmp)
+        tmp += t(self.eps)                      # denom = sqrt(second / bc2) + eps
+        np.divide(self.m, tmp, out=tmp)
+        tmp *= t(lr / bc1)
+        return x - tmp
 
 
 # ------------------------------------------------------------------ conjugate gradient ----

@@ -28,7 +28,7 @@ from . import critics as cr
 from . import feature_critic as fc
 from . import nn
 from .kernels import KernelSpec
-from .losses import Objective, objective_from_config, penalty_coefficient
+from .losses import Objective, objective_from_config, run_penalty_coefficient
 
 
 @dataclass(frozen=True)
@@ -98,19 +98,34 @@ class LearnedCritic:
 
 @dataclass(frozen=True)
 class MLPCritic:
-    """Neural critic f = MLP(x) (critic.type mlp): d -> widths -> 1, trained on (y, x)."""
+    """Neural critic f = MLP(x) (critic.type mlp): d -> widths -> 1, trained on (y, x).
+
+    With ``dropout`` rates, every critic step draws fresh inverted-dropout masks (from the
+    loss's noise stream) for its batch [y; x] (and the interpolates); the particle forces use
+    the network without dropout (evaluation mode).
+    """
 
     net: nn.MLP                    # architecture and initial parameters (theta)
     loss: CriticLoss
+    dropout: tuple = ()            # one rate per hidden layer, or empty
     trainable = True
 
     def prepare(self, x):
         return None
 
+    def _masks(self, net, n):
+        if not any(p > 0 for p in self.dropout):
+            return None
+        return nn.dropout_masks(net, n, self.dropout, self.loss.noise_rng)
+
     def objective_grad(self, w, x, ctx):
         L = self.loss
-        return mlp_critic_objective(self.net.with_theta(w), L.y, x, L.objective, L.penalty, L.lam,
-                                    L.interpolates(x), L.weight_decay)[1]
+        net = self.net.with_theta(w)
+        xhat = L.interpolates(x)
+        masks = self._masks(net, len(L.y) + len(x))
+        xhat_masks = None if xhat is None else self._masks(net, len(xhat))
+        return mlp_critic_objective(net, L.y, x, L.objective, L.penalty, L.lam, xhat, L.weight_decay,
+                                    masks, xhat_masks)[1]
 
     def values_and_grads(self, state, ctx, need_values):
         return nn.critic_values_and_input_grads(self.net.with_theta(state.w), state.x)
@@ -118,12 +133,17 @@ class MLPCritic:
 
 def mlp_critic_objective(critic: nn.MLP, y: np.ndarray, x: np.ndarray, objective: Objective,
                          penalty: str, lam: float, xhat: np.ndarray | None = None,
-                         weight_decay: float = 0.0) -> tuple[float, np.ndarray]:
+                         weight_decay: float = 0.0, masks: list | None = None,
+                         xhat_masks: list | None = None) -> tuple[float, np.ndarray]:
     """Critic objective J(phi) (maximised) of an MLP critic and its gradient dJ/dphi.
 
     J = (1/M) sum_m a(f(y_m)) + (1/N) sum_i b(f(x_i)) - P - (wd/2) ||phi||^2, with a, b the
     objective's real/fake terms and P = lam mean ||grad f||^2 on x (``fake``) or y (``real``),
     or lam mean (||grad f(xhat)|| - 1)^2 on the interpolates ``xhat`` (``interpolates``).
+
+    One forward and one backward pass on the stacked batch [y; x] give every term: the
+    objective's parameter gradient is sum_i c_i df(x_i)/dphi with c = (a'(f(y))/M, b'(f(x))/N)
+    (scalar output), and the penalty on x or y reuses that pass's rows (and dropout masks).
 
     Parameters
     ----------
@@ -133,26 +153,32 @@ def mlp_critic_objective(critic: nn.MLP, y: np.ndarray, x: np.ndarray, objective
     penalty : "none" | "fake" | "real" | "interpolates".  lam : effective lambda >= 0.
     xhat : (N, d) interpolates (only for ``interpolates``).
     weight_decay : L2 coefficient wd >= 0.
+    masks : dropout multipliers for the M + N rows of [y; x] (:func:`particlegan.nn.dropout_masks`),
+        or None.  xhat_masks : the same for the interpolates.
 
     Returns
     -------
     value : float J.  grad : (P_D,) dJ/dphi.
     """
-    out_r, cache_r = nn.mlp_forward(critic, y)
-    out_f, cache_f = nn.mlp_forward(critic, x)
-    va, da = objective.real_term(out_r[:, 0])
-    vb, db = objective.fake_term(out_f[:, 0])
+    M = len(y)
+    cp = nn.critic_pass(critic, np.concatenate([y, x]) if len(x) else y, masks)
+    va, da = objective.real_term(cp.values[:M])
+    vb, db = objective.fake_term(cp.values[M:])
     value = float(va.mean() + vb.mean())
-    grad = nn.mlp_backward(critic, cache_r, (da / len(y))[:, None])[0]
-    grad = grad + nn.mlp_backward(critic, cache_f, (db / len(x))[:, None])[0]
+    grad = nn.weighted_param_grad(critic, cp, np.concatenate([da / M, db / len(x)]))
     if penalty != "none" and lam > 0:
-        pts, form = {"fake": (x, "sq"), "real": (y, "sq"), "interpolates": (xhat, "gp")}[penalty]
-        pv, pg = nn.penalty_and_param_grad(critic, pts, lam / len(pts), form)
+        if penalty == "interpolates":
+            pv, pg = nn.penalty_and_param_grad(critic, xhat, lam / len(xhat), "gp",
+                                               cp=nn.critic_pass(critic, xhat, xhat_masks))
+        else:
+            rows = slice(M, None) if penalty == "fake" else slice(0, M)
+            pcp = cp.rows(rows)
+            pv, pg = nn.penalty_and_param_grad(critic, None, lam / len(pcp.values), "sq", cp=pcp)
         value -= pv
-        grad = grad - pg
+        grad -= pg
     if weight_decay > 0:
         value -= 0.5 * weight_decay * float(critic.theta @ critic.theta)
-        grad = grad - critic.theta.dtype.type(weight_decay) * critic.theta
+        grad -= critic.theta.dtype.type(weight_decay) * critic.theta
     return value, grad
 
 
@@ -185,9 +211,10 @@ def critic_layer_sizes(cfg: dict) -> list[int]:
 
 
 def make_critic_mlp(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.MLP:
-    """Critic MLP of :func:`critic_layer_sizes` with biases, PyTorch-default init; output = f(x)."""
+    """Critic MLP of :func:`critic_layer_sizes` with biases (the output layer's only with
+    ``critic.output_bias``), PyTorch-default init; output = f(x)."""
     return nn.init_mlp(critic_layer_sizes(cfg), cfg["critic"]["activation"], True, "standard", rng,
-                       dtype=dtype, config_prefix="critic")
+                       dtype=dtype, config_prefix="critic", output_bias=cfg["critic"]["output_bias"])
 
 
 def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
@@ -201,7 +228,7 @@ def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
     """
     ccfg, lcfg = cfg["critic"], cfg["loss"]
     ctype, dtype, wd = ccfg["type"], y.dtype, ccfg["weight_decay"]
-    loss = CriticLoss(y, objective_from_config(lcfg), lcfg["penalty"], penalty_coefficient(lcfg), wd, noise_rng)
+    loss = CriticLoss(y, objective_from_config(lcfg), lcfg["penalty"], run_penalty_coefficient(cfg, len(y)), wd, noise_rng)
     if ctype in cr.FEATURE_CRITICS:
         fmap, real, w = cr.build_feature_critic(ccfg, y, backend, rng, cr.target_feature_needs(lcfg))
         return FeatureCritic(fmap, real, loss, backend), w
@@ -210,7 +237,7 @@ def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
         return LearnedCritic(learned, y, wd, backend), w
     if ctype == "mlp":
         net = make_critic_mlp(cfg, rng, dtype)
-        return MLPCritic(net, loss), net.theta.copy()
+        return MLPCritic(net, loss, tuple(ccfg["dropout"])), net.theta.copy()
     if ctype in cr.KERNEL_CRITICS:
         return KernelCritic(cr.critic_kernel(ccfg), y, backend), None
     raise NotImplementedError(f"critic.type = {ctype!r} is not available in the particle model")

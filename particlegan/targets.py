@@ -109,8 +109,10 @@ def load_data_target(tcfg: dict) -> np.ndarray:
     return NORMALIZE[tcfg["normalize"]](samples)
 
 
-def init_particles(pcfg: dict, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """Initial particles x_i(0), shape (N, d): N(0, init_sigma^2 I) or loaded from a file."""
+def init_particles(pcfg: dict, dim: int, rng: np.random.Generator,
+                   target_mean: np.ndarray | None = None) -> np.ndarray:
+    """Initial particles x_i(0), shape (N, d): N(0, init_sigma^2 I), N(mean, init_sigma^2 I)
+    around ``target_mean`` (d,) for ``init = "target_mean"``, or loaded from a file."""
     n = pcfg["n"]
     if pcfg["init"] == "file":
         x = load_sample_array(pcfg["init_path"], "particles.init_path", ncols=dim)
@@ -118,4 +120,9 @@ def init_particles(pcfg: dict, dim: int, rng: np.random.Generator) -> np.ndarray
             raise DataError(f"particles.init_path file '{pcfg['init_path']}' has {x.shape[0]} rows, "
                             f"expected particles.n = {n}")
         return x
-    return pcfg["init_sigma"] * rng.standard_normal((n, dim))
+    x = pcfg["init_sigma"] * rng.standard_normal((n, dim))
+    if pcfg["init"] == "target_mean":
+        if target_mean is None:
+            raise ValueError("particles.init = 'target_mean' needs the target mean")
+        x += np.asarray(target_mean, dtype=np.float64)
+    return x

@@ -60,7 +60,7 @@ def _reference_forward(m, X):
         else:
             a, c = 1.0, 1.0
         z = a * np.einsum("oi,ni->no", W, h)
-        if m.bias:
+        if m.bias and (m.output_bias or k < L - 1):
             z = z + c * m.theta[pos:pos + n_out]
             pos += n_out
         if k < L - 1:
@@ -225,6 +225,87 @@ def test_relu_penalty_has_no_bias_gradient():
     bias_idx = np.concatenate([np.arange(s.start, s.stop) for s in m.tensor_slices()[1::2]])
     assert np.all(grad[bias_idx] == 0)
     assert np.any(grad != 0)
+
+
+# ------------------------------------------------------- dropout, no output bias ----
+def _masked(m, n, seed=5, rate=0.4):
+    rates = [rate] * (m.n_layers - 1)
+    rates[0] = 0.0  # a layer without dropout next to layers with it
+    return nn.dropout_masks(m, n, rates, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_dropout_forward_matches_masked_reference_and_input_grads_match_fd(act):
+    m = _net(act, True, "standard", 3, d_out=1)
+    X = np.random.default_rng(21).standard_normal((4, 3))
+    masks = _masked(m, 4)
+    assert masks[0] is None and all(mk.shape == (4, 5) for mk in masks[1:])
+    # independent forward: h_{k+1} = m_k * act(z_k), written from the equations
+    h = X
+    for k in range(m.n_layers):
+        z = h @ m.weight(k).T + m.bias_vector(k)
+        h = z if k == m.n_layers - 1 else nn._act(m, z) * (1.0 if masks[k] is None else masks[k])
+    cp = nn.critic_pass(m, X, masks)
+    np.testing.assert_allclose(cp.values, h[:, 0], rtol=1e-13)
+    fd = np.stack([_fd_grad(lambda xi: nn.mlp_forward(m, np.vstack([X[:i], xi[None], X[i + 1:]]),
+                                                       masks)[0][i, 0], X[i]) for i in range(4)])
+    _assert_grad_close(cp.grads, fd)
+
+
+@pytest.mark.parametrize("form", ["sq", "gp"])
+@pytest.mark.parametrize("act", ACTS)
+def test_dropout_penalty_param_grad_matches_finite_differences(act, form):
+    """The double backward carries the masks: m_k act'(z_k) in the tangent and m_k act'' in zbar."""
+    m = _net(act, True, "ntk", 3, d_out=1, seed=2)
+    X = np.random.default_rng(22).standard_normal((4, 3))
+    masks = _masked(m, 4)
+    w = np.random.default_rng(23).uniform(0.2, 1.5, 4)
+
+    def P(theta):
+        g = nn.critic_pass(m.with_theta(theta), X, masks).grads
+        s = np.sum(g * g, axis=1)
+        return float(np.sum(w * (s if form == "sq" else (np.sqrt(s + 1e-12) - 1.0) ** 2)))
+
+    value, grad = nn.penalty_and_param_grad(m, None, w, form, cp=nn.critic_pass(m, X, masks))
+    assert value == pytest.approx(P(m.theta), rel=1e-12)
+    _assert_grad_close(grad, _fd_grad(P, m.theta))
+
+
+def test_dropout_masks_statistics_and_errors():
+    m = _net("relu", True, "standard", 2, width=400, d_out=1)
+    masks = nn.dropout_masks(m, 500, [0.2, 0.0], np.random.default_rng(0))
+    assert masks[1] is None
+    dropped = float(np.mean(masks[0] == 0))
+    # 2e5 Bernoulli(0.2) draws: std of the fraction 9e-4, margin 5 std
+    assert abs(dropped - 0.2) < 5e-3
+    assert set(np.unique(masks[0])) == {0.0, 1.25}
+    with pytest.raises(ValueError, match="2 hidden layers"):
+        nn.dropout_masks(m, 3, [0.1], np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_no_output_bias_layout_and_gradients(act):
+    rng = np.random.default_rng(4)
+    m = nn.init_mlp([3, 5, 4, 1], act, True, "standard", rng, output_bias=False)
+    assert m.n_params == 3 * 5 + 5 + 5 * 4 + 4 + 4 * 1 == nn.count_params([3, 5, 4, 1], True, False)
+    assert m.bias_vector(2) is None and m.bias_vector(1).shape == (4,)
+    assert sum(s.stop - s.start for s in m.tensor_slices()) == m.n_params
+    X = rng.standard_normal((6, 3))
+    G = rng.standard_normal((6, 1))
+    out, cache = nn.mlp_forward(m, X)
+    np.testing.assert_allclose(out, _reference_forward(m, X), rtol=1e-13)
+    grad, _ = nn.mlp_backward(m, cache, G)
+    _assert_grad_close(grad, _fd_grad(lambda th: float(np.sum(nn.mlp_apply(m.with_theta(th), X) * G)),
+                                      m.theta))
+
+
+def test_weighted_param_grad_is_the_backward_of_per_sample_weights():
+    m = _net("tanh", True, "standard", 2, d_out=1, seed=7)
+    X = np.random.default_rng(24).standard_normal((6, 3))
+    c = np.random.default_rng(25).standard_normal(6)
+    out, cache = nn.mlp_forward(m, X)
+    want, _ = nn.mlp_backward(m, cache, c[:, None])
+    np.testing.assert_allclose(nn.weighted_param_grad(m, nn.critic_pass(m, X), c), want, rtol=1e-12, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- latents ----

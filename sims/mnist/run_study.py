@@ -1,0 +1,290 @@
+"""The effective-GAN paper's MNIST experiment: 100 particles in d = 784 against the first 100
+MNIST images and a ReLU MLP critic, swept over (phi, lrD), compared cell by cell with the
+paper's collapse map recomputed from its released particles
+(../shared/reference/mnist/paper_collapse_map.csv).
+
+Usage (from the repository root):
+    python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~80 min)
+    python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation row (~30 min)
+    python sims/mnist/run_study.py --replot                         # figures/tables from DIR only
+    python sims/mnist/run_study.py --quick --out DIR                # 2 x 2 cells, 5 steps (tests)
+Both sweeps are resumable (finished runs are kept; rerun the same command after a stop).
+Writes DIR/grid/ and DIR/ablation/ (run directories), sims/mnist/results.csv (our map),
+sims/mnist/results.md, figures/mnist_mode_collapse.png and figures/mnist_slices.png
+(the full study only; --quick writes its figures and tables into DIR).
+"""
+from __future__ import annotations
+
+import os
+
+# one BLAS thread per worker: the runs are parallel (oversubscription is very slow)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from particlegan.analysis import first_crossing, load_results, load_run, same_side_fraction  # noqa: E402
+from particlegan.progress import Reporter  # noqa: E402
+from particlegan.sweep import GridAxis, load_base, plan_sweep, run_sweep  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+CONFIG = HERE / "config.toml"
+PAPER_CSV = ROOT.parent / "shared" / "reference" / "mnist" / "paper_collapse_map.csv"
+FIGURES = ROOT / "figures"
+LEVEL = 2.0  # collapsed side: C > 2 (log 100 = 4.6 is every particle on one target)
+
+# the paper's grid: phi in {0} U logspace(-2, -0.01, 25); calibration rows lrD = 10^(-4 + k/12), k even
+PHI_GRID = [0.0] + [float(v) for v in np.logspace(-2, -0.01, 25)]
+LRD_ROWS = [float(10 ** (-4 + k / 12)) for k in range(0, 17, 2)]
+# the study's resolution (chosen to fit ~80 min on 2 cores): every other calibration row, and
+# the phi points where the paper's map changes (dense above 0.25, where its boundary lies)
+STUDY_PHI = [PHI_GRID[i] for i in (0, 8, 14, 19, 21, 22, 23, 24, 25)]
+STUDY_LRD = [LRD_ROWS[i] for i in (0, 2, 4, 6, 8)]
+SLICE_LRD = LRD_ROWS[4]    # 4.64e-4, the notebook's guide line
+SLICE_PHI = PHI_GRID[14]   # 0.0989
+SLICE_PARTICLES = (0, 7, 14)
+# ablation: the row lrD = 4.64e-4 at four phi, one unknown changed at a time
+ABLATION_PHI = [PHI_GRID[i] for i in (0, 21, 23, 25)]
+ABLATIONS = {
+    "chosen settings": [],
+    "5 critic steps (50 at start)": ["dynamics.critic_steps=5", "dynamics.critic_steps_startup=50"],
+    "no dropout": ["critic.dropout=[]"],
+    "init at the target mean": ["particles.init=target_mean"],
+    "coupling K/N (ntk normalisation)": ["generator.normalization=ntk"],
+    "penalty lambda E||grad f||^2": ["loss.penalty_form=lambda"],
+}
+QUICK_SETS = ["run.steps=5", "run.record_every=5", "dynamics.critic_steps=2",
+              "dynamics.critic_steps_startup=2", "particles.n=12", "target.n_samples=12",
+              "critic.widths=[8, 16, 8]", "observables.mmd_samples=12"]
+
+
+def _axes(phis, lrds) -> list[GridAxis]:
+    return [GridAxis("generator.phi", tuple(phis), "generator.phi=" + ",".join(map(repr, phis))),
+            GridAxis("dynamics.eta_d", tuple(lrds), "dynamics.eta_d=" + ",".join(map(repr, lrds)))]
+
+
+def run_grid(out: Path, phis, lrds, sets: list[str], jobs: int) -> list[dict]:
+    """One resumable sweep over (phi, lrD) into ``out``; its finished rows."""
+    plan = plan_sweep(load_base(CONFIG, sets), _axes(phis, lrds), [0], config_path=str(CONFIG),
+                      fixed_keys=[s.split("=")[0] for s in sets])
+    run_sweep(plan, out, jobs=jobs, plot=False, reporter=Reporter())
+    return [r for r in load_results(out / "results.csv") if r["status"] == "ok"]
+
+
+def our_map(rows: list[dict]) -> dict[tuple[float, float], float]:
+    return {(r["dynamics.eta_d"], r["generator.phi"]): r["collapse_cos"] for r in rows}
+
+
+def paper_map() -> dict[tuple[float, float], float]:
+    """{(lrD, phi): C} of the calibration rows, with grid values snapped to ours."""
+    out = {}
+    with open(PAPER_CSV, newline="") as fh:
+        for r in csv.DictReader(fh):
+            lr, phi = _snap(float(r["lr_d"]), LRD_ROWS), _snap(float(r["phi"]), PHI_GRID)
+            if lr is not None and phi is not None:
+                out[(lr, phi)] = float(r["collapse"])
+    return out
+
+
+def _snap(v: float, grid) -> float | None:
+    for g in grid:
+        if math.isclose(v, g, rel_tol=1e-9, abs_tol=1e-15):
+            return g
+    return None
+
+
+def _phi_step(phi_a: float, phi_b: float) -> float:
+    """Distance of two phi values in paper grid steps (nan if either is missing)."""
+    if not (np.isfinite(phi_a) and np.isfinite(phi_b)):
+        return math.nan
+    return abs(PHI_GRID.index(phi_a) - PHI_GRID.index(phi_b))
+
+
+def compare(ours: dict, paper: dict, lrds, phis) -> dict:
+    """The issue's three goals on the cells we ran (paper restricted to the same cells, and its
+    phi_c also on its full row)."""
+    common = {k: v for k, v in ours.items() if k[0] >= 1e-4}
+    frac, n_common = same_side_fraction(common, paper, LEVEL)
+    rows = []
+    for lr in lrds:
+        mine = [ours.get((lr, p), math.nan) for p in phis]
+        theirs_same = [paper.get((lr, p), math.nan) for p in phis]
+        theirs_full = [paper.get((lr, p), math.nan) for p in PHI_GRID]
+        pc_ours = first_crossing(phis, mine, LEVEL)
+        pc_same = first_crossing(phis, theirs_same, LEVEL)
+        pc_full = first_crossing(PHI_GRID, theirs_full, LEVEL)
+        rows.append({"lrd": lr, "phi_c_ours": pc_ours, "phi_c_paper_same_cells": pc_same,
+                     "phi_c_paper_full_row": pc_full, "steps_apart": _phi_step(pc_ours, pc_full),
+                     "c0_ours": ours.get((lr, 0.0), math.nan), "c0_paper": paper.get((lr, 0.0), math.nan)})
+    return {"same_side": frac, "n_common": n_common, "rows": rows}
+
+
+# ------------------------------------------------------------------------------ figures ----
+def _map_image(m: dict, lrds, phis) -> np.ndarray:
+    return np.array([[m.get((lr, p), np.nan) for p in phis] for lr in lrds])
+
+
+def plot_maps(ours: dict, paper: dict, path: Path) -> None:
+    """Our map beside the paper's on the paper's calibration grid, one colour scale."""
+    from matplotlib import colormaps
+
+    from particlegan.plotting import new_figure, save_figure
+
+    fig, axes = new_figure(1, 2, figsize=(13, 4.8), layout="constrained")
+    cmap = colormaps["viridis"].copy()
+    cmap.set_bad("0.85")
+    xt = [i for i, p in enumerate(PHI_GRID) if i == 0 or i % 4 == 1 or i == len(PHI_GRID) - 1]
+    for ax, (title, m) in zip(axes, (("particlegan (this study)", ours), ("paper (released particles)", paper))):
+        im = ax.imshow(_map_image(m, LRD_ROWS, PHI_GRID), origin="lower", aspect="auto", cmap=cmap,
+                       vmin=0.0, vmax=math.log(100), interpolation="nearest")
+        ax.set_xticks(xt, [f"{PHI_GRID[i]:.2g}" for i in xt])
+        ax.set_yticks(range(len(LRD_ROWS)), [f"{v:.3g}" for v in LRD_ROWS])
+        ax.set_xlabel(r"$g_2/g_1 = \varphi$ (paper grid; first column $\varphi = 0$)")
+        ax.set_ylabel("discriminator learning rate lrD")
+        ax.set_title(title)
+    fig.colorbar(im, ax=axes, label=r"collapse $C = \log M - H(p)$ (cosine assignment)")
+    fig.suptitle("Mode collapse: MNIST data with ReLU discriminator (grey: not run / not released)")
+    save_figure(fig, path)
+
+
+def _pixels(x: np.ndarray) -> np.ndarray:
+    """Undo the mnist normalisation for display."""
+    return np.clip((x * 0.3081 + 0.1307), 0.0, 1.0)
+
+
+def plot_slices(grid_dir: Path, rows: list[dict], path: Path) -> None:
+    """Three particles per run along lrD = 4.64e-4 (increasing phi) and along phi = 0.0989
+    (decreasing lrD), as the paper's notebook draws them."""
+    from particlegan.plotting import new_figure, save_figure
+
+    by_cell = {(r["dynamics.eta_d"], r["generator.phi"]): r["run_id"] for r in rows}
+    along_phi = [(f"phi {p:.3g}", by_cell.get((SLICE_LRD, p))) for p in STUDY_PHI]
+    along_lrd = [(f"lrD {lr:.3g}", by_cell.get((lr, SLICE_PHI))) for lr in sorted(STUDY_LRD, reverse=True)]
+    panels = [(f"lrD = {SLICE_LRD:.3g}, increasing phi", along_phi),
+              (f"phi = {SLICE_PHI:.3g}, decreasing lrD", along_lrd)]
+    n_cols = max(len(p[1]) for p in panels)
+    fig, axes = new_figure(2 * len(SLICE_PARTICLES), n_cols, figsize=(1.1 * n_cols + 1, 7.5), squeeze=False)
+    for pi, (title, runs) in enumerate(panels):
+        for c in range(n_cols):
+            for k, idx in enumerate(SLICE_PARTICLES):
+                ax = axes[pi * len(SLICE_PARTICLES) + k, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c >= len(runs) or runs[c][1] is None:
+                    ax.axis("off")
+                    continue
+                x = load_run(grid_dir / "runs" / runs[c][1])["final_particles"]
+                ax.imshow(_pixels(x[idx]).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+                if k == 0:
+                    ax.set_title(runs[c][0], fontsize=8)
+                if c == 0:
+                    ax.set_ylabel(f"#{idx}", fontsize=8)
+        axes[pi * len(SLICE_PARTICLES), 0].annotate(title, (0, 1.45), xycoords="axes fraction", fontsize=10)
+    save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ tables ----
+def _f(v, fmt="{:.3g}") -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
+
+
+def map_table(ours: dict, paper: dict, lrds, phis) -> list[str]:
+    lines = ["| lrD \\ phi | " + " | ".join(f"{p:.3g}" for p in phis) + " |",
+             "|---|" + "---|" * len(phis)]
+    for lr in lrds:
+        cells = [f"{_f(ours.get((lr, p)), '{:.2f}')} ({_f(paper.get((lr, p)), '{:.1f}')})" for p in phis]
+        lines.append(f"| {lr:.3g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_tables(path: Path, ours: dict, paper: dict, cmp: dict, lrds, phis, ablation=None,
+                 header: str = "") -> None:
+    from particlegan.storage import atomic_write_bytes
+
+    lines = [header] if header else []
+    lines += ["## Our map and the paper's", "",
+              f"C at the last step, ours (paper's in brackets; '-': not run / not released); "
+              f"{len(ours)} runs, seed 0.", "", *map_table(ours, paper, lrds, phis), "",
+              "## Goals", "",
+              f"- Common cells (lrD >= 1e-4) on the same side of C = 2: **{_f(cmp['same_side'], '{:.0%}')}** "
+              f"of {cmp['n_common']} (goal >= 90%).", "",
+              "| lrD | phi_c ours | phi_c paper (same cells) | phi_c paper (full row) | paper grid steps apart "
+              "| C(phi=0) ours | C(phi=0) paper | diff |", "|---|---|---|---|---|---|---|---|"]
+    for r in cmp["rows"]:
+        diff = r["c0_ours"] - r["c0_paper"]
+        lines.append(f"| {r['lrd']:.3g} | {_f(r['phi_c_ours'])} | {_f(r['phi_c_paper_same_cells'])} | "
+                     f"{_f(r['phi_c_paper_full_row'])} | {_f(r['steps_apart'], '{:.0f}')} | "
+                     f"{_f(r['c0_ours'], '{:.2f}')} | {_f(r['c0_paper'], '{:.2f}')} | {_f(diff, '{:+.2f}')} |")
+    lines += ["", "phi_c: the smallest phi of the row with C > 2 ('-': none on the row)."]
+    if ablation:
+        lines += ["", "## Ablation (lrD = 4.64e-4; one unknown changed at a time)", "",
+                  "| variant | " + " | ".join(f"C(phi={p:.3g})" for p in ABLATION_PHI) + " |",
+                  "|---|" + "---|" * len(ABLATION_PHI)]
+        for label, m in ablation.items():
+            lines.append(f"| {label} | " + " | ".join(_f(m.get((SLICE_LRD, p)), "{:.2f}")
+                                                  for p in ABLATION_PHI) + " |")
+        lines.append("| paper | " + " | ".join(_f(paper.get((SLICE_LRD, p)), "{:.2f}") for p in ABLATION_PHI) + " |")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def write_map_csv(path: Path, ours: dict, paper: dict) -> None:
+    from particlegan.storage import atomic_write_csv
+
+    rows = [{"lr_d": repr(lr), "phi": repr(p), "collapse": repr(c),
+             "paper_collapse": repr(paper[(lr, p)]) if (lr, p) in paper else ""}
+            for (lr, p), c in sorted(ours.items())]
+    atomic_write_csv(path, rows, ["lr_d", "phi", "collapse", "paper_collapse"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument("--quick", action="store_true", help="2 x 2 cells, 5 steps, small nets (tests)")
+    ap.add_argument("--ablation", action="store_true", help="also run the ablation row")
+    ap.add_argument("--replot", action="store_true", help="no runs: tables and figures from --out")
+    args = ap.parse_args(argv)
+    phis, lrds = STUDY_PHI, STUDY_LRD
+    sets: list[str] = []
+    md, fig_dir, map_csv = HERE / "results_tables.md", FIGURES, HERE / "results.csv"
+    if args.quick:
+        phis, lrds, sets = [0.0, PHI_GRID[25]], [LRD_ROWS[4], LRD_ROWS[8]], list(QUICK_SETS)
+        md, fig_dir, map_csv = args.out / "results_tables.md", args.out, args.out / "results.csv"
+    grid_dir = args.out / "grid"
+    if args.replot:
+        rows = [r for r in load_results(grid_dir / "results.csv") if r["status"] == "ok"]
+    else:
+        rows = run_grid(grid_dir, phis, lrds, sets, args.jobs)
+    ablation = None
+    abl_root = args.out / "ablation"
+    if args.ablation or (args.replot and abl_root.exists()):
+        ablation = {}
+        for i, (label, extra) in enumerate(ABLATIONS.items()):
+            d = abl_root / f"v{i}"
+            if args.replot:
+                if (d / "results.csv").exists():
+                    ablation[label] = our_map([r for r in load_results(d / "results.csv") if r["status"] == "ok"])
+                continue
+            ablation[label] = our_map(run_grid(d, ABLATION_PHI, [SLICE_LRD], sets + extra, args.jobs))
+    ours, paper = our_map(rows), paper_map()
+    cmp = compare(ours, paper, lrds, phis)
+    write_map_csv(map_csv, ours, paper)
+    write_tables(md, ours, paper, cmp, lrds, phis, ablation,
+                 header="<!-- written by sims/mnist/run_study.py; see results.md for the reading -->")
+    plot_maps(ours, paper, fig_dir / "mnist_mode_collapse.png")
+    if not args.quick:
+        plot_slices(grid_dir, rows, fig_dir / "mnist_slices.png")
+    print(f"same side of C = 2: {_f(cmp['same_side'], '{:.0%}')} of {cmp['n_common']} common cells; "
+          f"tables: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
