@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation or (args.replot and abl_root.exists()):
         ablation = {}
         for i, (label, extra) in enumerate(ABLATIONS.items()):
+            if not extra:  # the chosen settings: the study grid's own cells
+                ablation[label] = {k: v for k, v in our_map(rows).items() if k[0] == SLICE_LRD}
+                continue
             d = abl_root / f"v{i}"
             if args.replot:
                 if (d / "results.csv").exists():
