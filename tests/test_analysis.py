@@ -152,3 +152,17 @@ def test_load_run_and_convergence_times_of_a_sweep(tmp_path):
     assert rows[0]["convergence_time"] == 0.0 and math.isnan(rows[1]["convergence_time"])
     with pytest.raises(DataError, match="no result.npz"):
         load_run(tmp_path / "runs" / "gone")
+
+
+def test_first_crossing_and_same_side_fraction_on_hand_made_maps():
+    from particlegan.analysis import first_crossing, same_side_fraction
+
+    nan = float("nan")
+    assert first_crossing([0.0, 0.1, 0.5, 0.9], [0.1, nan, 3.0, 4.6], 2.0) == 0.5
+    assert first_crossing([0.9, 0.0, 0.5], [4.6, 0.1, 1.0], 2.0) == 0.9  # sorted by x
+    assert np.isnan(first_crossing([0.0, 0.5], [0.1, 2.0], 2.0))        # C = 2 is not above
+    a = {(1, 0): 0.1, (1, 1): 3.0, (2, 0): 2.5, (3, 0): nan}
+    b = {(1, 0): 0.5, (1, 1): 1.0, (2, 0): 4.0, (3, 0): 1.0, (4, 0): 0.0}
+    assert same_side_fraction(a, b, 2.0) == (2 / 3, 3)
+    frac, n = same_side_fraction({(9, 9): 1.0}, b, 2.0)
+    assert n == 0 and np.isnan(frac)

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 
@@ -89,6 +90,24 @@ def test_g2_overrides_phi_and_is_checked():
     assert cfg["generator"]["phi"] == 0.25
     with pytest.raises(ConfigError, match="generator.g2"):
         resolve_config(overrides=["generator.g2=3.0"])
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["critic.dropout=[0.2]"], "critic.dropout is available for critic.type = 'mlp'"),
+    (["critic.type=mlp", "critic.widths=[4, 4]", "critic.dropout=[0.2]"], "1 rates for 2 hidden layers"),
+    (["critic.type=mlp", "critic.dropout=[0.2, 1.0]"], "critic.dropout"),
+    (["critic.type=mlp", "model.type=neural", "critic.dropout=[0, 0.2]"], "particle model only"),
+    (["loss.penalty=interpolates", "loss.penalty_form=mean_grad"], "loss.penalty_form = 'mean_grad'"),
+])
+def test_dropout_and_mean_grad_rules(extra, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        resolve_config(overrides=extra)
+
+
+def test_dropout_accepted_for_the_particle_mlp_critic():
+    cfg = resolve_config(overrides=["critic.type=mlp", "critic.widths=[4, 8, 4]", "critic.dropout=[0, 0.2, 0]",
+                                    "critic.output_bias=false"])
+    assert cfg["critic"]["dropout"] == [0.0, 0.2, 0.0] and cfg["critic"]["output_bias"] is False
 
 
 def test_cross_key_rules():

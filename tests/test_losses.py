@@ -110,3 +110,40 @@ def test_penalty_coefficient_conventions():
     assert penalty_coefficient(base) == 0.4
     assert penalty_coefficient({**base, "penalty_form": "half_lambda"}) == 0.2
     assert penalty_coefficient({**base, "penalty": "none"}) == 0.0
+    # mean_grad: the penalty of the gradient of the batch mean, grad_x (1/n) sum_j f(x_j)
+    assert penalty_coefficient({**base, "penalty_form": "mean_grad"}, 100) == pytest.approx(0.4e-4, rel=1e-15)
+    with pytest.raises(ValueError, match="number of penalty points"):
+        penalty_coefficient({**base, "penalty_form": "mean_grad"})
+
+
+def test_mean_grad_penalty_equals_the_penalty_of_the_batch_mean_gradient():
+    """USD's D_forward_weights: lambda mean_i ||d/dx_i (mean_j f(x_j))||^2, computed directly
+    (finite differences of the batch mean) against the critic objective's penalty term."""
+    from particlegan import dynamics as dyn
+    from particlegan.config import resolve_config
+    from particlegan.particle_critics import mlp_critic_objective
+
+    cfg = resolve_config(overrides=["particles.n=6", "target.n_samples=7", "critic.type=mlp", "critic.widths=[5]",
+                                    "critic.activation=tanh", "loss.penalty_weight=1.25",
+                                    "loss.penalty_form=mean_grad", "dynamics.critic_steps_startup=0"])
+    model, state = dyn.build_model(cfg)
+    c, L = model.critic, model.critic.loss
+    assert L.lam == pytest.approx(1.25 / 36)
+    net = c.net.with_theta(state.w)
+    x = state.x.astype(np.float64)
+    h = 1e-6
+
+    def mean_f(xx):
+        from particlegan import nn
+        return float(nn.mlp_apply(net, xx)[:, 0].mean())
+
+    g = np.zeros_like(x)
+    for i in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            e = np.zeros_like(x)
+            e[i, k] = h
+            g[i, k] = (mean_f(x + e) - mean_f(x - e)) / (2 * h)
+    want = 1.25 * np.mean(np.sum(g * g, axis=1))
+    with_pen = mlp_critic_objective(net, L.y, x, L.objective, L.penalty, L.lam)[0]
+    without = mlp_critic_objective(net, L.y, x, L.objective, "none", 0.0)[0]
+    assert without - with_pen == pytest.approx(want, rel=1e-6)

@@ -60,6 +60,47 @@ def test_mlp_critic_parameter_gradient_matches_finite_differences(activation, pe
     np.testing.assert_allclose(grad[idx], fd, rtol=2e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("penalty", ["none", "fake", "real", "interpolates"])
+def test_mlp_critic_gradient_with_dropout_and_no_output_bias_matches_finite_differences(penalty):
+    """With the dropout masks of one critic step held fixed (as autograd sees them), dJ/dphi of
+    the fused pass (objective + penalty on the same rows and masks) against central FD."""
+    from particlegan import nn
+
+    cfg = tiny("critic.type=mlp", "critic.activation=tanh", f"loss.penalty=\"{penalty}\"", "loss.penalty_weight=0.5",
+               "critic.widths=[5, 6, 4]", "critic.dropout=[0, 0.4, 0.2]", "critic.output_bias=false",
+               "critic.weight_decay=0.01")
+    model, state = dyn.build_model(cfg)
+    c, L = model.critic, model.critic.loss
+    assert c.net.bias_vector(3) is None
+    rng = np.random.default_rng(2)
+    masks = nn.dropout_masks(c.net, len(L.y) + len(state.x), c.dropout, rng)
+    xhat = rng.normal(size=state.x.shape) * 0.3
+    xmasks = nn.dropout_masks(c.net, len(xhat), c.dropout, rng)
+
+    def J(w):
+        return pc.mlp_critic_objective(c.net.with_theta(w), L.y, state.x, L.objective, L.penalty, L.lam, xhat,
+                                       L.weight_decay, masks, xmasks)
+
+    _, grad = J(state.w)
+    h = 1e-6
+    idx = rng.choice(len(state.w), size=25, replace=False)
+    fd = [(J(state.w + h * e)[0] - J(state.w - h * e)[0]) / (2 * h) for e in np.eye(len(state.w))[idx]]
+    np.testing.assert_allclose(grad[idx], fd, rtol=2e-5, atol=1e-8)
+
+
+def test_mlp_critic_steps_draw_fresh_dropout_masks_and_forces_use_none():
+    from particlegan import nn
+
+    model, state = dyn.build_model(tiny("critic.type=mlp", "critic.widths=[6, 6]", "critic.dropout=[0.5, 0]"))
+    g1 = model.critic.objective_grad(state.w, state.x, None)
+    g2 = model.critic.objective_grad(state.w, state.x, None)
+    assert not np.array_equal(g1, g2)  # a new mask per step
+    values, grads = model.critic.values_and_grads(state, None, True)
+    v_ref, g_ref = nn.critic_values_and_input_grads(model.critic.net.with_theta(state.w), state.x)
+    np.testing.assert_array_equal(grads, g_ref)
+    np.testing.assert_array_equal(values, v_ref)
+
+
 def test_mlp_critic_input_gradients_drive_the_particles_and_match_finite_differences():
     model, state = dyn.build_model(tiny("critic.type=mlp", "critic.activation=tanh"))
     values, grads = model.critic.values_and_grads(state, None, True)

@@ -45,6 +45,17 @@ def test_gaussian_init_statistics():
     np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=0.004)
 
 
+def test_target_mean_init_statistics():
+    cfg = resolve_config(overrides=["particles.n=20000", "particles.init=target_mean", "particles.init_sigma=0.2"])
+    mean = np.array([0.3, -1.5])
+    x = init_particles(cfg["particles"], 2, np.random.default_rng(0), target_mean=mean)
+    # 2e4 draws: std of the sample mean 1.4e-3, margin 3 std
+    np.testing.assert_allclose(x.mean(axis=0), mean, atol=0.0045)
+    np.testing.assert_allclose(x.std(axis=0), 0.2, rtol=0.03)
+    with pytest.raises(ValueError, match="target mean"):
+        init_particles(cfg["particles"], 2, np.random.default_rng(0))
+
+
 def _write_idx(path, imgs):
     import struct
     path.write_bytes(bytes([0, 0, 8, 3]) + b"".join(struct.pack(">I", n) for n in imgs.shape) + imgs.tobytes())
