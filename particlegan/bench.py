@@ -446,6 +446,65 @@ def record_times(table_sizes=(1, 2028), repeats: int = 20) -> list[tuple[int, fl
     return out
 
 
+MNIST_WIDTHS = (64, 1024, 64)  # the study's critic (sims/mnist): 784 -> 64 -> 1024 -> 64 -> 1
+
+
+def mlp_step_flops(layer_sizes, n_particles: int, n_targets: int, critic_steps: int) -> float:
+    """Matmul FLOPs of one outer step of particles against an MLP critic with the gradient
+    penalty on the particles, as :func:`particlegan.particle_critics.mlp_critic_objective` computes it.
+
+    With S = sum_k n_k n_{k+1}, B = M + N rows of [y; x] and P = N penalty rows, a critic step
+    is one forward, one backward (input gradients included) and one parameter-gradient pass on
+    B rows, and the penalty's tangent and parameter passes on P rows: 2 S (3 B + 2 P) FLOPs;
+    the forces add a forward and a backward pass on N rows, 2 S (2 N).
+    """
+    S = sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
+    B, P = n_particles + n_targets, n_particles
+    return 2.0 * S * (critic_steps * (3 * B + 2 * P) + 2 * n_particles)
+
+
+def matmul_peak_flops(dtype: str, n: int = 1024, min_time: float = 0.3) -> float:
+    """FLOP/s of a square n x n matmul (numpy's BLAS, all its threads): the machine's matmul peak."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    return 2.0 * n ** 3 / _best_time(lambda: a @ b, min_time, 50)
+
+
+def mnist_step_times(dtypes=("float32", "float64"), repeats: int = 3) -> list[tuple[str, float, float, float]]:
+    """One outer step of the MNIST study's setting (N = M = 100 in d = 784, the 784-64-1024-64-1
+    ReLU critic with dropout, 20 Adam critic steps, penalty on the particles), per dtype:
+    (dtype, seconds per outer step, matmul FLOP/s it reaches, the machine's matmul peak FLOP/s
+    measured just after)."""
+    from .config import resolve_config
+    from .dynamics import build_model, outer_step
+
+    out = []
+    for dt in dtypes:
+        cfg = resolve_config(overrides=[
+            "target.kind=ring", "target.dim=784", "target.n_samples=100", "particles.n=100",
+            "critic.type=mlp", f"critic.widths={list(MNIST_WIDTHS)}", "critic.dropout=[0, 0.2, 0]",
+            "critic.output_bias=false", "critic.optimizer=adam", "critic.amsgrad=true", "critic.adam_reset=true",
+            "critic.weight_decay=1e-4", "loss.penalty=fake", "loss.penalty_weight=1.25",
+            "loss.penalty_form=mean_grad", "generator.normalization=none", "dynamics.eta_g=1e-4",
+            "dynamics.eta_d=4.64e-4", "dynamics.critic_steps=20", "dynamics.critic_steps_startup=0",
+            f"run.dtype={dt}"])
+        model, state = build_model(cfg)
+        outer_step(model, state)  # warm-up (allocations, BLAS threads)
+        t = _best_time(lambda: outer_step(model, state), 0.5, repeats)
+        flops = mlp_step_flops((784, *MNIST_WIDTHS, 1), 100, 100, 20)
+        out.append((dt, t, flops / t, matmul_peak_flops(dt)))
+    return out
+
+
+def format_mnist_steps(rows) -> str:
+    """The text of :func:`mnist_step_times`."""
+    lines = ["one outer step of the MNIST study (N = M = 100, d = 784, critic 784-64-1024-64-1, 20 critic steps):"]
+    lines += [f"  {dt:<8} {t * 1e3:7.1f} ms   matmul {f / 1e9:6.1f} GFLOP/s = {f / peak:4.0%} of the "
+              f"{peak / 1e9:.0f} GFLOP/s peak (1024^3 matmul, same run)" for dt, t, f, peak in rows]
+    return "\n".join(lines)
+
+
 def format_side_measurements(startup, records) -> str:
     """The text of :func:`startup_times` and :func:`record_times` printed below the table."""
     lines = []

@@ -53,7 +53,8 @@ import math
 
 import numpy as np
 
-from .nn import MLP, _backward_deltas, _layout, mlp_apply, mlp_forward, mlp_jacobian
+from .kernels import ntk_matrix
+from .nn import MLP, _backward_deltas, mlp_apply, mlp_forward, mlp_jacobian
 
 NTK_METHODS = ("layerwise", "jacobian")
 
@@ -215,22 +216,8 @@ def two_layer_relu_ntk(Z1: np.ndarray, Z2: np.ndarray | None = None, sigma_w: fl
     -------
     Theta : (n, m) float64.
     """
-    Z1 = np.asarray(Z1, dtype=np.float64)
-    Z2 = Z1 if Z2 is None else np.asarray(Z2, dtype=np.float64)  # "Z2 is Z1": symmetric case
-    dz = Z1.shape[1]
-    sw2, sb2 = sigma_w ** 2, sigma_b ** 2
-    s1 = sw2 * (Z1 @ Z2.T) / dz + sb2
-    q1 = sw2 * np.einsum("ij,ij->i", Z1, Z1) / dz + sb2
-    q2 = sw2 * np.einsum("ij,ij->i", Z2, Z2) / dz + sb2
-    qq = np.sqrt(np.outer(q1, q2))
-    cos = np.divide(s1, qq, out=np.zeros_like(s1), where=qq > 0)
-    if Z2 is Z1:
-        # theta = 0 exactly on the diagonal: arccos near 1 would amplify rounding to ~1e-8
-        np.fill_diagonal(cos, 1.0)
-    ang = np.arccos(np.clip(cos, -1.0, 1.0))
-    sigma_hat = qq / (2 * np.pi) * (np.sin(ang) + (np.pi - ang) * np.cos(ang))
-    sigma_dot = (np.pi - ang) / (2 * np.pi)
-    return sw2 * sigma_hat + sb2 + sw2 * sigma_dot * s1
+    return ntk_matrix(  # the one closed form (numba twin: pairmath.ntk_entry)
+        Z1, Z1 if Z2 is None else Z2, "relu", sigma_w, sigma_b)
 
 
 def two_layer_relu_constants(sigma_w: float = 1.0) -> dict:

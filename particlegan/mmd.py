@@ -25,6 +25,7 @@ from scipy.spatial.distance import cdist
 from scipy.special import ndtr
 
 from .errors import ConfigError, DataError
+from .kernels import kernel_parts, make_kernel
 from .storage import load_sample_array
 
 __all__ = [
@@ -72,6 +73,13 @@ def _offdiag_sum(K: np.ndarray) -> float:
 # (P1.2) estimators
 # --------------------------------------------------------------------------------------------
 
+def mmd2_unbiased_from_sums(s_xx: float, s_yy: float, s_xy: float, m: int, n: int) -> float:
+    """MMD^2_unb = S_XX / (m(m-1)) + S_YY / (n(n-1)) - 2 S_XY / (m n) from the off-diagonal sums
+    S_XX, S_YY and the full cross sum S_XY (the one formula behind :func:`mmd2_unbiased` and the
+    simulator's MMD^2 observable, which gets the sums from a backend's kernel sums)."""
+    return s_xx / (m * (m - 1)) + s_yy / (n * (n - 1)) - 2.0 * s_xy / (m * n)
+
+
 def mmd2_unbiased(K_XX, K_YY, K_XY) -> float:
     """Unbiased MMD^2 estimate with the K_XY diagonal kept (P1.2, the "unbiased" estimator).
 
@@ -91,8 +99,7 @@ def mmd2_unbiased(K_XX, K_YY, K_XY) -> float:
     """
     K_XX, K_YY, K_XY = _as_kernel_matrices(K_XX, K_YY, K_XY)
     m, n = K_XY.shape
-    return (_offdiag_sum(K_XX) / (m * (m - 1)) + _offdiag_sum(K_YY) / (n * (n - 1))
-            - 2.0 * float(K_XY.sum()) / (m * n))
+    return mmd2_unbiased_from_sums(_offdiag_sum(K_XX), _offdiag_sum(K_YY), float(K_XY.sum()), m, n)
 
 
 def mmd2_ustat(K_XX, K_YY, K_XY) -> float:
@@ -275,9 +282,10 @@ def polynomial_kernel_matrix(A, B, degree: int = 3, gamma: float | None = None,
         raise DataError(f"A and B must have the same number of columns, got {A.shape[1]} and {B.shape[1]}")
     if int(degree) != degree or degree < 1:
         raise ConfigError(f"degree must be a positive integer, got {degree}")
-    if gamma is None:
-        gamma = 1.0 / A.shape[1]
-    return (gamma * (A @ B.T) + coef0) ** int(degree)
+    # the kernels module's formula on the dot products alone (no (m, n, d) differences)
+    spec = make_kernel("polynomial", degree=int(degree), gamma=gamma, coef0=coef0)
+    return kernel_parts(spec, None, A.astype(np.float64, copy=False) @ B.astype(np.float64, copy=False).T,
+                        0.0, 0.0, A.shape[1])[0]
 
 
 @dataclass

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -295,7 +295,7 @@ def dropout_masks(params: MLP, n: int, rates: Sequence[float],
             out.append(None)
             continue
         keep = rng.random((int(n), params.layer_sizes[k + 1])) >= p
-        out.append(keep.astype(params.dtype) * params.dtype.type(1.0 / (1.0 - p)))
+        out.append(np.multiply(keep, params.dtype.type(1.0 / (1.0 - p)), dtype=params.dtype))
     return out
 
 
@@ -307,16 +307,20 @@ class ForwardCache:
     inputs : [h_0, ..., h_{L-1}], h_k (n, n_k) the input of layer k (h_0 = X).
     preacts : [z_0, ..., z_{L-1}], z_k (n, n_{k+1}) the pre-activation of layer k.
     masks : None, or L-1 dropout multipliers (None or (n, n_{k+1})), h_{k+1} = m_k act(z_k).
+    d1 : memo of m_k act'(z_k) per hidden layer k (filled by :func:`_hidden_d1`; the backward
+        pass and the penalty's tangent pass both need it).
     """
 
     inputs: list
     preacts: list
     masks: list | None = None
+    d1: dict = field(default_factory=dict, compare=False, repr=False)
 
     def rows(self, sl: slice) -> "ForwardCache":
         """The cache of the rows ``sl`` of the batch (views; rows do not interact)."""
         masks = None if self.masks is None else [None if m is None else m[sl] for m in self.masks]
-        return ForwardCache([h[sl] for h in self.inputs], [z[sl] for z in self.preacts], masks)
+        return ForwardCache([h[sl] for h in self.inputs], [z[sl] for z in self.preacts], masks,
+                            {k: v[sl] for k, v in self.d1.items()})
 
     def mask(self, k: int):
         return None if self.masks is None else self.masks[k]
@@ -376,17 +380,30 @@ def _unmasked_act(params: MLP, cache: ForwardCache, k: int) -> np.ndarray:
 
 
 def _hidden_d1(params: MLP, cache: ForwardCache, k: int) -> np.ndarray:
-    """m_k act'(z_k) = dh_{k+1}/dz_k of hidden layer k (0 <= k < L-1), shape (n, n_{k+1})."""
-    d1 = _act_d1(params, cache.preacts[k], _unmasked_act(params, cache, k))
-    m = cache.mask(k)
-    return d1 if m is None else d1 * m
+    """m_k act'(z_k) = dh_{k+1}/dz_k of hidden layer k (0 <= k < L-1), shape (n, n_{k+1}); memoised."""
+    d1 = cache.d1.get(k)
+    if d1 is not None:
+        return d1
+    z, m = cache.preacts[k], cache.mask(k)
+    if params.activation == "relu" and m is not None:
+        d1 = np.where(z > 0, m, z.dtype.type(0))  # = 1[z > 0] m exactly (m >= 0), one pass
+    else:
+        # relu/leaky_relu read only z; tanh reads h = act(z)
+        h = _unmasked_act(params, cache, k) if params.activation == "tanh" else None
+        d1 = _act_d1(params, z, h)
+        if m is not None:
+            d1 = d1 * m
+    cache.d1[k] = d1
+    return d1
 
 
 def _hidden_d2(params: MLP, cache: ForwardCache, k: int) -> np.ndarray | None:
     """m_k act''(z_k) of hidden layer k, or None where act'' = 0 a.e."""
+    if params.activation != "tanh":
+        return None
     d2 = _act_d2(params, cache.preacts[k], _unmasked_act(params, cache, k))
     m = cache.mask(k)
-    return d2 if (d2 is None or m is None) else d2 * m
+    return d2 if m is None else d2 * m
 
 
 def _backward_deltas(params: MLP, cache: ForwardCache, grad_out: np.ndarray):

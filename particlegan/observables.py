@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import xlogy
 
-from .kernels import KernelSpec, make_kernel
-from .mmd import kid
+from .kernels import KernelSpec, kernel_diag, make_kernel
+from .mmd import kid, mmd2_unbiased_from_sums
 
 SERIES_KEYS = ("collapse", "modes_covered", "hq_fraction", "radius_gyration", "mmd2",
                "critic_grad_norm", "com_error")
@@ -85,18 +85,22 @@ def make_mmd_reference(y: np.ndarray, sigma: float, n_max: int, rng: np.random.G
     if len(y) > n_max:
         y = y[np.sort(rng.choice(len(y), n_max, replace=False))]
     kern = make_kernel("gaussian", sigma=sigma)
-    ones = np.ones(len(y), dtype=y.dtype)
-    total = float(backend.kernel_sum(y, y, ones, kern).sum()) - len(y)  # k(y, y) = 1
-    return MMDReference(y=y, kernel=kern, yy_offdiag_sum=total)
+    return MMDReference(y=y, kernel=kern, yy_offdiag_sum=_offdiag_kernel_sum(y, kern, backend))
+
+
+def _offdiag_kernel_sum(x: np.ndarray, kern, backend) -> float:
+    """sum_{i != i'} k(x_i, x_i') from the backend's kernel sums minus the diagonal k(x_i, x_i)."""
+    total = float(backend.kernel_sum(x, x, np.ones(len(x), dtype=x.dtype), kern).sum())
+    return total - float(kernel_diag(x, kern).sum())
 
 
 def mmd2_unbiased_gaussian(x: np.ndarray, ref: MMDReference, backend) -> float:
-    """Unbiased MMD^2 (P1.2) between particles x (N, d) and the reference sample, Gaussian kernel."""
+    """Unbiased MMD^2 (P1.2, :func:`particlegan.mmd.mmd2_unbiased_from_sums`) between particles
+    x (N, d) and the reference sample, Gaussian kernel."""
     n, m = len(x), len(ref.y)
     y = ref.y.astype(x.dtype, copy=False)
-    xx = float(backend.kernel_sum(x, x, np.ones(n, dtype=x.dtype), ref.kernel).sum()) - n
     xy = float(backend.kernel_sum(x, y, np.ones(m, dtype=x.dtype), ref.kernel).sum())
-    return xx / (n * (n - 1)) + ref.yy_offdiag_sum / (m * (m - 1)) - 2.0 * xy / (n * m)
+    return mmd2_unbiased_from_sums(_offdiag_kernel_sum(x, ref.kernel, backend), ref.yy_offdiag_sum, xy, n, m)
 
 
 def measure(x: np.ndarray, centres: np.ndarray, sigma: float, hq_sigmas: float,

@@ -6,8 +6,8 @@ Usage: python sims/bench/run_bench.py [--quick] [--csv PATH] [--sizes 1000,10000
 import argparse
 import sys
 
-from particlegan.bench import (STEP_N, format_side_measurements, format_table, record_times, run_benchmark,
-                               startup_times, write_csv)
+from particlegan.bench import (STEP_N, format_mnist_steps, format_side_measurements, format_table,
+                               mnist_step_times, record_times, run_benchmark, startup_times, write_csv)
 from particlegan.errors import ParticleGANError
 
 
@@ -29,8 +29,14 @@ def main(argv=None):
     parser.add_argument("--methods", type=_names, default=None, help="subset of the available methods")
     parser.add_argument("--step-n", type=int, default=STEP_N, help="N = M of the simulator-step rows (0: skip)")
     parser.add_argument("--table-only", action="store_true",
-                        help="skip the run start-up and results.csv bookkeeping measurements")
+                        help="skip the run start-up, results.csv bookkeeping and MNIST-step measurements")
+    parser.add_argument("--mnist-only", action="store_true",
+                        help="only the MNIST outer step against the machine's matmul peak")
     args = parser.parse_args(argv)
+    if args.mnist_only:
+        print(format_mnist_steps(mnist_step_times(args.dtypes if args.dtypes != ("float64",) else
+                                                  ("float32", "float64"))))
+        return 0
     try:
         rows = run_benchmark(quick=args.quick, sizes=args.sizes, dims=args.dims, dtypes=args.dtypes,
                              methods=args.methods, step_n=args.step_n)
@@ -42,6 +48,7 @@ def main(argv=None):
     print(format_table(rows))
     if not args.table_only:
         print(format_side_measurements(startup_times(), record_times()))
+        print(format_mnist_steps(mnist_step_times()))
     return 0
 
 
