@@ -221,7 +221,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "widths": Key([], "ints", "mlp critic: hidden widths layer by layer, e.g. [64, 1024, 64] "
                       "(empty: depth layers of width)", check=_all_at_least_one),
         "depth": Key(2, "int", "mlp / learned_features critic: hidden layers", check=_at_least(1)),
-        "dropout": Key([], "floats", "mlp critic (particle model): dropout rate after each hidden "
+        "dropout": Key([], "floats", "mlp critic: dropout rate after each hidden "
                        "layer, one per hidden layer (e.g. [0, 0.2, 0], USD's critic); applied in "
                        "the critic steps, not in the particle forces; empty: none", check=_all_rates),
         "output_bias": Key(True, "bool", "mlp critic: bias on the output layer (false: USD's "
@@ -468,9 +468,9 @@ def _check_cross(cfg: dict) -> None:
                           "(loss.penalty = 'fake' or 'real'), not to 'interpolates'")
     if crit["dropout"]:
         hidden = len(crit["widths"]) or crit["depth"]
-        if crit["type"] != "mlp" or cfg["model"]["type"] != "particle":
-            raise ConfigError("critic.dropout is available for critic.type = 'mlp' in the particle "
-                              "model only (leave it empty otherwise)")
+        if crit["type"] != "mlp":
+            raise ConfigError("critic.dropout is available for critic.type = 'mlp' only (leave it "
+                              "empty otherwise)")
         if len(crit["dropout"]) != hidden:
             raise ConfigError(f"critic.dropout has {len(crit['dropout'])} rates for {hidden} hidden "
                               "layers: give one rate per hidden layer (0 for none)")

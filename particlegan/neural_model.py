@@ -56,12 +56,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import critics as cr
-from . import feature_critic as fc
 from . import nn
 from .backends import get_backend
-from .losses import Objective, objective_from_config, run_penalty_coefficient
+from .losses import Objective, objective_from_config
 from .optimizers import optimizer_from_config, scale_optimizer_lr
-from .particle_critics import make_critic_mlp, mlp_critic_objective  # the critic maths of both engines
+from .particle_critics import build_critic  # the critic objects of both engines
 from .targets import Target, make_target
 
 
@@ -74,13 +73,10 @@ class NeuralModel:
     cfg : resolved config.  target : the target.  y : (M, d) target samples (run dtype).
     generator : generator MLP at initialisation (architecture; the live parameters are
         ``state.theta_g``).
-    critic_net : critic MLP at initialisation (``critic.type = "mlp"``; live parameters
-        ``state.w``), else None.
-    feature_map, real_features : random-feature critic (``rff`` / ``relu_features``), else None.
-    kernel : kernel of a fixed-kernel critic, else None.
-    learned : learned-feature critic (``critic.type = "learned_features"``; live parameters
-        ``state.w``), else None.
-    objective, penalty, lam : the loss (``lam`` = effective lambda).
+    critic : the critic object of :mod:`particlegan.particle_critics` (the same objects as
+        the particle engine: mlp, rff / relu_features, learned_features, fixed kernels); its
+        live parameters are ``state.w``.
+    objective : the loss.
     noise_rng : interpolate noise; latent_rng : fresh latent minibatches (both checkpointed).
     fresh_latents : draw new latents every step.  dtype : run dtype.
     """
@@ -89,20 +85,14 @@ class NeuralModel:
     target: Target
     y: np.ndarray
     generator: nn.MLP
-    critic_net: nn.MLP | None
-    feature_map: cr.FeatureMap | None
-    real_features: cr.FeatureBatch | None
-    kernel: object | None
+    critic: object
     critic_type: str
     objective: Objective
     backend: object
-    penalty: str
-    lam: float
     noise_rng: np.random.Generator
     latent_rng: np.random.Generator
     fresh_latents: bool
     dtype: np.dtype
-    learned: fc.LearnedFeatureCritic | None = None  # critic.type = learned_features
 
 
 @dataclass(frozen=True)
@@ -169,26 +159,11 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     y = target.samples.astype(dtype)
     gen = make_generator(cfg, streams["coupling"], dtype)
     z = draw_latents(cfg, streams["particles"], dtype)
-    ctype = cfg["critic"]["type"]
-    net = fmap = real = kern = learned = None
-    w = None
-    if ctype == "mlp":
-        net = make_critic_mlp(cfg, streams["critic"], dtype)
-        w = net.theta.copy()
-    elif ctype == "learned_features":
-        learned, w = fc.build_learned_critic(cfg["critic"], cfg["target"]["dim"], streams["critic"], dtype)
-    elif ctype in cr.FEATURE_CRITICS:
-        fmap, real, w = cr.build_feature_critic(cfg["critic"], y, backend, streams["critic"],
-                                                cr.target_feature_needs(cfg["loss"]))
-    else:
-        kern = cr.critic_kernel(cfg["critic"])
-    model = NeuralModel(cfg=cfg, target=target, y=y, generator=gen, critic_net=net,
-                        feature_map=fmap, real_features=real, kernel=kern, critic_type=ctype,
-                        objective=objective_from_config(cfg["loss"]), backend=backend,
-                        penalty=cfg["loss"]["penalty"], lam=run_penalty_coefficient(cfg, len(y)),
-                        noise_rng=streams["noise"], latent_rng=streams["particles"],
-                        fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype,
-                        learned=learned)
+    critic, w = build_critic(cfg, y, backend, streams["critic"], streams["noise"])
+    model = NeuralModel(cfg=cfg, target=target, y=y, generator=gen, critic=critic,
+                        critic_type=cfg["critic"]["type"], objective=objective_from_config(cfg["loss"]),
+                        backend=backend, noise_rng=streams["noise"], latent_rng=streams["particles"],
+                        fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype)
     x0 = nn.mlp_apply(gen, z)
     state = NeuralState(step=0, x=x0, z=z, theta_g=gen.theta.copy(), w=w, kernel_state=None,
                         critic_opt=make_critic_optimizer(cfg) if w is not None else None,
@@ -198,59 +173,20 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
 
 
 # --------------------------------------------------------------------------- critic ----
-def critic_objective(model: NeuralModel, w: np.ndarray, x: np.ndarray,
-                     xhat: np.ndarray | None = None, need_value: bool = True) -> tuple[float, np.ndarray]:
-    """J and dJ/dw of the model's trainable critic (MLP, random features or learned feature map)
-    at parameters w (``need_value=False`` lets the learned critic skip its value sums; J is then
-    nan for it)."""
-    wd = model.cfg["critic"]["weight_decay"]
-    if model.learned is not None:
-        return fc.learned_critic_objective(model.learned, w, x, model.y, model.backend, wd, need_value)
-    if model.critic_net is not None:
-        return mlp_critic_objective(model.critic_net.with_theta(w), model.y, x, model.objective,
-                                    model.penalty, model.lam, xhat, wd)
-    fake = cr.feature_batch(model.feature_map, x, model.backend)
-    pen = (cr.feature_batch(model.feature_map, xhat, model.backend)
-           if xhat is not None else None)
-    return cr.feature_critic_objective(model.feature_map, w, model.real_features, fake,
-                                       model.objective, model.penalty, model.lam, pen, wd, model.backend)
-
-
 def train_critic(model: NeuralModel, state: NeuralState, n_steps: int) -> NeuralState:
     """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the generated
-    points frozen at ``state.x``."""
-    if model.kernel is not None:
-        ks = cr.kernel_critic_train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
-        return dataclasses.replace(state, kernel_state=ks)
-    if n_steps == 0:
-        return state
-    opt = copy.deepcopy(state.critic_opt)  # steps a copy: the input state stays as it was
-    scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
-    opt.begin_outer_step()
+    points frozen at ``state.x``: the particle engine's :func:`particlegan.dynamics.train_critic`
+    on the same critic objects."""
+    from .dynamics import train_critic as train_particle_critic
 
-    def grad_fn(w):
-        xhat = None
-        if model.penalty == "interpolates" and model.lam > 0:
-            xhat = cr.interpolates(state.x, model.y, model.noise_rng)
-        return critic_objective(model, w, state.x, xhat, need_value=False)[1]
-
-    w, finite = cr.ascend_critic(opt, state.w, n_steps, grad_fn)
-    return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite)
+    return train_particle_critic(model, state, n_steps)
 
 
 def critic_values_and_grads(model: NeuralModel, state: NeuralState, x: np.ndarray,
                             need_values: bool = True):
     """f(x) (n,) (None for IPM kernel critics when not needed) and grad f(x) (n, d)."""
-    if model.critic_net is not None:
-        return nn.critic_values_and_input_grads(model.critic_net.with_theta(state.w), x)
-    if model.learned is not None:
-        return fc.learned_critic_values_and_grads(model.learned, state.w, x, model.y, model.backend,
-                                                  need_values)
-    if model.feature_map is not None:
-        fb = cr.feature_batch(model.feature_map, x, model.backend)
-        return cr.feature_values_and_grads(model.feature_map, fb, state.w)
-    return cr.kernel_critic_eval(state.kernel_state, model.y, x, model.kernel, model.backend,
-                                 need_values)
+    at_x = state if x is state.x else dataclasses.replace(state, x=x)
+    return model.critic.values_and_grads(at_x, model.critic.prepare(x), need_values)
 
 
 # ------------------------------------------------------------------------ generator ----

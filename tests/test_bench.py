@@ -160,3 +160,20 @@ def test_table_names_missing_peers(monkeypatch):
     monkeypatch.setattr(bench, "missing_peers", lambda: ("pykeops",))
     table = bench.format_table([bench.BenchRow("kernel_sum", "cpu", 10, 10, 2, "float64", 7.0, 1.0)])
     assert "peers not installed, skipped: pykeops" in table
+
+
+def test_mlp_step_flops_counts_the_matmuls_of_the_fused_critic_step():
+    """Count by hand for sizes (3, 4, 1), N = 2, M = 3, one critic step: S = 3*4 + 4*1 = 16;
+    per critic step forward + backward + parameter gradient on B = 5 rows and the penalty's
+    tangent + parameter passes on P = 2 rows = 16 * (3*5 + 2*2) MACs; forces 16 * 2 * 2 MACs."""
+    assert bench.mlp_step_flops((3, 4, 1), 2, 3, 1) == 2 * 16 * (19 + 4)
+    assert bench.mlp_step_flops((3, 4, 1), 2, 3, 20) == 2 * 16 * (20 * 19 + 4)
+
+
+def test_mnist_step_rows_and_text(monkeypatch):
+    monkeypatch.setattr(bench, "MNIST_WIDTHS", (8, 16, 8))  # small net: the machinery, not the numbers
+    rows = bench.mnist_step_times(dtypes=("float32",), repeats=1)
+    (dt, t, flops, peak), = rows
+    assert dt == "float32" and t > 0 and flops > 0 and peak > 0
+    text = bench.format_mnist_steps(rows)
+    assert "float32" in text and "GFLOP/s" in text and "of the" in text

@@ -96,7 +96,6 @@ def test_g2_overrides_phi_and_is_checked():
     (["critic.dropout=[0.2]"], "critic.dropout is available for critic.type = 'mlp'"),
     (["critic.type=mlp", "critic.widths=[4, 4]", "critic.dropout=[0.2]"], "1 rates for 2 hidden layers"),
     (["critic.type=mlp", "critic.dropout=[0.2, 1.0]"], "critic.dropout"),
-    (["critic.type=mlp", "model.type=neural", "critic.dropout=[0, 0.2]"], "particle model only"),
     (["loss.penalty=interpolates", "loss.penalty_form=mean_grad"], "loss.penalty_form = 'mean_grad'"),
 ])
 def test_dropout_and_mean_grad_rules(extra, fragment):
@@ -104,10 +103,11 @@ def test_dropout_and_mean_grad_rules(extra, fragment):
         resolve_config(overrides=extra)
 
 
-def test_dropout_accepted_for_the_particle_mlp_critic():
+def test_dropout_accepted_for_the_mlp_critic_of_both_engines():
     cfg = resolve_config(overrides=["critic.type=mlp", "critic.widths=[4, 8, 4]", "critic.dropout=[0, 0.2, 0]",
                                     "critic.output_bias=false"])
     assert cfg["critic"]["dropout"] == [0.0, 0.2, 0.0] and cfg["critic"]["output_bias"] is False
+    assert resolve_config(overrides=["critic.type=mlp", "model.type=neural", "critic.dropout=[0, 0.2]"])
 
 
 def test_cross_key_rules():

@@ -13,6 +13,7 @@ from particlegan import nn
 from particlegan.config import resolve_config
 from particlegan.empirical_ntk import empirical_ntk
 from particlegan.losses import objective_from_config
+from particlegan.particle_critics import mlp_critic_objective
 from particlegan.simulate import run_to_dir, simulate
 
 ACTS = ("relu", "leaky_relu", "tanh")
@@ -61,7 +62,7 @@ def test_generator_update_direction_matches_finite_differences(loss, act):
     """generator_param_grad (what outer_step feeds the generator optimizer) equals the FD
     gradient of L_G(theta) = (1/N) sum_i c(f(G_theta(z_i))) with the critic frozen."""
     model, state = _small(*LOSSES[loss], act=act)
-    critic = model.critic_net.with_theta(state.w)
+    critic = model.critic.net.with_theta(state.w)
     gen_term = model.objective.gen_term
 
     def loss_of(theta):
@@ -101,7 +102,7 @@ def test_critic_parameter_gradient_matches_finite_differences(loss, penalty, act
     kind = LOSSES[loss]
     objective = objective_from_config(resolve_config(overrides=kind)["loss"])
     lam, wd = 0.7, 0.05
-    value, grad = nm.mlp_critic_objective(critic, y, x, objective, penalty, lam, xhat, wd)
+    value, grad = mlp_critic_objective(critic, y, x, objective, penalty, lam, xhat, wd)
 
     def J(theta):
         c = critic.with_theta(theta)

@@ -77,6 +77,10 @@ def test_a_converging_run_is_not_flagged_as_runaway():
 # checkpoint step 20, so the resumed run needs the stored lr_scale, schedule memory and KID stream
 LEARNED = ["critic.type=learned_features", "loss.penalty=none", "critic.width=16", "critic.beta=1.5",
            "critic.optimizer=adam", "dynamics.eta_d=1e-3"]
+# dropout masks and the USD penalty convention: the masks come from the checkpointed noise stream
+DROPOUT = ["critic.type=mlp", "critic.widths=[8, 16]", "critic.dropout=[0.3, 0.1]", "critic.output_bias=false",
+           "critic.optimizer=adam", "critic.amsgrad=true", "critic.adam_reset=true", "loss.penalty_form=mean_grad",
+           "dynamics.eta_d=1e-3"]
 KID_SCHEDULE = ["schedule.kind=kid", "schedule.every=3", "schedule.window=2", "schedule.patience=1",
                 "schedule.p_threshold=0.01", "observables.kid=true"]
 
@@ -86,7 +90,8 @@ KID_SCHEDULE = ["schedule.kind=kid", "schedule.every=3", "schedule.window=2", "s
                                    KID_SCHEDULE + ["critic.type=kernel", "loss.penalty=none", "critic.memory=2",
                                                    "critic.ridge=0.5"],
                                    KID_SCHEDULE + ["model.type=neural", "generator.width=32"],
-                                   LEARNED, LEARNED + ["model.type=neural", "generator.width=32"]])
+                                   LEARNED, LEARNED + ["model.type=neural", "generator.width=32"],
+                                   DROPOUT, DROPOUT + ["model.type=neural", "generator.width=32"]])
 def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     from particlegan.checkpoint import load_checkpoint
     from particlegan.config import config_hash
