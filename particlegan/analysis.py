@@ -377,13 +377,15 @@ def critical_penalties(cfg: Mapping, point_mass: float = 1.0) -> dict[str, float
     g1 = gen["g1"]
     g2 = gen["g2"] if gen["g2"] is not None else gen["phi"] * g1
     norm = n if gen["normalization"] == "ntk" else 1.0
+    # 'mean' averages the collective term: eigenvalues g1 (centre of mass) and g1 - g2 (relative)
+    eigs = (g1, g1 - g2) if gen["normalization"] == "mean" else kernel_eigenvalues(g1, g2, n)
     eta_d_eff = dyn["critic_steps"] * dyn["eta_d"]
     # mean_grad's lambda acts as lambda / n^2 on E||grad f||^2: lambda_c in its units is n^2 times
     form, units = loss["penalty_form"], 1.0
     if form == "mean_grad":
         form, units = "lambda", float(n if loss["penalty"] != "real" else cfg["target"]["n_samples"]) ** 2
     out = {}
-    for mode, eigenvalue in zip(("cm", "rel"), kernel_eigenvalues(g1, g2, n)):
+    for mode, eigenvalue in zip(("cm", "rel"), eigs):
         kappa = eigenvalue / norm
         out[mode] = (units * float(critical_penalty(dyn["eta_g"], eta_d_eff, kappa, point_mass * h, form))
                      if kappa > 0 else math.nan)

@@ -173,8 +173,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "g1": Key(1.0, "float", "universal kernel: same-particle constant g1", check=_positive),
         "phi": Key(0.0, "float", "universal kernel: coupling ratio g2/g1 (PSD: -1/(N-1) <= phi <= 1)"),
         "g2": Key(None, "float?", "universal kernel: g2 (overrides phi when set; phi := g2/g1)"),
-        "normalization": Key("ntk", "str", "coupling C = K/N ('ntk') or C = K ('none')",
-                             choices=("ntk", "none")),
+        "normalization": Key("ntk", "str", "coupling C = K/N ('ntk'), C = K ('none'), or for the "
+                             "universal kernel C = (g1 - g2) I + (g2/N) 1 1^T ('mean', [derived]: "
+                             "collective force = g2 x the mean critic gradient)",
+                             choices=("ntk", "none", "mean")),
         "latent_dim": Key(64, "int", "dimension d_z of the latent codes (sphere of radius sqrt(d_z))",
                           check=_at_least(1)),
         "sigma_w": Key(1.0, "float", "NTK weight std", check=_positive),
@@ -453,6 +455,9 @@ def _check_cross(cfg: dict) -> None:
         raise ConfigError(f"target.path must be set when target.kind = '{cfg['target']['kind']}'")
     if cfg["particles"]["init"] == "file" and not cfg["particles"]["init_path"]:
         raise ConfigError("particles.init_path must be set when particles.init = 'file'")
+    if gen["normalization"] == "mean" and gen["kernel"] != "universal":
+        raise ConfigError("generator.normalization = 'mean' is defined for generator.kernel = "
+                          "'universal' only (use 'ntk' or 'none')")
     if gen["kernel"] == "matrix" and not gen["matrix_path"]:
         raise ConfigError("generator.matrix_path must be set when generator.kernel = 'matrix'")
     if gen["bias"] and gen["parameterization"] == "ntk" and gen["sigma_b"] == 0:

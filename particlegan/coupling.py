@@ -2,7 +2,10 @@
 
 C = K / N (normalisation ``"ntk"``, the exact NTK scaling of effective-gan-spec A2.6) or C = K
 (``"none"``), where K is the frozen generator NTK restricted to the particles (one scalar kernel
-per pair; the output-space factor is delta^{mu nu}):
+per pair; the output-space factor is delta^{mu nu}). For the universal kernel only,
+``"mean"`` [derived; another reading of A6.1] keeps the individual term and averages the
+collective one, C = (g1 - g2) I + (g2 / N) 1 1^T: the relative modes move at rate g1 - g2 and the
+centre of mass at g1 whatever N (with ``"none"`` the centre of mass moves at g1 + (N - 1) g2).
 
 * ``universal``: K = (g1 - g2) I + g2 1 1^T (A-2). Applied in O(N d) via its rank-one structure:
   K F = (g1 - g2) F + g2 1 (1^T F).
@@ -32,8 +35,9 @@ class Coupling:
     ----------
     kind : kernel name (see module docstring).
     n : number of particles N.
-    scale : 1/N for normalisation 'ntk', 1 for 'none'.
+    scale : 1/N for normalisation 'ntk', 1 for 'none' and 'mean'.
     g1, g2 : universal/identity constants (g2 = 0 for identity).
+    collective : factor on the rank-one term g2 1 1^T of the universal kernel (1/N for 'mean').
     dense : (N, N) unnormalised kernel K when held densely, else None.
     latents : (N, d_z) latent codes for matrix-free NTK kernels, else None.
     ntk_kind, sigma_w, sigma_b : NTK parameters for the matrix-free apply.
@@ -49,6 +53,7 @@ class Coupling:
     ntk_kind: str = ""
     sigma_w: float = 1.0
     sigma_b: float = 0.0
+    collective: float = 1.0
 
 
 def sample_sphere(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -63,7 +68,8 @@ def make_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
     kind = gcfg["kernel"]
     g1 = float(gcfg["g1"])
     if kind == "universal":
-        return Coupling(kind, n, scale, g1=g1, g2=g1 * float(gcfg["phi"]))
+        collective = 1.0 / n if gcfg["normalization"] == "mean" else 1.0
+        return Coupling(kind, n, scale, g1=g1, g2=g1 * float(gcfg["phi"]), collective=collective)
     if kind == "identity":
         return Coupling(kind, n, scale, g1=g1, g2=0.0)
     if kind in ("ntk_relu", "ntk_erf"):
@@ -98,7 +104,7 @@ def apply_coupling(c: Coupling, forces: np.ndarray, backend=None) -> np.ndarray:
     """
     if c.kind == "universal":
         total = forces.sum(axis=0, keepdims=True)
-        return c.scale * ((c.g1 - c.g2) * forces + c.g2 * total)
+        return c.scale * ((c.g1 - c.g2) * forces + (c.g2 * c.collective) * total)
     if c.kind == "identity":
         return (c.scale * c.g1) * forces
     if c.dense is not None:
@@ -114,7 +120,7 @@ def apply_coupling(c: Coupling, forces: np.ndarray, backend=None) -> np.ndarray:
 def coupling_matrix(c: Coupling) -> np.ndarray:
     """Dense C = scale * K, shape (N, N): for analysis and tests only (O(N^2) memory)."""
     if c.kind == "universal":
-        k = np.full((c.n, c.n), c.g2) + (c.g1 - c.g2) * np.eye(c.n)
+        k = np.full((c.n, c.n), c.g2 * c.collective) + (c.g1 - c.g2) * np.eye(c.n)
     elif c.kind == "identity":
         k = c.g1 * np.eye(c.n)
     elif c.dense is not None:

@@ -88,3 +88,27 @@ def test_user_matrix(tmp_path):
         make_coupling(_gen("generator.kernel=matrix", f"generator.matrix_path={tmp_path / 'neg.npy'}"), 6, rng)
     with pytest.raises(DataError, match="shape"):
         make_coupling(_gen("generator.kernel=matrix", f"generator.matrix_path={tmp_path / 'k.npy'}"), 5, rng)
+
+
+def test_mean_normalisation_averages_the_collective_term():
+    """normalization 'mean': C = (g1 - g2) I + (g2/N) 1 1^T; eigenvalues g1 (centre of mass) and
+    g1 - g2 (relative modes), independent of N; apply_coupling = C F."""
+    n = 7
+    cfg = resolve_config(overrides=[f"particles.n={n}", "generator.g1=1.5", "generator.phi=0.4",
+                                    "generator.normalization=mean"])
+    c = make_coupling(cfg["generator"], n, np.random.default_rng(0))
+    C = coupling_matrix(c)
+    want = (1.5 - 0.6) * np.eye(n) + (0.6 / n) * np.ones((n, n))
+    np.testing.assert_allclose(C, want, rtol=1e-15)
+    ev = np.linalg.eigvalsh(C)
+    np.testing.assert_allclose(ev[-1], 1.5, rtol=1e-12)
+    np.testing.assert_allclose(ev[:-1], 0.9, rtol=1e-12)
+    F = np.random.default_rng(1).standard_normal((n, 3))
+    np.testing.assert_allclose(apply_coupling(c, F), C @ F, rtol=1e-12, atol=1e-15)
+
+
+def test_mean_normalisation_is_for_the_universal_kernel_only():
+    from particlegan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="generator.normalization = 'mean'"):
+        resolve_config(overrides=["generator.kernel=identity", "generator.normalization=mean"])

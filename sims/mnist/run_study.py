@@ -60,6 +60,8 @@ ABLATIONS = {
     "init at the target mean": (["particles.init=target_mean"], ABLATION_PHI),
     "coupling K/N (ntk normalisation)": (["generator.normalization=ntk"], [0.0]),
     "penalty lambda E||grad f||^2 (per point)": (["loss.penalty_form=lambda"], [0.0]),
+    # appended last (the run directories are numbered by position): at phi = 0 it equals 'none'
+    "coupling (1 - phi) I + (phi/N) 1 1^T ('mean')": (["generator.normalization=mean"], ABLATION_PHI[1:]),
 }
 QUICK_SETS = ["run.steps=5", "run.record_every=5", "dynamics.critic_steps=2",
               "dynamics.critic_steps_startup=2", "particles.n=12", "target.n_samples=12",
@@ -139,8 +141,7 @@ def plot_maps(ours: dict, paper: dict, path: Path) -> None:
     from particlegan.plotting import new_figure, save_figure
 
     fig, axes = new_figure(1, 2, figsize=(13, 4.8), layout="constrained")
-    cmap = colormaps["viridis"].copy()
-    cmap.set_bad("0.85")
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")
     xt = [i for i, p in enumerate(PHI_GRID) if i == 0 or i % 4 == 1 or i == len(PHI_GRID) - 1]
     for ax, (title, m) in zip(axes, (("particlegan (this study)", ours), ("paper (released particles)", paper))):
         im = ax.imshow(_map_image(m, LRD_ROWS, PHI_GRID), origin="lower", aspect="auto", cmap=cmap,
