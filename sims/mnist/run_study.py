@@ -4,8 +4,8 @@ paper's collapse map recomputed from its released particles
 (../shared/reference/mnist/paper_collapse_map.csv).
 
 Usage (from the repository root):
-    python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~80 min)
-    python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation row (~30 min)
+    python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~60 min)
+    python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation runs (~50 min)
     python sims/mnist/run_study.py --replot                         # figures/tables from DIR only
     python sims/mnist/run_study.py --quick --out DIR                # 2 x 2 cells, 5 steps (tests)
 Both sweeps are resumable (finished runs are kept; rerun the same command after a stop).
@@ -45,23 +45,25 @@ PHI_GRID = [0.0] + [float(v) for v in np.logspace(-2, -0.01, 25)]
 LRD_ROWS = [float(10 ** (-4 + k / 12)) for k in range(0, 17, 2)]
 # the study's resolution (chosen to fit ~80 min on 2 cores): every other calibration row, and
 # the phi points where the paper's map changes (dense above 0.25, where its boundary lies)
-STUDY_PHI = [PHI_GRID[i] for i in (0, 7, 13, 18, 20, 22, 23, 24, 25)]
-STUDY_LRD = [LRD_ROWS[i] for i in (0, 2, 4, 6, 8)]
+STUDY_PHI = [PHI_GRID[i] for i in (0, 13, 18, 20, 22, 23, 24, 25)]
+STUDY_LRD = [LRD_ROWS[i] for i in (0, 4, 6, 8)]
 SLICE_LRD = LRD_ROWS[4]    # 4.64e-4, the notebook's guide line
 SLICE_PHI = PHI_GRID[13]   # 0.0989
 SLICE_PARTICLES = (0, 7, 14)
-# ablation: the row lrD = 4.64e-4, one unknown changed at a time (label: overrides, phi columns);
-# the two settings under which the particles barely move are run at phi = 0 only
-ABLATION_PHI = [PHI_GRID[i] for i in (0, 22, 24)]  # 0, 0.551, 0.807: a subset of STUDY_PHI
+# ablation, one unknown changed at a time: label -> (overrides, phi columns, lrD rows, directory).
+# 'none' coupling on a 4 x 5 block (the grid of the first study attempt), the rest on the row
+# lrD = 4.64e-4; the two settings under which the particles barely move at phi = 0 only
+ABLATION_ROWS = [LRD_ROWS[i] for i in (0, 2, 4, 6, 8)]
 ABLATIONS = {
-    "chosen settings": ([], ABLATION_PHI),
-    "5 critic steps (50 at start)": (["dynamics.critic_steps=5", "dynamics.critic_steps_startup=50"], ABLATION_PHI),
-    "no dropout": (["critic.dropout=[]"], ABLATION_PHI),
-    "init at the target mean": (["particles.init=target_mean"], ABLATION_PHI),
-    "coupling K/N (ntk normalisation)": (["generator.normalization=ntk"], [0.0]),
-    "penalty lambda E||grad f||^2 (per point)": (["loss.penalty_form=lambda"], [0.0]),
-    # appended last (the run directories are numbered by position): at phi = 0 it equals 'none'
-    "coupling (1 - phi) I + (phi/N) 1 1^T ('mean')": (["generator.normalization=mean"], ABLATION_PHI[1:]),
+    "coupling K = (1 - phi) I + phi 1 1^T ('none')": (["generator.normalization=none"],
+                                                     [PHI_GRID[i] for i in (0, 7, 13, 18)], ABLATION_ROWS, "grid_none"),
+    "5 critic steps (50 at start)": (["dynamics.critic_steps=5", "dynamics.critic_steps_startup=50"],
+                                     [PHI_GRID[i] for i in (0, 22, 25)], [SLICE_LRD], "steps5"),
+    "no dropout": (["critic.dropout=[]"], [PHI_GRID[i] for i in (22, 25)], [SLICE_LRD], "no_dropout"),
+    "init at the target mean": (["particles.init=target_mean"], [PHI_GRID[i] for i in (0, 25)], [SLICE_LRD],
+                                "init_mean"),
+    "coupling K/N ('ntk')": (["generator.normalization=ntk"], [0.0], [SLICE_LRD], "ntk"),
+    "penalty lambda E||grad f||^2 (per point)": (["loss.penalty_form=lambda"], [0.0], [SLICE_LRD], "per_point"),
 }
 QUICK_SETS = ["run.steps=5", "run.record_every=5", "dynamics.critic_steps=2",
               "dynamics.critic_steps_startup=2", "particles.n=12", "target.n_samples=12",
@@ -73,11 +75,12 @@ def _axes(phis, lrds) -> list[GridAxis]:
             GridAxis("dynamics.eta_d", tuple(lrds), "dynamics.eta_d=" + ",".join(map(repr, lrds)))]
 
 
-def run_grid(out: Path, phis, lrds, sets: list[str], jobs: int) -> list[dict]:
-    """One resumable sweep over (phi, lrD) into ``out``; its finished rows."""
+def run_grid(out: Path, phis, lrds, sets: list[str], jobs: int, replace: bool = False) -> list[dict]:
+    """One resumable sweep over (phi, lrD) into ``out``; its finished rows (``replace``: ``out``
+    may hold a larger sweep whose finished runs in this plan are kept)."""
     plan = plan_sweep(load_base(CONFIG, sets), _axes(phis, lrds), [0], config_path=str(CONFIG),
                       fixed_keys=[s.split("=")[0] for s in sets])
-    run_sweep(plan, out, jobs=jobs, plot=False, reporter=Reporter())
+    run_sweep(plan, out, jobs=jobs, plot=False, reporter=Reporter(), replace=replace)
     return [r for r in load_results(out / "results.csv") if r["status"] == "ok"]
 
 
@@ -226,13 +229,12 @@ def write_tables(path: Path, ours: dict, paper: dict, cmp: dict, lrds, phis, abl
                      f"{_f(r['c0_ours'], '{:.2f}')} | {_f(r['c0_paper'], '{:.2f}')} | {_f(diff, '{:+.2f}')} |")
     lines += ["", "phi_c: the smallest phi of the row with C > 2 ('-': none on the row)."]
     if ablation:
-        lines += ["", "## Ablation (lrD = 4.64e-4; one unknown changed at a time)", "",
-                  "| variant | " + " | ".join(f"C(phi={p:.3g})" for p in ABLATION_PHI) + " |",
-                  "|---|" + "---|" * len(ABLATION_PHI)]
+        lines += ["", "## Ablation (one unknown changed at a time)", "",
+                  "| variant | lrD | phi | C variant | C chosen settings | C paper |", "|---|---|---|---|---|---|"]
         for label, m in ablation.items():
-            lines.append(f"| {label} | " + " | ".join(_f(m.get((SLICE_LRD, p)), "{:.2f}")
-                                                  for p in ABLATION_PHI) + " |")
-        lines.append("| paper | " + " | ".join(_f(paper.get((SLICE_LRD, p)), "{:.2f}") for p in ABLATION_PHI) + " |")
+            for (lr, p), c in sorted(m.items()):
+                lines.append(f"| {label} | {lr:.3g} | {p:.3g} | {c:.2f} | {_f(ours.get((lr, p)), '{:.2f}')} | "
+                             f"{_f(paper.get((lr, p)), '{:.2f}')} |")
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--quick", action="store_true", help="2 x 2 cells, 5 steps, small nets (tests)")
-    ap.add_argument("--ablation", action="store_true", help="also run the ablation row")
+    ap.add_argument("--ablation", action="store_true", help="also run the ablation sweeps")
     ap.add_argument("--replot", action="store_true", help="no runs: tables and figures from --out")
     ap.add_argument("--write-to", type=Path, default=None,
                     help="directory for the tables and figures (default: sims/mnist and figures/)")
@@ -273,16 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     abl_root = args.out / "ablation"
     if args.ablation or (args.replot and abl_root.exists()):
         ablation = {}
-        for i, (label, (extra, abl_phis)) in enumerate(ABLATIONS.items()):
-            if not extra:  # the chosen settings: the study grid's own cells
-                ablation[label] = {k: v for k, v in our_map(rows).items() if k[0] == SLICE_LRD}
-                continue
-            d = abl_root / f"v{i}"
+        for label, (extra, abl_phis, abl_lrds, name) in ABLATIONS.items():
+            d = abl_root / name
             if args.replot:
                 if (d / "results.csv").exists():
                     ablation[label] = our_map([r for r in load_results(d / "results.csv") if r["status"] == "ok"])
                 continue
-            ablation[label] = our_map(run_grid(d, abl_phis, [SLICE_LRD], sets + extra, args.jobs))
+            ablation[label] = our_map(run_grid(d, abl_phis, abl_lrds, sets + extra, args.jobs, replace=True))
     ours, paper = our_map(rows), paper_map()
     cmp = compare(ours, paper, lrds, phis)
     write_map_csv(map_csv, ours, paper)
