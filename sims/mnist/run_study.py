@@ -54,7 +54,9 @@ SLICE_PARTICLES = (0, 7, 14)
 # 'none' coupling on a 4 x 5 block (the grid of the first study attempt), the rest on the row
 # lrD = 4.64e-4; the two settings under which the particles barely move at phi = 0 only
 ABLATION_ROWS = [LRD_ROWS[i] for i in (0, 2, 4, 6, 8)]
-ABLATIONS = {
+ABLATIONS = {  # in the order they run (the cheap, decisive ones first)
+    "coupling K/N ('ntk')": (["generator.normalization=ntk"], [0.0], [SLICE_LRD], "ntk"),
+    "penalty lambda E||grad f||^2 (per point)": (["loss.penalty_form=lambda"], [0.0], [SLICE_LRD], "per_point"),
     "coupling K = (1 - phi) I + phi 1 1^T ('none')": (["generator.normalization=none"],
                                                      [PHI_GRID[i] for i in (0, 7, 13, 18)], ABLATION_ROWS, "grid_none"),
     "5 critic steps (50 at start)": (["dynamics.critic_steps=5", "dynamics.critic_steps_startup=50"],
@@ -62,8 +64,6 @@ ABLATIONS = {
     "no dropout": (["critic.dropout=[]"], [PHI_GRID[i] for i in (22, 25)], [SLICE_LRD], "no_dropout"),
     "init at the target mean": (["particles.init=target_mean"], [PHI_GRID[i] for i in (0, 25)], [SLICE_LRD],
                                 "init_mean"),
-    "coupling K/N ('ntk')": (["generator.normalization=ntk"], [0.0], [SLICE_LRD], "ntk"),
-    "penalty lambda E||grad f||^2 (per point)": (["loss.penalty_form=lambda"], [0.0], [SLICE_LRD], "per_point"),
 }
 QUICK_SETS = ["run.steps=5", "run.record_every=5", "dynamics.critic_steps=2",
               "dynamics.critic_steps_startup=2", "particles.n=12", "target.n_samples=12",
