@@ -4,7 +4,7 @@ paper's collapse map recomputed from its released particles
 (../shared/reference/mnist/paper_collapse_map.csv).
 
 Usage (from the repository root):
-    python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~60 min)
+    python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~1 h)
     python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation runs (~50 min)
     python sims/mnist/run_study.py --replot                         # figures/tables from DIR only
     python sims/mnist/run_study.py --quick --out DIR                # 2 x 2 cells, 5 steps (tests)
@@ -56,7 +56,7 @@ SLICE_PARTICLES = (0, 7, 14)
 ABLATION_ROWS = [LRD_ROWS[i] for i in (0, 2, 4, 6, 8)]
 ABLATIONS = {  # in the order they run (the cheap, decisive ones first)
     "coupling K/N ('ntk')": (["generator.normalization=ntk"], [0.0], [SLICE_LRD], "ntk"),
-    "penalty lambda E||grad f||^2 (per point)": (["loss.penalty_form=lambda"], [0.0], [SLICE_LRD], "per_point"),
+    "penalty lambda E‖grad f‖² (per point)": (["loss.penalty_form=lambda"], [0.0], [SLICE_LRD], "per_point"),
     "coupling K = (1 - phi) I + phi 1 1^T ('none')": (["generator.normalization=none"],
                                                      [PHI_GRID[i] for i in (0, 7, 13, 18)], ABLATION_ROWS, "grid_none"),
     "5 critic steps (50 at start)": (["dynamics.critic_steps=5", "dynamics.critic_steps_startup=50"],
@@ -145,7 +145,7 @@ def plot_maps(ours: dict, paper: dict, path: Path) -> None:
 
     fig, axes = new_figure(1, 2, figsize=(13, 4.8), layout="constrained")
     cmap = colormaps["viridis"].with_extremes(bad="0.85")
-    xt = [i for i, p in enumerate(PHI_GRID) if i == 0 or i % 4 == 1 or i == len(PHI_GRID) - 1]
+    xt = [0] + [i for i in range(2, len(PHI_GRID) - 1) if i % 4 == 1] + [len(PHI_GRID) - 1]
     for ax, (title, m) in zip(axes, (("particlegan (this study)", ours), ("paper (released particles)", paper))):
         im = ax.imshow(_map_image(m, LRD_ROWS, PHI_GRID), origin="lower", aspect="auto", cmap=cmap,
                        vmin=0.0, vmax=math.log(100), interpolation="nearest")
@@ -176,7 +176,7 @@ def plot_slices(grid_dir: Path, rows: list[dict], path: Path) -> None:
               (f"phi = {SLICE_PHI:.3g}, decreasing lrD", along_lrd)]
     n_cols = max(len(p[1]) for p in panels)
     fig, axes = new_figure(2 * len(SLICE_PARTICLES), n_cols, figsize=(1.1 * n_cols + 1, 7.5), squeeze=False)
-    for pi, (title, runs) in enumerate(panels):
+    for pi, (_, runs) in enumerate(panels):
         for c in range(n_cols):
             for k, idx in enumerate(SLICE_PARTICLES):
                 ax = axes[pi * len(SLICE_PARTICLES) + k, c]
@@ -191,7 +191,7 @@ def plot_slices(grid_dir: Path, rows: list[dict], path: Path) -> None:
                     ax.set_title(runs[c][0], fontsize=8)
                 if c == 0:
                     ax.set_ylabel(f"#{idx}", fontsize=8)
-        axes[pi * len(SLICE_PARTICLES), 0].annotate(title, (0, 1.45), xycoords="axes fraction", fontsize=10)
+    fig.suptitle(f"rows 1-3: {panels[0][0]};  rows 4-6: {panels[1][0]} (particles #0, #7, #14)", fontsize=10)
     save_figure(fig, path)
 
 
