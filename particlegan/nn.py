@@ -427,10 +427,9 @@ def _backward_deltas(params: MLP, cache: ForwardCache, grad_out: np.ndarray):
 
 
 def _param_grad_from(params: MLP, cache: ForwardCache, deltas: list,
-                     extra_w: list | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """Assemble grad theta: dW_k = a_k delta_k^T h_k (+ extra_w[k]), db_k = c sum_n delta_k
-    (into ``out`` when given)."""
-    grad = np.empty_like(params.theta) if out is None else out
+                     extra_w: list | None = None) -> np.ndarray:
+    """Assemble grad theta: dW_k = a_k delta_k^T h_k (+ extra_w[k]), db_k = c sum_n delta_k."""
+    grad = np.empty_like(params.theta)
     c = params.bias_scale()
     for k, (ws, bs) in enumerate(params.layout()):
         # written straight into theta's layout (no (n_{k+1}, n_k) temporaries: they cost 4x the GEMMs)
@@ -539,11 +538,10 @@ def critic_pass(params: MLP, X: np.ndarray, masks: list | None = None) -> Critic
     return CriticPass(out[:, 0], g, cache, deltas)
 
 
-def weighted_param_grad(params: MLP, cp: CriticPass, coef: np.ndarray,
-                        out: np.ndarray | None = None) -> np.ndarray:
+def weighted_param_grad(params: MLP, cp: CriticPass, coef: np.ndarray) -> np.ndarray:
     """sum_i coef_i d f(x_i) / d theta (P,) from one :class:`CriticPass` (coef: (n,))."""
     coef = np.asarray(coef, dtype=params.dtype)[:, None]
-    return _param_grad_from(params, cp.cache, [coef * dk for dk in cp.deltas], out=out)
+    return _param_grad_from(params, cp.cache, [coef * dk for dk in cp.deltas])
 
 
 def critic_values_and_input_grads(params: MLP, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
