@@ -365,7 +365,9 @@ def critical_penalties(cfg: Mapping, point_mass: float = 1.0) -> dict[str, float
         return None
     if not (point_mass > 0 and math.isfinite(point_mass)):
         raise DataError(f"point_mass must be a positive number, got {point_mass!r}")
-    from .stability import critical_penalty, kernel_eigenvalues, relu_feature_curvature, rff_curvature
+    from .coupling import make_coupling, universal_mode_rates
+    from .losses import run_penalty_coefficient
+    from .stability import critical_penalty, relu_feature_curvature, rff_curvature
 
     if crit["type"] == "rff":
         h = rff_curvature(crit["sigma"])
@@ -374,20 +376,15 @@ def critical_penalties(cfg: Mapping, point_mass: float = 1.0) -> dict[str, float
     else:
         return None
     n = cfg["particles"]["n"]
-    g1 = gen["g1"]
-    g2 = gen["g2"] if gen["g2"] is not None else gen["phi"] * g1
-    norm = n if gen["normalization"] == "ntk" else 1.0
-    # 'mean' averages the collective term: eigenvalues g1 (centre of mass) and g1 - g2 (relative)
-    eigs = (g1, g1 - g2) if gen["normalization"] == "mean" else kernel_eigenvalues(g1, g2, n)
+    rates = universal_mode_rates(make_coupling(gen, n, np.random.default_rng(0)))
     eta_d_eff = dyn["critic_steps"] * dyn["eta_d"]
-    # mean_grad's lambda acts as lambda / n^2 on E||grad f||^2: lambda_c in its units is n^2 times
-    form, units = loss["penalty_form"], 1.0
-    if form == "mean_grad":
-        form, units = "lambda", float(n if loss["penalty"] != "real" else cfg["target"]["n_samples"]) ** 2
+    # the config's lambda multiplies E||grad f||^2 by `per_unit` (1, 1/2, or 1/n^2 for mean_grad):
+    # lambda_c in the config's units is the 'lambda'-form critical value divided by it
+    unit_cfg = {**cfg, "loss": {**loss, "penalty_weight": 1.0}}
+    per_unit = run_penalty_coefficient(unit_cfg, cfg["target"]["n_samples"])
     out = {}
-    for mode, eigenvalue in zip(("cm", "rel"), eigs):
-        kappa = eigenvalue / norm
-        out[mode] = (units * float(critical_penalty(dyn["eta_g"], eta_d_eff, kappa, point_mass * h, form))
+    for mode, kappa in zip(("cm", "rel"), rates):
+        out[mode] = (float(critical_penalty(dyn["eta_g"], eta_d_eff, kappa, point_mass * h, "lambda")) / per_unit
                      if kappa > 0 else math.nan)
     return out
 

@@ -175,8 +175,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "g2": Key(None, "float?", "universal kernel: g2 (overrides phi when set; phi := g2/g1)"),
         "normalization": Key("ntk", "str", "coupling C = K/N ('ntk'), C = K ('none'), or for the "
                              "universal kernel C = (g1 - g2) I + (g2/N) 1 1^T ('mean', [derived]: "
-                             "collective force = g2 x the mean critic gradient)",
-                             choices=("ntk", "none", "mean")),
+                             "collective force = g2 x the mean critic gradient), or C = K / lambda_max(K) "
+                             "('spectral', [derived]: the fastest mode at rate 1; dense kernels only)",
+                             choices=("ntk", "none", "mean", "spectral")),
         "latent_dim": Key(64, "int", "dimension d_z of the latent codes (sphere of radius sqrt(d_z))",
                           check=_at_least(1)),
         "sigma_w": Key(1.0, "float", "NTK weight std", check=_positive),
@@ -458,6 +459,10 @@ def _check_cross(cfg: dict) -> None:
     if gen["normalization"] == "mean" and gen["kernel"] != "universal":
         raise ConfigError("generator.normalization = 'mean' is defined for generator.kernel = "
                           "'universal' only (use 'ntk' or 'none')")
+    if (gen["normalization"] == "spectral" and gen["kernel"] in ("ntk_relu", "ntk_erf")
+            and n > gen["dense_max"]):
+        raise ConfigError(f"generator.normalization = 'spectral' needs the kernel held densely: "
+                          f"particles.n = {n} exceeds generator.dense_max = {gen['dense_max']}")
     if gen["kernel"] == "matrix" and not gen["matrix_path"]:
         raise ConfigError("generator.matrix_path must be set when generator.kernel = 'matrix'")
     if gen["bias"] and gen["parameterization"] == "ntk" and gen["sigma_b"] == 0:

@@ -6,6 +6,11 @@ per pair; the output-space factor is delta^{mu nu}). For the universal kernel on
 ``"mean"`` [derived; another reading of A6.1] keeps the individual term and averages the
 collective one, C = (g1 - g2) I + (g2 / N) 1 1^T: the relative modes move at rate g1 - g2 and the
 centre of mass at g1 whatever N (with ``"none"`` the centre of mass moves at g1 + (N - 1) g2).
+``"spectral"`` [derived; a third reading of A6.1] divides by the largest eigenvalue,
+C = K / lambda_max(K): the fastest mode moves at rate 1 whatever N and phi (for the universal
+kernel with g2 >= 0, lambda_max = g1 + (N - 1) g2, the centre of mass; the relative modes then
+move at (1 - phi) / (1 + (N - 1) phi)). Dense kernels only (universal, identity, matrix, and the
+NTKs held densely).
 
 * ``universal``: K = (g1 - g2) I + g2 1 1^T (A-2). Applied in O(N d) via its rank-one structure:
   K F = (g1 - g2) F + g2 1 (1^T F).
@@ -19,11 +24,11 @@ Kernels are applied, never required dense: :func:`apply_coupling` is the only ho
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .storage import load_sample_array
 
 
@@ -35,7 +40,7 @@ class Coupling:
     ----------
     kind : kernel name (see module docstring).
     n : number of particles N.
-    scale : 1/N for normalisation 'ntk', 1 for 'none' and 'mean'.
+    scale : 1/N for normalisation 'ntk', 1/lambda_max(K) for 'spectral', 1 for 'none' and 'mean'.
     g1, g2 : universal/identity constants (g2 = 0 for identity).
     collective : factor on the rank-one term g2 1 1^T of the universal kernel (1/N for 'mean').
     dense : (N, N) unnormalised kernel K when held densely, else None.
@@ -62,16 +67,43 @@ def sample_sphere(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return z * (np.sqrt(dim) / np.linalg.norm(z, axis=1, keepdims=True))
 
 
+def universal_top_eigenvalue(g1: float, g2: float, n: int) -> float:
+    """Largest eigenvalue of K = (g1 - g2) I + g2 1 1^T, shape (n, n): g1 + (n - 1) g2 for
+    g2 >= 0 (the centre of mass), g1 - g2 otherwise (the relative modes)."""
+    return max(g1 + (n - 1) * g2, g1 - g2) if n > 1 else g1
+
+
 def make_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
     """Build the coupling of config section ``generator`` for N = n particles."""
-    scale = 1.0 / n if gcfg["normalization"] == "ntk" else 1.0
+    c = _unnormalised_coupling(gcfg, n, rng)
+    norm = gcfg["normalization"]
+    if norm == "ntk":
+        return replace(c, scale=1.0 / n)
+    if norm == "mean":
+        return replace(c, collective=1.0 / n)
+    if norm == "spectral":
+        if c.kind in ("universal", "identity"):
+            top = universal_top_eigenvalue(c.g1, c.g2, n)
+        elif c.dense is not None:
+            top = float(np.linalg.eigvalsh(c.dense)[-1])
+        else:
+            raise ConfigError(f"generator.normalization = 'spectral' needs the kernel held densely: "
+                              f"particles.n = {n} exceeds generator.dense_max = {gcfg['dense_max']}")
+        if not top > 0:
+            raise DataError(f"generator.normalization = 'spectral': the coupling kernel's largest "
+                            f"eigenvalue is {top:.3g} (must be > 0)")
+        return replace(c, scale=1.0 / top)
+    return c
+
+
+def _unnormalised_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
+    """The coupling C = K (scale 1, collective 1) of config section ``generator``."""
     kind = gcfg["kernel"]
     g1 = float(gcfg["g1"])
     if kind == "universal":
-        collective = 1.0 / n if gcfg["normalization"] == "mean" else 1.0
-        return Coupling(kind, n, scale, g1=g1, g2=g1 * float(gcfg["phi"]), collective=collective)
+        return Coupling(kind, n, 1.0, g1=g1, g2=g1 * float(gcfg["phi"]))
     if kind == "identity":
-        return Coupling(kind, n, scale, g1=g1, g2=0.0)
+        return Coupling(kind, n, 1.0, g1=g1, g2=0.0)
     if kind in ("ntk_relu", "ntk_erf"):
         from .kernels import ntk_matrix
 
@@ -80,7 +112,7 @@ def make_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
         dense = None
         if n <= gcfg["dense_max"]:
             dense = ntk_matrix(z, z, ntk_kind, gcfg["sigma_w"], gcfg["sigma_b"])
-        return Coupling(kind, n, scale, dense=dense, latents=z, ntk_kind=ntk_kind,
+        return Coupling(kind, n, 1.0, dense=dense, latents=z, ntk_kind=ntk_kind,
                         sigma_w=float(gcfg["sigma_w"]), sigma_b=float(gcfg["sigma_b"]))
     # user matrix
     path = gcfg["matrix_path"]
@@ -93,7 +125,7 @@ def make_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
     if eig_min < -1e-8 * max(1.0, np.abs(k).max()):
         raise DataError(f"generator.matrix_path file '{path}' is not positive semi-definite "
                         f"(smallest eigenvalue {eig_min:.3g})")
-    return Coupling(kind, n, scale, dense=k)
+    return Coupling(kind, n, 1.0, dense=k)
 
 
 def apply_coupling(c: Coupling, forces: np.ndarray, backend=None) -> np.ndarray:
@@ -115,6 +147,16 @@ def apply_coupling(c: Coupling, forces: np.ndarray, backend=None) -> np.ndarray:
         backend = get_backend("numpy")
     z = c.latents.astype(forces.dtype, copy=False)
     return c.scale * backend.ntk_apply(z, forces, c.ntk_kind, c.sigma_w, c.sigma_b)
+
+
+def universal_mode_rates(c: Coupling) -> tuple[float, float]:
+    """Eigenvalues (centre_of_mass, relative) of the universal or identity coupling C, every
+    normalisation included: scale ((g1 - g2) + collective N g2) on 1 and scale (g1 - g2) on the
+    N - 1 relative modes (A2.4 with the normalisation applied)."""
+    if c.kind not in ("universal", "identity"):
+        raise ValueError(f"mode rates are defined for the universal kernel, not '{c.kind}'")
+    rel = c.scale * (c.g1 - c.g2)
+    return c.scale * (c.g1 - c.g2 + c.collective * c.n * c.g2), rel
 
 
 def coupling_matrix(c: Coupling) -> np.ndarray:

@@ -133,6 +133,14 @@ def test_critical_penalties_follow_the_a29_formula():
     assert math.isnan(frozen["rel"]) and frozen["cm"] > 0
     assert critical_penalties(resolve_config(cfg, ["loss.penalty=none"])) is None
     assert critical_penalties(resolve_config(cfg, ["generator.kernel=identity"])) is None
+    # kappa follows the normalisation: 'none' (K), 'mean' (g1, g1 - g2), 'spectral' (K / (1 + 99 phi))
+    for norm, cm, rel in (("none", 1 + 99 * 0.5, 0.5), ("mean", 1.0, 0.5), ("spectral", 1.0, 0.5 / (1 + 99 * 0.5))):
+        got = critical_penalties(resolve_config(cfg, [f"generator.normalization={norm}"]))
+        assert got["cm"] == pytest.approx(lam["cm"] * math.sqrt(cm / kappa_cm)), norm
+        assert got["rel"] == pytest.approx(lam["rel"] * math.sqrt(rel / kappa_rel)), norm
+    # mean_grad: lambda / N^2 multiplies E||grad f||^2, so lambda_c is N^2 times the lambda form's
+    mg = critical_penalties(resolve_config(cfg, ["loss.penalty_form=mean_grad"]))
+    assert mg["cm"] == pytest.approx(100 ** 2 * lam["cm"])
 
 
 def test_load_run_and_convergence_times_of_a_sweep(tmp_path):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from particlegan.config import resolve_config
-from particlegan.coupling import apply_coupling, coupling_matrix, make_coupling, sample_sphere
+from particlegan.coupling import (apply_coupling, coupling_matrix, make_coupling, sample_sphere,
+                                  universal_mode_rates)
 from particlegan.errors import DataError
 
 
@@ -112,3 +113,54 @@ def test_mean_normalisation_is_for_the_universal_kernel_only():
 
     with pytest.raises(ConfigError, match="generator.normalization = 'mean'"):
         resolve_config(overrides=["generator.kernel=identity", "generator.normalization=mean"])
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.3, 0.99, -0.1])
+def test_spectral_normalisation_divides_by_the_largest_eigenvalue_universal(phi):
+    """'spectral': C = K / lambda_max(K); lambda_max from numpy's eigvalsh of the dense (A-2)
+    kernel (independent of the closed form g1 + (N - 1) g2)."""
+    n = 9
+    cfg = resolve_config(overrides=[f"particles.n={n}", "generator.g1=1.5", f"generator.phi={phi}",
+                                    "generator.normalization=spectral"])
+    c = make_coupling(cfg["generator"], n, np.random.default_rng(0))
+    K = np.where(np.eye(n, dtype=bool), 1.5, 1.5 * phi)
+    want = K / np.linalg.eigvalsh(K)[-1]
+    np.testing.assert_allclose(coupling_matrix(c), want, rtol=1e-12, atol=1e-15)
+    assert np.linalg.eigvalsh(coupling_matrix(c))[-1] == pytest.approx(1.0, rel=1e-12)
+    F = np.random.default_rng(1).standard_normal((n, 2))
+    np.testing.assert_allclose(apply_coupling(c, F), want @ F, rtol=1e-12, atol=1e-14)
+    cm, rel = universal_mode_rates(c)
+    ev = np.linalg.eigvalsh(want)
+    assert sorted([cm, rel]) == pytest.approx([ev[0], ev[-1]], rel=1e-12)
+
+
+def test_spectral_normalisation_dense_ntk_and_matrix(tmp_path):
+    n = 12
+    cfg = resolve_config(overrides=[f"particles.n={n}", "generator.kernel=ntk_relu", "generator.latent_dim=5",
+                                    "generator.normalization=spectral"])
+    c = make_coupling(cfg["generator"], n, np.random.default_rng(3))
+    assert np.linalg.eigvalsh(coupling_matrix(c))[-1] == pytest.approx(1.0, rel=1e-12)
+    A = np.random.default_rng(4).standard_normal((n, n))
+    np.save(tmp_path / "k.npy", A @ A.T)
+    c = make_coupling(_gen("generator.kernel=matrix", f"generator.matrix_path={tmp_path / 'k.npy'}",
+                           "generator.normalization=spectral"), n, np.random.default_rng(0))
+    np.testing.assert_allclose(coupling_matrix(c), A @ A.T / np.linalg.eigvalsh(A @ A.T)[-1], rtol=1e-12)
+
+
+def test_spectral_normalisation_refuses_matrix_free_kernels():
+    from particlegan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="generator.normalization = 'spectral' needs the kernel held densely"):
+        resolve_config(overrides=["particles.n=20", "generator.kernel=ntk_relu", "generator.dense_max=10",
+                                  "generator.normalization=spectral"])
+
+
+def test_mode_rates_of_every_normalisation_match_the_dense_spectrum():
+    n = 6
+    for norm in ("ntk", "none", "mean", "spectral"):
+        cfg = resolve_config(overrides=[f"particles.n={n}", "generator.phi=0.25", f"generator.normalization={norm}"])
+        c = make_coupling(cfg["generator"], n, np.random.default_rng(0))
+        ev = np.linalg.eigvalsh(coupling_matrix(c))
+        cm, rel = universal_mode_rates(c)
+        assert cm == pytest.approx(ev[-1], rel=1e-12) and rel == pytest.approx(ev[0], rel=1e-12)
+        np.testing.assert_allclose(ev[:-1], rel, rtol=1e-12)

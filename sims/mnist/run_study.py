@@ -64,6 +64,9 @@ ABLATIONS = {  # in the order they run (the cheap, decisive ones first)
     "no dropout": (["critic.dropout=[]"], [PHI_GRID[i] for i in (22, 25)], [SLICE_LRD], "no_dropout"),
     "init at the target mean": (["particles.init=target_mean"], [PHI_GRID[i] for i in (0, 25)], [SLICE_LRD],
                                 "init_mean"),
+    # phi = 0 is the chosen map itself (K / lambda_max = I there); the whole coupled grid otherwise
+    "coupling K / lambda_max(K) ('spectral')": (["generator.normalization=spectral"], STUDY_PHI[1:], STUDY_LRD,
+                                                "spectral"),
 }
 QUICK_SETS = ["run.steps=5", "run.record_every=5", "dynamics.critic_steps=2",
               "dynamics.critic_steps_startup=2", "particles.n=12", "target.n_samples=12",
@@ -247,12 +250,50 @@ def write_map_csv(path: Path, ours: dict, paper: dict) -> None:
     atomic_write_csv(path, rows, ["lr_d", "phi", "collapse", "paper_collapse"])
 
 
+def run_candidate(args, sets: list[str]) -> int:
+    """``--only NAME``: one ablation sweep read as a candidate map against the paper's."""
+    by_dir = {v[3]: (label, v) for label, v in ABLATIONS.items()}
+    if args.only not in by_dir:
+        print(f"error: --only {args.only!r} is not an ablation (one of {', '.join(sorted(by_dir))})",
+              file=sys.stderr)
+        return 2
+    label, (extra, abl_phis, abl_lrds, name) = by_dir[args.only]
+    if args.quick:
+        abl_phis, abl_lrds = [PHI_GRID[25]], [LRD_ROWS[4]]
+    d = args.out / "ablation" / name
+    if args.replot:
+        variant = our_map([r for r in load_results(d / "results.csv") if r["status"] == "ok"])
+    else:
+        variant = our_map(run_grid(d, abl_phis, abl_lrds, sets + extra, args.jobs, replace=True))
+    chosen = {}
+    if not args.quick:
+        with open(HERE / "results.csv", newline="") as fh:
+            chosen = {(float(r["lr_d"]), float(r["phi"])): float(r["collapse"]) for r in csv.DictReader(fh)}
+    candidate = {**{k: v for k, v in chosen.items() if k[0] in abl_lrds}, **variant}
+    paper = paper_map()
+    lrds = sorted({k[0] for k in candidate})
+    phis = sorted({k[1] for k in candidate})
+    cmp = compare(candidate, paper, lrds, phis)
+    out_md = (args.write_to or HERE) / f"results_{name}.md"
+    write_tables(out_md, candidate, paper, cmp, lrds, phis,
+                 header=f"<!-- written by sims/mnist/run_study.py --only {name}: the candidate '{label}' "
+                        f"({' '.join(extra)}), its {len(variant)} runs completed by the chosen map's "
+                        f"results.csv where it has none; see results.md -->")
+    print(f"{label}: same side of C = 2: {_f(cmp['same_side'], '{:.0%}')} of {cmp['n_common']} common cells; "
+          f"tables: {out_md}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--quick", action="store_true", help="2 x 2 cells, 5 steps, small nets (tests)")
     ap.add_argument("--ablation", action="store_true", help="also run the ablation sweeps")
+    ap.add_argument("--only", metavar="NAME", default=None,
+                    help="run (or with --replot read) one ablation sweep, by directory name, and write "
+                         "its map as a candidate, completed by the chosen map's committed results.csv "
+                         "where it has no runs, to sims/mnist/results_NAME.md (or --write-to)")
     ap.add_argument("--replot", action="store_true", help="no runs: tables and figures from --out")
     ap.add_argument("--write-to", type=Path, default=None,
                     help="directory for the tables and figures (default: sims/mnist and figures/)")
@@ -266,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_to is not None:
         md, fig_dir, map_csv = (args.write_to / "results_tables.md", args.write_to,
                                 args.write_to / "results.csv")
+    if args.only is not None:
+        return run_candidate(args, sets)
     grid_dir = args.out / "grid"
     if args.replot:
         rows = [r for r in load_results(grid_dir / "results.csv") if r["status"] == "ok"]
