@@ -52,7 +52,10 @@ def run(config: Mapping | str | Path | None = None, *, overrides: Sequence[str] 
 
     cfg = resolve(config, overrides, seed)
     if out is not None:
-        run_to_dir(cfg, out, reporter=reporter, plot=plot, force=force)
+        figures = None
+        if plot:
+            from .plotting import write_run_figures as figures
+        run_to_dir(cfg, out, reporter=reporter, figures=figures, force=force)
         return load_run(out)
     res = simulate(cfg, reporter)
     arrays = result_arrays(res)

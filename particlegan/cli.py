@@ -89,15 +89,18 @@ def run(config, overrides, seed, backend, out_dir, no_plot, resume_dir, force):
     from .progress import Reporter
     from .simulate import resume_run, run_to_dir
 
+    figures = None
+    if not no_plot:
+        from .plotting import write_run_figures as figures
     if resume_dir:
         if config or overrides or seed is not None or backend or out_dir or force:
             raise click.UsageError("--resume takes only the run directory (its config.json is used)")
-        summary = resume_run(resume_dir, reporter=Reporter(), plot=not no_plot)
+        summary = resume_run(resume_dir, reporter=Reporter(), figures=figures)
         out_dir = resume_dir
     else:
         cfg = _load_config(config, overrides, seed, backend)
         out_dir = out_dir or f"runs/{config_hash(cfg)}"
-        summary = run_to_dir(cfg, out_dir, reporter=Reporter(), plot=not no_plot, force=force)
+        summary = run_to_dir(cfg, out_dir, reporter=Reporter(), figures=figures, force=force)
     click.echo(_format_summary(summary, out_dir))
     if summary["status"] != "ok":
         sys.exit(3)

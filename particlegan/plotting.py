@@ -134,6 +134,11 @@ def plot_image_grid(rows: list[tuple[str, np.ndarray]], title: str, max_images: 
     return fig
 
 
+def write_run_figures(res, run_dir: str | Path) -> None:
+    """The figures of one finished run (``particlegan run``'s): ``run_dir/particles.png``."""
+    plot_particles(res, Path(run_dir) / "particles.png")
+
+
 def plot_particles(res, path: str | Path) -> None:
     """particles.png of a :class:`particlegan.simulate.SimResult`: snapshots in the first two
     coordinates, or, when d is a square (images), the particles and targets as image grids."""

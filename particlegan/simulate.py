@@ -333,17 +333,20 @@ def result_arrays(res: SimResult) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_run(res: SimResult, cfg: dict, out_dir: str | Path, plot: bool = True) -> dict:
-    """Write config.json, result.npz, summary.json, meta.json and particles.png into ``out_dir``."""
+def write_run(res: SimResult, cfg: dict, out_dir: str | Path, figures=None) -> dict:
+    """Write config.json, result.npz, summary.json and meta.json into ``out_dir``.
+
+    ``figures``: None, or ``figures(res, out_dir)`` drawing the run's figures (the CLI passes
+    :func:`particlegan.plotting.write_run_figures`), called before meta.json marks the run
+    finished. This module draws nothing itself.
+    """
     out = ensure_dir(out_dir)
     atomic_write_bytes(out / "config.json", (canonical_json(cfg) + "\n").encode())
     atomic_save_npz(out / "result.npz", result_arrays(res))
     summary = res.summary()
     atomic_write_json(out / "summary.json", summary)
-    if plot:
-        from .plotting import plot_particles
-
-        plot_particles(res, out / "particles.png")
+    if figures is not None:
+        figures(res, out)
     meta = {
         "run_id": config_hash(cfg),
         **provenance(),
@@ -401,14 +404,14 @@ def prepare_run_dir(out_dir: str | Path, cfg: dict, force: bool = False) -> None
         (d / name).unlink()
 
 
-def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None, plot: bool = True,
+def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None, figures=None,
                resume: bool = False, force: bool = False) -> dict:
     """Simulate ``cfg`` and store it in ``out_dir``; returns the summary dict.
 
     ``out_dir`` must not hold another run (:func:`prepare_run_dir`; ``force`` replaces it).
     The resolved config is written first, so a killed run can be resumed with
     :func:`resume_run` when ``run.checkpoint_every`` > 0. The checkpoint is removed once the
-    run's files are complete.
+    run's files are complete. ``figures``: see :func:`write_run`.
     """
     from .errors import ParticleGANError
 
@@ -435,7 +438,7 @@ def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None,
                               f"{estimate_text(cfg)}); reduce particles.n, target.n_samples, "
                               "target.dim or critic.features") from None
         raise
-    summary = write_run(res, cfg, out, plot=plot)
+    summary = write_run(res, cfg, out, figures=figures)
     if ckpt.exists():
         ckpt.unlink()
     return summary
@@ -461,7 +464,7 @@ def _remove_partial_run(out: Path, new_dirs: list[Path]) -> None:
             break
 
 
-def resume_run(run_dir: str | Path, reporter: Reporter | None = None, plot: bool = True) -> dict:
+def resume_run(run_dir: str | Path, reporter: Reporter | None = None, figures=None) -> dict:
     """Continue the killed run in ``run_dir`` from its checkpoint (or finish a fresh one).
 
     Raises DataError when the directory holds no config.json or the run already finished.
@@ -482,4 +485,4 @@ def resume_run(run_dir: str | Path, reporter: Reporter | None = None, plot: bool
                             f"start it again with: particlegan run {d / 'config.json'} --out {d} --force")
         (reporter or null_reporter()).info(
             f"run '{d}' was stopped before its first checkpoint: starting it from step 0")
-    return run_to_dir(cfg, d, reporter, plot=plot, resume=has_checkpoint)
+    return run_to_dir(cfg, d, reporter, figures=figures, resume=has_checkpoint)

@@ -22,10 +22,10 @@ out of memory) is detected and its run retried once; a run that dies twice is re
 This module imports only the standard library at import time: a spawned worker imports it
 before its initializer limits the thread counts, and numpy/numba must not be loaded by then.
 
-Test-only hook: the environment variable ``PARTICLEGAN_TEST_KILL_RUN`` (read by the sweep
-driver) holds comma-separated run ids whose worker process SIGKILLs itself after the run's first
-particle step, on the first attempt only; ``<run id>:always`` kills it on every attempt. It is
-ignored for in-process execution.
+Hook: ``run_sweep(..., run_reporter=f)`` calls the picklable ``f(run_id, attempt)`` in the worker
+before each attempt and reports the run's progress to the :class:`~particlegan.progress.Reporter`
+it returns (None: no reporting). The tests use it to kill a worker in the middle of a run
+(tests/sweep_hooks.py); the library itself holds no test hook.
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ import itertools
 import json
 import math
 import os
-import signal
 import socket
 import time
 from collections import deque
@@ -51,7 +50,6 @@ from .errors import ConfigError, DataError, ParticleGANError
 from .progress import Reporter, null_reporter
 
 DEFAULT_MAX_RUNS = 10_000
-TEST_KILL_ENV = "PARTICLEGAN_TEST_KILL_RUN"
 # set in every worker before numba/numpy load there: one run per core, no oversubscription
 WORKER_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                      "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -477,16 +475,11 @@ def worker_thread_settings() -> dict:
             "numba_threads": numba.get_num_threads(), "pid": os.getpid()}
 
 
-class _KillAfterFirstStep(Reporter):
-    """Test hook: SIGKILLs its own process after the first particle step of a run."""
-
-    def __init__(self):
-        super().__init__(enabled=False)
-
-    def advance(self, n: int = 1) -> None:
-        super().advance(n)
-        if self.done >= 1:
-            os.kill(os.getpid(), signal.SIGKILL)
+def _execute_attempt(cfg: dict, run_dir: str, plot: bool, run_reporter, run_id: str, attempt: int,
+                     in_worker: bool) -> dict:
+    """:func:`execute_run` with the reporter ``run_reporter(run_id, attempt)`` (in the worker)."""
+    reporter = run_reporter(run_id, attempt) if run_reporter is not None else None
+    return execute_run(cfg, run_dir, plot, reporter, in_worker)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -518,14 +511,14 @@ def finished_outcome(run_dir: str | Path) -> dict | None:
             "wall_time_s": float(meta.get("wall_time_s", math.nan)), "error": ""}
 
 
-def execute_run(cfg: dict, run_dir: str, plot: bool = True, test_kill: bool = False,
+def execute_run(cfg: dict, run_dir: str, plot: bool = True, reporter: Reporter | None = None,
                 in_worker: bool = True) -> dict:
     """Run one sweep point into ``run_dir``; never raises for a failing run.
 
     Resumes from ``checkpoint.npz`` when an earlier attempt left one (run.checkpoint_every > 0).
     ``in_worker``: this process is a sweep worker, so make it single-threaded first (False
-    leaves the calling process's thread settings alone). ``test_kill``: the test-only hook of
-    the module docstring.
+    leaves the calling process's thread settings alone). ``reporter``: receives the run's
+    progress (None: none).
 
     Returns
     -------
@@ -541,16 +534,18 @@ def execute_run(cfg: dict, run_dir: str, plot: bool = True, test_kill: bool = Fa
     try:
         from .simulate import run_to_dir
 
-        reporter = _KillAfterFirstStep() if test_kill else None
+        figures = None
+        if plot:
+            from .plotting import write_run_figures as figures
         resume = (Path(run_dir) / "checkpoint.npz").exists()
         try:
-            run_to_dir(cfg, run_dir, reporter=reporter, plot=plot, resume=resume)
+            run_to_dir(cfg, run_dir, reporter=reporter, figures=figures, resume=resume)
         except DataError:
             if not resume:
                 raise
             # unusable checkpoint from the earlier attempt: start the run afresh
             (Path(run_dir) / "checkpoint.npz").unlink(missing_ok=True)
-            run_to_dir(cfg, run_dir, reporter=reporter, plot=plot, resume=False)
+            run_to_dir(cfg, run_dir, reporter=reporter, figures=figures, resume=False)
     except Exception as exc:  # a failing run is data for the sweep, not a reason to stop it
         return {"status": "failed", "summary": None, "wall_time_s": time.perf_counter() - t0,
                 "error": _one_line(exc)}
@@ -801,17 +796,6 @@ def _check_workers_see(executor: cf.Executor, directory: Path, address: str) -> 
                           "with them, at the same path)")
 
 
-def _test_kill_ids() -> dict[str, bool]:
-    """run id -> kill on every attempt, from PARTICLEGAN_TEST_KILL_RUN (test-only hook)."""
-    out = {}
-    for item in os.environ.get(TEST_KILL_ENV, "").split(","):
-        item = item.strip()
-        if item:
-            run_id, _, mode = item.partition(":")
-            out[run_id] = mode == "always"
-    return out
-
-
 def describe_plan(plan: SweepPlan, out_dir: str | Path, jobs: int = 1) -> str:
     """What ``sweep --dry-run`` prints: the grid, how many runs there are, how many of them
     ``out_dir`` already holds finished, and an estimated time for the rest (from the wall times
@@ -870,7 +854,8 @@ def _check_same_sweep(out: Path, plan: SweepPlan, replace: bool) -> None:
 
 def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | None = None,
               in_process: bool = False, plot: bool = True,
-              reporter: Reporter | None = None, replace: bool = False) -> SweepReport:
+              reporter: Reporter | None = None, replace: bool = False,
+              run_reporter=None) -> SweepReport:
     """Execute the unfinished runs of ``plan`` into ``out_dir`` and write results.csv.
 
     Parameters
@@ -885,6 +870,9 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
     reporter : progress bar over the runs to execute.
     replace : ``out_dir`` may hold a different sweep: delete its runs that ``plan`` does not
         contain (without it such a directory is refused).
+    run_reporter : None, or a picklable ``f(run_id, attempt) -> Reporter | None`` called where
+        each attempt of a run executes (attempt 1, then 2 for a retry); the run reports its
+        progress to what it returns.
 
     Returns
     -------
@@ -937,18 +925,17 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
                         reporter.info(f"run {task.run.run_id} failed: {outcome['error']}")
                     reporter.advance(1)
 
-                kill_ids = {} if in_process else _test_kill_ids()
                 if in_process:
-                    _drive(todo, out, plot, record, report, lambda n: _InlineExecutor(), 1, (), False, {},
+                    _drive(todo, out, plot, record, report, lambda n: _InlineExecutor(), 1, (), False, run_reporter,
                            in_worker=False)
                 elif dask is not None:
                     with _dask_executor(dask, jobs, probe_dir=out) as (executor, killed_worker):
                         # the scheduler queues tasks itself: submit everything at once
                         _drive(todo, out, plot, record, report, lambda n: executor, len(todo),
-                               (killed_worker,), False, kill_ids, shutdown=False)
+                               (killed_worker,), False, run_reporter, shutdown=False)
                 else:
                     _drive(todo, out, plot, record, report, _process_pool, jobs,
-                           (concurrent.futures.process.BrokenProcessPool,), True, kill_ids)
+                           (concurrent.futures.process.BrokenProcessPool,), True, run_reporter)
                 reporter.finish()
         finally:
             table.close(outcomes)
@@ -961,7 +948,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
 
 
 def _drive(tasks: list[_Task], out: Path, plot: bool, record, report: SweepReport, make_executor,
-           capacity: int, lost_worker: tuple[type, ...], isolate: bool, kill_ids: dict[str, bool],
+           capacity: int, lost_worker: tuple[type, ...], isolate: bool, run_reporter,
            shutdown: bool = True, in_worker: bool = True) -> None:
     """Submit tasks, collect outcomes, retry runs whose worker died.
 
@@ -980,10 +967,9 @@ def _drive(tasks: list[_Task], out: Path, plot: bool, record, report: SweepRepor
                 pools[kind] = make_executor(1 if kind == "isolated" else capacity)
             executor = pools[kind]
             task.attempts += 1
-            kill = task.run.run_id in kill_ids and (kill_ids[task.run.run_id] or task.attempts == 1)
             try:
-                fut = executor.submit(execute_run, task.run.cfg, str(out / "runs" / task.run.run_id),
-                                      plot, kill, in_worker)
+                fut = executor.submit(_execute_attempt, task.run.cfg, str(out / "runs" / task.run.run_id),
+                                      plot, run_reporter, task.run.run_id, task.attempts, in_worker)
             except lost_worker:  # the pool broke before we saw it: start a new one
                 task.attempts -= 1
                 pools[kind] = None

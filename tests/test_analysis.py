@@ -149,7 +149,7 @@ def test_load_run_and_convergence_times_of_a_sweep(tmp_path):
     cfg = resolve_config(overrides=["particles.n=16", "run.steps=20", "run.record_every=5",
                                     "target.n_samples=64", "critic.features=32",
                                     "dynamics.critic_steps_startup=5", "observables.mmd_samples=64"])
-    run_to_dir(cfg, tmp_path / "runs" / "abc", plot=False)
+    run_to_dir(cfg, tmp_path / "runs" / "abc")
     data = load_run(tmp_path / "runs" / "abc")
     np.testing.assert_array_equal(data["step"], [0, 5, 10, 15, 20])
     assert data["config"] == cfg and data["summary"]["steps"] == 20 and data["meta"]["seed"] == 0

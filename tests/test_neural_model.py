@@ -191,11 +191,11 @@ NEURAL_VARIANTS = [
 @pytest.mark.parametrize("extra", NEURAL_VARIANTS)
 def test_same_seed_gives_bitwise_identical_neural_results(tmp_path, extra):
     cfg = resolve_config(overrides=TINY + extra)
-    run_to_dir(cfg, tmp_path / "a", plot=False)
-    run_to_dir(cfg, tmp_path / "b", plot=False)
+    run_to_dir(cfg, tmp_path / "a")
+    run_to_dir(cfg, tmp_path / "b")
     a = (tmp_path / "a" / "result.npz").read_bytes()
     assert a == (tmp_path / "b" / "result.npz").read_bytes()
-    run_to_dir(resolve_config(overrides=TINY + extra + ["run.seed=1"]), tmp_path / "c", plot=False)
+    run_to_dir(resolve_config(overrides=TINY + extra + ["run.seed=1"]), tmp_path / "c")
     assert a != (tmp_path / "c" / "result.npz").read_bytes()
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["status"] == "ok"
@@ -210,14 +210,14 @@ def test_neural_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     from particlegan.simulate import resume_run
 
     cfg = resolve_config(overrides=TINY + extra + ["run.checkpoint_every=10"])
-    run_to_dir(cfg, tmp_path / "full", plot=False)
+    run_to_dir(cfg, tmp_path / "full")
     part = tmp_path / "part"
     part.mkdir()
     simulate(cfg, checkpoint_path=part / "checkpoint.npz")          # leaves its step-20 checkpoint
     ck = load_checkpoint(part / "checkpoint.npz", config_hash(cfg))
     assert ck["step"] == 20 and ck["theta_g"] is not None and ck["latent_rng"] is not None
     shutil.copy(tmp_path / "full" / "config.json", part / "config.json")
-    resume_run(part, plot=False)
+    resume_run(part)
     assert (part / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
 
 

@@ -80,6 +80,6 @@ def test_meta_json_records_the_setting(tmp_path):
     from particlegan.simulate import run_to_dir
 
     run_to_dir(resolve_config(overrides=["particles.n=16", "target.n_samples=64", "run.steps=2",
-                                         "observables.mmd_samples=32"]), tmp_path / "r", plot=False)
+                                         "observables.mmd_samples=32"]), tmp_path / "r")
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["versions"]["numba_vector_width"] == vector_width_setting()

@@ -18,8 +18,10 @@ def tiny(*extra):
 
 
 def test_run_directory_contents(tmp_path):
+    from particlegan.plotting import write_run_figures
+
     cfg = tiny()
-    summary = run_to_dir(cfg, tmp_path / "r")
+    summary = run_to_dir(cfg, tmp_path / "r", figures=write_run_figures)
     files = sorted(os.listdir(tmp_path / "r"))
     assert files == ["config.json", "meta.json", "particles.png", "result.npz", "summary.json"]
     for key in ("collapse", "modes_covered", "hq_fraction", "mmd2", "status", "steps"):
@@ -34,6 +36,11 @@ def test_run_directory_contents(tmp_path):
         assert z["snapshots"].shape[1:] == (24, 2)
         assert z["snapshot_steps"][0] == 0 and z["snapshot_steps"][-1] == 30
     assert (tmp_path / "r" / "particles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the library draws only when asked: the same run without a figures callback
+    run_to_dir(cfg, tmp_path / "bare")
+    assert "particles.png" not in os.listdir(tmp_path / "bare")
+    with np.load(tmp_path / "r" / "result.npz") as a, np.load(tmp_path / "bare" / "result.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 @pytest.mark.parametrize("extra", [[], ["critic.type=relu_features", "loss.kind=alpha", "loss.alpha_d=0.3"],
@@ -43,10 +50,10 @@ def test_run_directory_contents(tmp_path):
                                    ["generator.kernel=ntk_relu", "loss.kind=nonsaturating"]])
 def test_same_seed_gives_bitwise_identical_results(tmp_path, extra):
     cfg = tiny(*extra)
-    run_to_dir(cfg, tmp_path / "a", plot=False)
-    run_to_dir(cfg, tmp_path / "b", plot=False)
+    run_to_dir(cfg, tmp_path / "a")
+    run_to_dir(cfg, tmp_path / "b")
     assert (tmp_path / "a" / "result.npz").read_bytes() == (tmp_path / "b" / "result.npz").read_bytes()
-    run_to_dir(tiny(*extra, "run.seed=1"), tmp_path / "c", plot=False)
+    run_to_dir(tiny(*extra, "run.seed=1"), tmp_path / "c")
     assert (tmp_path / "a" / "result.npz").read_bytes() != (tmp_path / "c" / "result.npz").read_bytes()
 
 
@@ -97,7 +104,7 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     from particlegan.config import config_hash
 
     cfg = tiny("run.checkpoint_every=10", *extra)
-    run_to_dir(cfg, tmp_path / "full", plot=False)
+    run_to_dir(cfg, tmp_path / "full")
     assert not (tmp_path / "full" / "checkpoint.npz").exists()    # removed when complete
     # simulate a kill after the step-20 checkpoint: run a truncated copy that leaves its checkpoint
     part = tmp_path / "part"
@@ -111,7 +118,7 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     shutil.copy(tmp_path / "full" / "config.json", part / "config.json")
     from particlegan.simulate import resume_run
 
-    resume_run(part, plot=False)
+    resume_run(part)
     assert (part / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
     if "schedule.kind=kid" in extra:  # the schedule really acted before and after the checkpoint
         with np.load(tmp_path / "full" / "result.npz") as z:
@@ -186,8 +193,8 @@ def test_bad_data_file_leaves_no_partial_run_directory(tmp_path, bad):
 
 
 def test_kid_observable_is_recorded_only_when_on_and_changes_nothing_else(tmp_path):
-    off = run_to_dir(tiny(), tmp_path / "off", plot=False)
-    on = run_to_dir(tiny("observables.kid=true", "observables.kid_subsets=3"), tmp_path / "on", plot=False)
+    off = run_to_dir(tiny(), tmp_path / "off")
+    on = run_to_dir(tiny("observables.kid=true", "observables.kid_subsets=3"), tmp_path / "on")
     assert "kid" not in off and "lr_scale" not in off
     assert np.isfinite(on["kid"]) and on["kid_std"] >= 0 and "lr_scale" not in on
     with np.load(tmp_path / "off" / "result.npz") as a, np.load(tmp_path / "on" / "result.npz") as b:
@@ -284,7 +291,7 @@ def test_optional_series_in_sweep_table_and_run_plot(tmp_path):
     from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
 
     plan = plan_sweep(load_base(None, TINY), [parse_grid("observables.kid=false,true")], [0])
-    run_sweep(plan, tmp_path / "s", in_process=True, plot=False)
+    run_sweep(plan, tmp_path / "s", in_process=True)
     with open(tmp_path / "s" / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[list(rows[0]).index("com_error") + 1:] == ["kid", "kid_std", "steps", "status",
@@ -297,7 +304,7 @@ def test_optional_series_in_sweep_table_and_run_plot(tmp_path):
     from particlegan.plotting import plot_run_overview
 
     run_to_dir(tiny("observables.kid=true", "schedule.kind=kid", "schedule.every=2", "schedule.window=2"),
-               tmp_path / "r", plot=False)
+               tmp_path / "r")
     titles = [ax.get_title() for ax in plot_run_overview(load_run(tmp_path / "r")).axes]
     assert "KID" in titles and any("learning-rate factor" in t for t in titles)
     plain = [ax.get_title() for ax in plot_run_overview(load_run(tmp_path / "s" / "runs" / rows[0]["run_id"])).axes]
@@ -454,6 +461,7 @@ def test_images_against_an_mlp_critic_record_cosine_observables_and_draw_image_g
     # a miniature of the paper's MNIST setting: 4 x 4 "images" from an IDX file, MLP critic
     import struct
 
+    from particlegan.plotting import write_run_figures
     from particlegan.simulate import run_to_dir
 
     imgs = np.random.default_rng(0).integers(0, 256, size=(12, 4, 4)).astype(np.uint8)
@@ -463,7 +471,7 @@ def test_images_against_an_mlp_critic_record_cosine_observables_and_draw_image_g
                                     'target.normalize="mnist"', "particles.n=10", "critic.type=mlp",
                                     "critic.widths=[8, 8]", "run.steps=5", "observables.cosine=true",
                                     "observables.mmd_samples=10", "dynamics.critic_steps_startup=2"])
-    run_to_dir(cfg, tmp_path / "r", plot=True)
+    run_to_dir(cfg, tmp_path / "r", figures=write_run_figures)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert 0 <= summary["collapse_cos"] <= np.log(10) + 1e-9 and 1 <= summary["targets_hit"] <= 10
     with np.load(tmp_path / "r" / "result.npz") as res:

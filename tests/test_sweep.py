@@ -14,8 +14,9 @@ from particlegan.cli import main
 from particlegan.config import config_hash, resolve_config
 from particlegan.errors import ConfigError, DataError
 from particlegan.progress import Reporter
-from particlegan.sweep import (TEST_KILL_ENV, GridAxis, SweepLock, load_base, parse_grid, parse_logspace,
+from particlegan.sweep import (GridAxis, SweepLock, load_base, parse_grid, parse_logspace,
                                parse_seeds, plan_sweep, run_sweep)
+from sweep_hooks import KillRuns  # tests/sweep_hooks.py: the test-only kill hook
 
 TINY = ["particles.n=16", "run.steps=20", "target.n_samples=64", "critic.features=32",
         "dynamics.critic_steps_startup=5", "observables.mmd_samples=64"]
@@ -259,7 +260,7 @@ def test_sweep_stores_runs_like_particlegan_run(pool_sweep, tmp_path):
     from particlegan.simulate import run_to_dir
 
     cfg = resolve_config(overrides=TINY + ["generator.phi=0.5"], seed=1)
-    run_to_dir(cfg, tmp_path / "single", plot=False)
+    run_to_dir(cfg, tmp_path / "single")
     assert ((tmp_path / "single" / "result.npz").read_bytes()
             == (out / "runs" / rows[3]["run_id"] / "result.npz").read_bytes())
 
@@ -361,11 +362,10 @@ def test_a_diverging_run_is_counted_as_diverged(tmp_path):
     assert int(rows[1]["steps"]) < 20 and math.isfinite(float(rows[1]["collapse"]))
 
 
-def test_a_killed_worker_is_retried_once(tmp_path, monkeypatch):
+def test_a_killed_worker_is_retried_once(tmp_path):
     plan = tiny_plan("generator.phi=0,0.25,0.5")
     once, always, spared = (r.run_id for r in plan.runs)
-    monkeypatch.setenv(TEST_KILL_ENV, f"{once},{always}:always")
-    report = run_sweep(plan, tmp_path / "sw", jobs=2, plot=False)
+    report = run_sweep(plan, tmp_path / "sw", jobs=2, plot=False, run_reporter=KillRuns([once], [always]))
     rows = {r["run_id"]: r for r in read_csv(tmp_path / "sw" / "results.csv")}
     assert rows[once]["status"] == "ok" and rows[spared]["status"] == "ok"
     assert rows[always]["status"] == "failed" and "died twice" in rows[always]["error"]
@@ -374,7 +374,6 @@ def test_a_killed_worker_is_retried_once(tmp_path, monkeypatch):
     assert (tmp_path / "sw" / "runs" / always / "config.json").exists()
     assert not (tmp_path / "sw" / "runs" / always / "meta.json").exists()
     # the retried run is the same run as an undisturbed one
-    monkeypatch.delenv(TEST_KILL_ENV)
     clean = run_sweep(tiny_plan("generator.phi=0"), tmp_path / "clean", in_process=True, plot=False)
     assert clean.n_ok == 1
     assert ((tmp_path / "clean" / "runs" / once / "result.npz").read_bytes()
@@ -410,12 +409,12 @@ def test_dask_gives_the_same_results_as_the_process_pool(pool_sweep, tmp_path, d
         assert dict(os.environ) == environ  # the cluster's variables do not leak into the caller
 
 
-def test_a_lost_dask_worker_is_retried_once(tmp_path, monkeypatch):
+def test_a_lost_dask_worker_is_retried_once(tmp_path):
     pytest.importorskip("distributed")
     plan = tiny_plan("generator.phi=0,0.5")
     killed, spared = (r.run_id for r in plan.runs)
-    monkeypatch.setenv(TEST_KILL_ENV, killed)  # dies on its first attempt only
-    report = run_sweep(plan, tmp_path / "sw", jobs=2, dask="local", plot=False)
+    report = run_sweep(plan, tmp_path / "sw", jobs=2, dask="local", plot=False,
+                       run_reporter=KillRuns([killed]))  # dies on its first attempt only
     rows = {r["run_id"]: r for r in read_csv(tmp_path / "sw" / "results.csv")}
     assert rows[killed]["status"] == "ok" and rows[spared]["status"] == "ok"
     assert report.n_ok == 2 and report.n_retried >= 1
