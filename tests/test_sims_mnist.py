@@ -61,13 +61,13 @@ def test_quick_study_writes_map_tables_and_figure(tmp_path):
 @pytest.mark.skipif(not PAPER.exists(), reason="shared reference data not present")
 def test_quick_candidate_normalisation_writes_its_own_tables(tmp_path, capsys):
     s = _study()
-    assert s.main(["--quick", "--only", "spectral", "--out", str(tmp_path), "--jobs", "1"]) == 0
-    rows = s.load_results(tmp_path / "ablation" / "spectral" / "results.csv")
+    assert s.main(["--quick", "--only", "mean", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    rows = s.load_results(tmp_path / "ablation" / "mean" / "results.csv")
     assert len(rows) == 1 and rows[0]["status"] == "ok"
-    cfg = s.load_run(tmp_path / "ablation" / "spectral" / "runs" / rows[0]["run_id"])["config"]
-    assert cfg["generator"]["normalization"] == "spectral"
-    md = (tmp_path / "results_spectral.md").read_text()
-    assert "--only spectral" in md and "phi_c ours" in md
+    cfg = s.load_run(tmp_path / "ablation" / "mean" / "runs" / rows[0]["run_id"])["config"]
+    assert cfg["generator"]["normalization"] == "mean"
+    md = (tmp_path / "results_mean.md").read_text()
+    assert "--only mean" in md and "phi_c ours" in md
     assert s.main(["--only", "nonsense", "--out", str(tmp_path)]) == 2
     assert "not an ablation" in capsys.readouterr().err
 
