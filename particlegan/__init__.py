@@ -7,14 +7,31 @@ Python API (:mod:`particlegan.api`; loaded on first use, so that ``import partic
 light for sweep workers): ``run``, ``grid_sweep``, ``resolve``, ``load_run``, ``load_sweep``,
 ``list_runs``.
 
+Layers, bottom to top (each imports only from its own layer, the ones below it and the
+top-level ``errors`` / ``progress`` / ``numba_setup``):
+
+* :mod:`particlegan.store` -- config schema and validation, atomic storage and data loaders;
+* :mod:`particlegan.maths` -- per-pair maths and closed forms: kernel specs (``kernels``), the
+  ``@njit`` pair functions (``pairmath``), MMD estimators (``mmd``), MLP maths (``nn``), the
+  linear stability theory (``stability``);
+* :mod:`particlegan.backends` -- numpy (reference oracle), cpu (numba prange) and cuda drivers of
+  the pair sums;
+* :mod:`particlegan.model` -- the model parts: targets, generator couplings, critics, losses,
+  optimizers;
+* :mod:`particlegan.engine` -- the outer step (``dynamics``, ``neural_model``), the empirical
+  NTK, observables, checkpoints, resource estimates and the run loop (``simulate``);
+* :mod:`particlegan.sweeps` -- grid sweeps, their analysis, stored runs (``runstore``);
+* :mod:`particlegan.plots` -- figures;
+* ``api``, ``cli`` (thin: parses, then calls the library), ``bench``.
+
 Importing the package changes no environment variable and no numba or matplotlib setting: the
 numba process settings (:mod:`particlegan.numba_setup`) are applied when the cpu or cuda
 backend is chosen, and by the ``particlegan`` command.
 """
 __version__ = "0.1.0"
 
-_API = {"run": "api", "grid_sweep": "api", "resolve": "api", "load_run": "runstore", "load_sweep": "runstore",
-        "list_runs": "runstore", "Run": "runstore"}
+_API = {"run": "api", "grid_sweep": "api", "resolve": "api", "load_run": "sweeps.runstore",
+        "load_sweep": "sweeps.runstore", "list_runs": "sweeps.runstore", "Run": "sweeps.runstore"}
 __all__ = ["__version__", *_API]
 
 

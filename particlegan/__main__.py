@@ -1,4 +1,4 @@
 """``python -m particlegan`` runs the CLI."""
-from .cli import main
+from particlegan.cli import main
 
 main()

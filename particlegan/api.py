@@ -16,14 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .runstore import Run, load_run, load_sweep  # noqa: F401  (re-exported)
+from particlegan.sweeps.runstore import Run, load_run, load_sweep  # noqa: F401  (re-exported)
 
 
 def resolve(config: Mapping | str | Path | None = None, overrides: Sequence[str] = (),
             seed: int | None = None) -> dict:
     """The full resolved config from a (partial) dict, a TOML file or a stored config.json,
     plus ``section.key=value`` overrides and a seed; every key, type and range is checked."""
-    from .config import config_from_json, config_from_sources, resolve_config
+    from particlegan.store.config import config_from_json, config_from_sources, resolve_config
 
     if config is None or isinstance(config, Mapping):
         return resolve_config(config, list(overrides), seed)
@@ -35,7 +35,7 @@ def resolve(config: Mapping | str | Path | None = None, overrides: Sequence[str]
 def run(config: Mapping | str | Path | None = None, *, overrides: Sequence[str] = (),
         seed: int | None = None, out: str | Path | None = None, force: bool = False,
         plot: bool = False, reporter=None) -> Run:
-    """Run one simulation and return it as a :class:`particlegan.runstore.Run`.
+    """Run one simulation and return it as a :class:`particlegan.sweeps.runstore.Run`.
 
     Parameters
     ----------
@@ -48,13 +48,13 @@ def run(config: Mapping | str | Path | None = None, *, overrides: Sequence[str] 
     plot : with ``out``, also write particles.png.
     reporter : a :class:`particlegan.progress.Reporter` (default: quiet).
     """
-    from .simulate import result_arrays, run_to_dir, simulate
+    from particlegan.engine.simulate import result_arrays, run_to_dir, simulate
 
     cfg = resolve(config, overrides, seed)
     if out is not None:
         figures = None
         if plot:
-            from .plotting import write_run_figures as figures
+            from particlegan.plots.plotting import write_run_figures as figures
         run_to_dir(cfg, out, reporter=reporter, figures=figures, force=force)
         return load_run(out)
     res = simulate(cfg, reporter)
@@ -68,15 +68,15 @@ def grid_sweep(config: Mapping | str | Path | None = None, *,
                grid: Mapping[str, Sequence[Any]] | None = None, overrides: Sequence[str] = (),
                seeds: int | Sequence[int] = 1, out: str | Path, jobs: int = 1, plot: bool = False,
                in_process: bool = False, reporter=None):
-    """Run a sweep (as ``particlegan sweep``) and return its :class:`particlegan.sweep.SweepReport`.
+    """Run a sweep (as ``particlegan sweep``) and return its :class:`particlegan.sweeps.sweep.SweepReport`.
 
-    (Not called ``sweep``: that name is the module :mod:`particlegan.sweep`.)
+    (Not called ``sweep``: that name is the module :mod:`particlegan.sweeps.sweep`.)
 
     ``grid`` maps ``section.key`` to the values to sweep (Cartesian product), ``seeds`` is a
     count S (seeds 0..S-1) or a list; ``overrides`` fix keys for every run. Results:
     :func:`load_sweep` on ``out``.
     """
-    from .sweep import GridAxis, _check_key, load_base, parse_seeds, plan_sweep, run_sweep
+    from particlegan.sweeps.sweep import GridAxis, _check_key, load_base, parse_seeds, plan_sweep, run_sweep
 
     base = load_base(config, overrides)
     axes = [GridAxis(key, tuple(values), f"{key}={','.join(map(str, values))}")
@@ -86,4 +86,7 @@ def grid_sweep(config: Mapping | str | Path | None = None, *,
     fixed = [item.split("=", 1)[0].strip() for item in overrides]
     config_path = str(config) if config is not None and not isinstance(config, Mapping) else None
     plan = plan_sweep(base, axes, parse_seeds(seeds), config_path=config_path, fixed_keys=fixed)
-    return run_sweep(plan, out, jobs=jobs, in_process=in_process, plot=plot, reporter=reporter)
+    figures = None
+    if plot:
+        from particlegan.plots.plotting import write_run_figures as figures
+    return run_sweep(plan, out, jobs=jobs, in_process=in_process, figures=figures, reporter=reporter)

@@ -41,8 +41,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import ConfigError
-from .kernels import make_kernel
+from particlegan.errors import ConfigError
+from particlegan.maths.kernels import make_kernel
 
 COLUMNS = ("op", "method", "n", "m", "d", "dtype", "pairs_per_s", "peak_mb")
 OPS = ("kernel_sum", "kernel_grad", "step")
@@ -158,7 +158,7 @@ def _pykeops(op, X, Y, w, inv2s2):
 
 
 def _backend_method(name):
-    from .backends import get_backend
+    from particlegan.backends import get_backend
     backend = get_backend(name)
     spec = make_kernel("gaussian", sigma=1.0)
 
@@ -171,12 +171,12 @@ def _backend_method(name):
 
 def available_methods() -> tuple:
     """Methods that can run here (cuda needs a GPU; the simulator does not count)."""
-    from .numba_setup import configure
+    from particlegan.numba_setup import configure
 
     configure()  # before this first import of numba: measure what runs would use
     from numba import config
 
-    from .backends import cuda_available
+    from particlegan.backends import cuda_available
     found = ["numpy_broadcast", "scipy_cdist", "numpy_blas", "cpu"]
     if cuda_available() and not config.ENABLE_CUDASIM:
         found.append("cuda")
@@ -367,8 +367,8 @@ def simulator_step_rows(n: int = 10_000, methods: Iterable[str] = ("numpy_broadc
     One untimed step first (it also compiles), then the best of repeated single steps.
     ``peak_mb``: the memory of building the model plus that first step (a run's peak).
     """
-    from . import dynamics as dyn
-    from .config import resolve_config
+    from particlegan.engine import dynamics as dyn
+    from particlegan.store.config import resolve_config
 
     rows = []
     for meth in methods:
@@ -418,7 +418,7 @@ def record_times(table_sizes=(1, 2028), repeats: int = 20) -> list[tuple[int, fl
     (k, appending one row as sweeps do, rewriting the whole table as they did before)."""
     import tempfile
 
-    from .sweep import ResultsAppender, load_base, parse_grid, plan_sweep, write_results_csv
+    from particlegan.sweeps.sweep import ResultsAppender, load_base, parse_grid, plan_sweep, write_results_csv
 
     big = max(table_sizes)
     side = math.ceil(math.sqrt(big))
@@ -451,7 +451,7 @@ MNIST_WIDTHS = (64, 1024, 64)  # the study's critic (sims/mnist): 784 -> 64 -> 1
 
 def mlp_step_flops(layer_sizes, n_particles: int, n_targets: int, critic_steps: int) -> float:
     """Matmul FLOPs of one outer step of particles against an MLP critic with the gradient
-    penalty on the particles, as :func:`particlegan.particle_critics.mlp_critic_objective` computes it.
+    penalty on the particles, as :func:`particlegan.model.particle_critics.mlp_critic_objective` computes it.
 
     With S = sum_k n_k n_{k+1}, B = M + N rows of [y; x] and P = N penalty rows, a critic step
     is one forward, one backward (input gradients included) and one parameter-gradient pass on
@@ -476,8 +476,8 @@ def mnist_step_times(dtypes=("float32", "float64"), repeats: int = 3) -> list[tu
     ReLU critic with dropout, 20 Adam critic steps, penalty on the particles), per dtype:
     (dtype, seconds per outer step, matmul FLOP/s it reaches, the machine's matmul peak FLOP/s
     measured just after)."""
-    from .config import resolve_config
-    from .dynamics import build_model, outer_step
+    from particlegan.store.config import resolve_config
+    from particlegan.engine.dynamics import build_model, outer_step
 
     out = []
     for dt in dtypes:

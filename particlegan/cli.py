@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import ParticleGANError
+from particlegan import __version__
+from particlegan.errors import ParticleGANError
 
 
 def user_errors_to_exit(func):
@@ -22,7 +22,7 @@ def user_errors_to_exit(func):
             sys.exit(2)
         except MemoryError:
             click.echo("error: out of memory: the requested sizes do not fit in this machine's "
-                       "memory (see particlegan.resources for the estimate)", err=True)
+                       "memory (see particlegan.engine.resources for the estimate)", err=True)
             sys.exit(2)
 
     return wrapper
@@ -35,8 +35,8 @@ def main():
     import os
     import shlex
 
-    from .numba_setup import configure
-    from .storage import COMMAND_ENV
+    from particlegan.numba_setup import configure
+    from particlegan.store.storage import COMMAND_ENV
 
     # recorded in every run's meta.json, also by sweep workers (they inherit the environment)
     os.environ[COMMAND_ENV] = shlex.join(["particlegan", *sys.argv[1:]])
@@ -47,7 +47,7 @@ def main():
 
 
 def _load_config(config, overrides, seed, backend=None):
-    from .api import resolve
+    from particlegan.api import resolve
 
     extra = list(overrides)
     if backend:
@@ -85,13 +85,13 @@ def run(config, overrides, seed, backend, out_dir, no_plot, resume_dir, force):
 
     Exit status: 0 ok, 2 bad input, 3 the run diverged (NaN/inf or runaway; last good state kept).
     """
-    from .config import config_hash
-    from .progress import Reporter
-    from .simulate import resume_run, run_to_dir
+    from particlegan.store.config import config_hash
+    from particlegan.progress import Reporter
+    from particlegan.engine.simulate import resume_run, run_to_dir
 
     figures = None
     if not no_plot:
-        from .plotting import write_run_figures as figures
+        from particlegan.plots.plotting import write_run_figures as figures
     if resume_dir:
         if config or overrides or seed is not None or backend or out_dir or force:
             raise click.UsageError("--resume takes only the run directory (its config.json is used)")
@@ -114,7 +114,7 @@ def run(config, overrides, seed, backend, out_dir, no_plot, resume_dir, force):
 @user_errors_to_exit
 def show_config(config, overrides, seed, describe):
     """Print the full resolved config as TOML (the defaults when no CONFIG is given)."""
-    from .config import describe_schema, to_toml
+    from particlegan.store.config import describe_schema, to_toml
 
     if describe:
         click.echo(describe_schema())
@@ -139,8 +139,8 @@ def dispersion(kernels, dim, beta, kmin, kmax, points, out_path):
     """Plot dispersion relations r_G(k) and critic growth rates of particle-based-distance flows."""
     import numpy as np
 
-    from .errors import ConfigError
-    from .plotting_stability import plot_dispersion
+    from particlegan.errors import ConfigError
+    from particlegan.plots.plotting_stability import plot_dispersion
 
     if not (0 < kmin < kmax) or points < 2:
         raise ConfigError(f"need 0 < --kmin < --kmax and --points >= 2, got {kmin}, {kmax}, {points}")
@@ -166,7 +166,7 @@ def kid_command(real_path, fake_path, subsets, subset_size, seed, as_json):
     import json
     import math
 
-    from .mmd import kid_from_files
+    from particlegan.maths.mmd import kid_from_files
 
     res = kid_from_files(real_path, fake_path, n_subsets=subsets, subset_size=subset_size, seed=seed,
                          return_variance=None)
@@ -241,8 +241,8 @@ def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_addres
 
     Exit status: 0 no run failed (diverged runs are results), 1 some runs failed, 2 bad input.
     """
-    from .progress import Reporter
-    from .sweep import (describe_plan, load_base, parse_grid, parse_logspace, parse_seeds, plan_sweep,
+    from particlegan.progress import Reporter
+    from particlegan.sweeps.sweep import (describe_plan, load_base, parse_grid, parse_logspace, parse_seeds, plan_sweep,
                         run_sweep)
 
     axes = [parse_grid(g) for g in grids] + [parse_logspace(item) for item in logspaces]
@@ -253,8 +253,11 @@ def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_addres
     if dry_run:
         click.echo(describe_plan(plan, out_dir, n_jobs))
         return
+    figures = None
+    if not no_plot:
+        from particlegan.plots.plotting import write_run_figures as figures
     report = run_sweep(plan, out_dir, jobs=n_jobs,
-                       dask=dask_address, in_process=in_process, plot=not no_plot, reporter=Reporter(),
+                       dask=dask_address, in_process=in_process, figures=figures, reporter=Reporter(),
                        replace=replace)
     click.echo(report.describe())
     if report.n_failed:
@@ -275,7 +278,7 @@ def ls_command(directory, where, columns, as_json):
     seed, chosen observables and the parameters that differ from the defaults."""
     import json
 
-    from .runstore import DEFAULT_COLUMNS, format_runs, list_runs
+    from particlegan.sweeps.runstore import DEFAULT_COLUMNS, format_runs, list_runs
 
     records = list_runs(directory, where)
     if as_json:
@@ -323,7 +326,7 @@ def plot_phase_cmd(sweep_dirs, x_key, y_key, z_key, log_x, log_y, level, where, 
 
     Several sweep directories (e.g. the same grid with two critic types) give side-by-side
     panels with one colour scale and one transition level."""
-    from .plotting import phase_plot
+    from particlegan.plots.plotting import phase_plot
 
     _echo_figure(*phase_plot(list(sweep_dirs), x_key, y_key, z_key, log_x, log_y, level, where, out_path,
                              theory=not no_theory, labels=labels))
@@ -348,7 +351,7 @@ def plot_phase_cmd(sweep_dirs, x_key, y_key, z_key, log_x, log_y, level, where, 
 def plot_lines_cmd(sweep_dir, x_key, y_key, hue_key, log_x, log_y, threshold, series, where, no_theory,
                    out_path):
     """Curves of a seed-averaged observable against a swept key (error bars: standard error)."""
-    from .plotting import lines_plot
+    from particlegan.plots.plotting import lines_plot
 
     _echo_figure(*lines_plot(sweep_dir, x_key, y_key, hue_key, log_x, log_y, where, out_path,
                              threshold=threshold, series=series, theory=not no_theory))
@@ -361,7 +364,7 @@ def plot_lines_cmd(sweep_dir, x_key, y_key, hue_key, log_x, log_y, threshold, se
 def plot_run_cmd(run_dir, out_path):
     """Time series of one run (collapse, modes covered, MMD^2, critic gradient, centre-of-mass
     error) above its particle snapshots."""
-    from .plotting import run_plot
+    from particlegan.plots.plotting import run_plot
 
     _echo_figure(run_plot(run_dir, out_path))
 
@@ -375,7 +378,7 @@ def plot_run_cmd(run_dir, out_path):
 def plot_movie_cmd(run_dirs, out_path, labels, fps):
     """Animated GIF of the particles over time beside the collapse C(t), one frame per stored
     snapshot (record more frames with --set run.snapshots=100); several runs side by side."""
-    from .plotting_movie import run_movie
+    from particlegan.plots.plotting_movie import run_movie
 
     _echo_figure(run_movie(list(run_dirs), out_path, labels, fps))
 
@@ -401,7 +404,7 @@ def ntk_command(config, overrides, seed, out_path, matrix_path, init_path, as_js
     closed forms; writes a particle-model config with that kernel."""
     import json
 
-    from .empirical_ntk import run_ntk
+    from particlegan.engine.empirical_ntk import run_ntk
 
     rep = run_ntk(_load_config(config, overrides, seed), out_path, matrix_path, init_path)
     if as_json:
@@ -432,7 +435,7 @@ def ntk_command(config, overrides, seed, out_path, matrix_path, init_path, as_js
 @user_errors_to_exit
 def bench(quick, csv_path, table_only):
     """Benchmark Gaussian kernel sums/gradients: pair interactions per second per method."""
-    from . import bench as b
+    from particlegan import bench as b
 
     rows = b.run_benchmark(quick=quick, step_n=b.STEP_N, dtypes=("float64", "float32"))
     if csv_path:

@@ -1,7 +1,7 @@
 """Process settings for the numba CPU kernels, applied by :func:`configure`.
 
 :func:`configure` is called by the ``particlegan`` command, by ``backends.get_backend`` when the
-cpu or cuda backend is chosen, and by :mod:`particlegan.pairmath` (the package's first importer
+cpu or cuda backend is chosen, and by :mod:`particlegan.maths.pairmath` (the package's first importer
 of numba) before it imports numba; importing ``particlegan`` itself changes nothing. Code that
 imports numba before any of these gets numba's defaults (recorded as such in meta.json). It makes two choices, each recorded in every run's meta.json.
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from particlegan.backends import get_backend
-from particlegan.kernels import KERNEL_NAMES, kernel_grad_matrix, kernel_matrix, make_kernel, ntk_matrix
+from particlegan.maths.kernels import KERNEL_NAMES, kernel_grad_matrix, kernel_matrix, make_kernel, ntk_matrix
 
 RTOL = {np.float64: 1e-12, np.float32: 2e-5}
 PARAMS = {

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from particlegan.analysis import (add_convergence_times, convergence_time, critical_penalties, load_results,
+from particlegan.sweeps.analysis import (add_convergence_times, convergence_time, critical_penalties, load_results,
                                   load_run, oscillation_fit, seed_average)
-from particlegan.config import resolve_config
+from particlegan.store.config import resolve_config
 from particlegan.errors import DataError
 
 CSV = """run_id,generator.phi,target.kind,seed,collapse,mmd2,steps,status,wall_time_s,error
@@ -144,7 +144,7 @@ def test_critical_penalties_follow_the_a29_formula():
 
 
 def test_load_run_and_convergence_times_of_a_sweep(tmp_path):
-    from particlegan.simulate import run_to_dir
+    from particlegan.engine.simulate import run_to_dir
 
     cfg = resolve_config(overrides=["particles.n=16", "run.steps=20", "run.record_every=5",
                                     "target.n_samples=64", "critic.features=32",
@@ -163,7 +163,7 @@ def test_load_run_and_convergence_times_of_a_sweep(tmp_path):
 
 
 def test_first_crossing_and_same_side_fraction_on_hand_made_maps():
-    from particlegan.analysis import first_crossing, same_side_fraction
+    from particlegan.sweeps.analysis import first_crossing, same_side_fraction
 
     nan = float("nan")
     assert first_crossing([0.0, 0.1, 0.5, 0.9], [0.1, nan, 3.0, 4.6], 2.0) == 0.5

@@ -8,7 +8,7 @@ import pytest
 
 import particlegan as pg
 from particlegan.errors import ConfigError
-from particlegan.simulate import simulate
+from particlegan.engine.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"particles": {"n": 24}, "target": {"n_samples": 100}, "critic": {"features": 32},

@@ -10,11 +10,11 @@ import zlib
 import numpy as np
 import pytest
 
-from particlegan import pairmath as pm
+from particlegan.maths import pairmath as pm
 from particlegan.backends import BACKENDS, cuda_available, get_backend
 from particlegan.backends import cpu_backend
 from particlegan.errors import ConfigError, DataError
-from particlegan.kernels import KERNEL_NAMES, kernel_grad_matrix, kernel_matrix, make_kernel, ntk_matrix
+from particlegan.maths.kernels import KERNEL_NAMES, kernel_grad_matrix, kernel_matrix, make_kernel, ntk_matrix
 
 HOST_BACKENDS = ["numpy", "cpu"]
 RTOL = {np.float64: 1e-10, np.float32: 2e-4}

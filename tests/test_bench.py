@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from particlegan import bench
 from particlegan.cli import main
 from particlegan.errors import ConfigError
-from particlegan.kernels import kernel_grad_matrix, kernel_matrix, make_kernel
+from particlegan.maths.kernels import kernel_grad_matrix, kernel_matrix, make_kernel
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from particlegan.cli import main
-from particlegan.mmd import kid
+from particlegan.maths.mmd import kid
 
 
 def independent_kid(real, fake, n_subsets, subset_size, seed):

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from particlegan.cli import main
-from particlegan.config import config_from_sources
+from particlegan.store.config import config_from_sources
 
 REQUIRED = {"g1", "g2", "phi", "offdiag_std", "width", "latent_dim"}
 
@@ -78,7 +78,7 @@ def test_matrix_option_writes_the_kernel_and_a_matrix_config(tmp_path):
 
 def test_init_option_starts_the_particles_at_the_generator_outputs(tmp_path):
     """--init: the particle run's step-0 snapshot is the neural run's (same generator, latents)."""
-    from particlegan.simulate import simulate
+    from particlegan.engine.simulate import simulate
 
     npy = tmp_path / "x0.npy"
     sets = ["particles.n=12", "generator.width=64", "run.steps=2", "run.record_every=1"]

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from particlegan.config import (SCHEMA, canonical_json, config_from_json, config_hash, default_config,
+from particlegan.store.config import (SCHEMA, canonical_json, config_from_json, config_hash, default_config,
                                 load_toml, parse_override, resolve_config, to_toml)
 from particlegan.errors import ConfigError
 
@@ -170,7 +170,7 @@ def test_kid_observable_and_schedule_defaults():
     assert (cfg["observables"]["kid_subsets"], cfg["observables"]["kid_subset_size"]) == (10, 200)
     assert cfg["schedule"] == {"kind": "none", "every": 50, "window": 10, "p_threshold": 0.1,
                                "patience": 3, "factor": 0.5, "floor": 1e-6}
-    from particlegan.mmd import KIDLearningRateSchedule
+    from particlegan.maths.mmd import KIDLearningRateSchedule
 
     assert set(cfg["schedule"]) == set(KIDLearningRateSchedule.CONFIG_KEYS)
 
@@ -218,7 +218,7 @@ def test_kid_schedule_cross_key_rules():
     ('{"schema_version": 1}', "no 'config' table"),
 ])
 def test_hostile_json_configs_are_one_line_errors(tmp_path, text, fragment):
-    from particlegan.config import config_from_json
+    from particlegan.store.config import config_from_json
 
     p = tmp_path / "c.json"
     p.write_text(text)
@@ -238,7 +238,7 @@ def test_resolve_config_refuses_a_non_table():
     ("[dynamics]\neta_g = 1" + "0" * 400 + "\n", "too large for a floating-point number"),
 ])
 def test_integers_beyond_int64_in_toml_are_refused(tmp_path, text, fragment):
-    from particlegan.config import config_from_sources
+    from particlegan.store.config import config_from_sources
 
     p = tmp_path / "c.toml"
     p.write_text(text)
@@ -257,8 +257,8 @@ def test_bias_with_sigma_b_changes_the_ntk_generator_outputs():
     """The combination that is allowed does act: biases (sigma_b > 0) move G(z)."""
     import numpy as np
 
-    from particlegan.neural_model import make_generator
-    from particlegan import nn
+    from particlegan.engine.neural_model import make_generator
+    from particlegan.maths import nn
 
     base = ["model.type=neural", "particles.n=8", "generator.width=16"]
     plain = make_generator(resolve_config(overrides=base), np.random.default_rng(0))
@@ -273,7 +273,7 @@ def test_data_paths_are_absolute_and_hashed(tmp_path, monkeypatch):
 
     import numpy as np
 
-    from particlegan.config import config_from_json, config_from_sources, canonical_json
+    from particlegan.store.config import config_from_json, config_from_sources, canonical_json
 
     np.save(tmp_path / "y.npy", np.arange(20.0).reshape(10, 2))
     (tmp_path / "c.toml").write_text('[target]\nkind = "file"\npath = "y.npy"\n')

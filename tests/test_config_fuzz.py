@@ -6,7 +6,7 @@ import tomllib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from particlegan.config import SCHEMA, load_toml, resolve_config, to_toml
+from particlegan.store.config import SCHEMA, load_toml, resolve_config, to_toml
 from particlegan.errors import ConfigError
 
 SECTIONS = list(SCHEMA)

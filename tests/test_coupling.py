@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from particlegan.config import resolve_config
-from particlegan.coupling import (apply_coupling, coupling_matrix, make_coupling, sample_sphere,
+from particlegan.store.config import resolve_config
+from particlegan.model.coupling import (apply_coupling, coupling_matrix, make_coupling, sample_sphere,
                                   universal_mode_rates)
 from particlegan.errors import DataError
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from particlegan import critics as cr
+from particlegan.model import critics as cr
 from particlegan.backends import get_backend
-from particlegan.losses import make_objective
+from particlegan.model.losses import make_objective
 
 NP = get_backend("numpy")
 OBJECTIVES = [("ipm", 1, 1, True), ("minimax", 1, 1, True), ("alpha", 0.3, 1.0, True),
@@ -89,8 +89,8 @@ def test_streamed_target_features_equal_the_whole_batch(backend, dtype, keep):
     ({"kind": "alpha", "penalty": "real"}, (True, True)),
 ])
 def test_target_features_kept_are_those_the_objective_reads(loss, want):
-    from particlegan.config import resolve_config
-    from particlegan.dynamics import build_model
+    from particlegan.store.config import resolve_config
+    from particlegan.engine.dynamics import build_model
 
     items = [f"loss.{k}={v!r}" if isinstance(v, str) else f"loss.{k}={v}" for k, v in loss.items()]
     items = [i.replace("'", '"') for i in items]
@@ -166,7 +166,7 @@ def test_kernel_critic_memory_is_geometric_gradient_ascent():
 
 
 def test_kernel_critic_witness_matches_direct_sum():
-    from particlegan.kernels import make_kernel
+    from particlegan.maths.kernels import make_kernel
 
     rng = np.random.default_rng(2)
     y, x, q = rng.normal(size=(7, 2)), rng.normal(size=(5, 2)), rng.normal(size=(4, 2))
@@ -198,8 +198,8 @@ def test_distance_flow_converges_on_the_ring(ctype):
     ~0.78 to below 1/30 of its start (it ends near -1/N, the unbiased estimate of a particle set
     more regular than an iid sample), every mode is covered from step 100 on, and >= 90% of the
     particles are within 3 sigma of a mode."""
-    from particlegan.config import resolve_config
-    from particlegan.simulate import simulate
+    from particlegan.store.config import resolve_config
+    from particlegan.engine.simulate import simulate
 
     cfg = resolve_config(overrides=["particles.n=64", "target.n_samples=500", "observables.mmd_samples=500",
                                     "loss.penalty=none", "run.record_every=10", "run.steps=200",

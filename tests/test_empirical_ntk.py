@@ -1,4 +1,4 @@
-"""Tests of particlegan.empirical_ntk: exactness against finite-difference Jacobians, and the
+"""Tests of particlegan.engine.empirical_ntk: exactness against finite-difference Jacobians, and the
 wide two-layer ReLU generator against the arc-cosine closed form (effective-gan-spec A2.3, A6.9;
 ecosystem-anchors section 3)."""
 import itertools
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from particlegan import empirical_ntk as en
-from particlegan import nn
+from particlegan.engine import empirical_ntk as en
+from particlegan.maths import nn
 
 SMALL_GRID = list(itertools.product(("relu", "leaky_relu", "tanh"), (False, True),
                                     ("standard", "ntk"), (1, 2)))
@@ -77,7 +77,7 @@ def test_closed_form_on_sphere_is_c_kappa(sigma_w):
                                c * en.relu_ntk_kappa(U), rtol=1e-7, atol=1e-7)
     # cross-check with the particle model's closed-form ntk_relu coupling kernel (arccos near
     # u = 1 turns rounding into ~1e-9 relative differences, hence rtol 1e-8)
-    from particlegan.kernels import ntk_matrix
+    from particlegan.maths.kernels import ntk_matrix
     np.testing.assert_allclose(en.two_layer_relu_ntk(Z, sigma_w=sigma_w, sigma_b=0.3),
                                ntk_matrix(Z, Z, "relu", sigma_w, 0.3), rtol=1e-8)
     np.testing.assert_allclose(np.diag(en.two_layer_relu_ntk(Z, sigma_w=sigma_w)), 2 * c,

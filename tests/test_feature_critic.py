@@ -1,15 +1,15 @@
-"""Learned-feature critic (particlegan.feature_critic): the interaction energy against a direct
-double loop and the biased MMD^2 of particlegan.mmd, every gradient against central finite
+"""Learned-feature critic (particlegan.model.feature_critic): the interaction energy against a direct
+double loop and the biased MMD^2 of particlegan.maths.mmd, every gradient against central finite
 differences, cpu backend against numpy."""
 import numpy as np
 import pytest
 
-from particlegan import feature_critic as fc
-from particlegan import nn
+from particlegan.model import feature_critic as fc
+from particlegan.maths import nn
 from particlegan.backends import get_backend
-from particlegan.config import resolve_config
-from particlegan.kernels import kernel_matrix
-from particlegan.mmd import mmd2_biased
+from particlegan.store.config import resolve_config
+from particlegan.maths.kernels import kernel_matrix
+from particlegan.maths.mmd import mmd2_biased
 
 KERNELS = ["gaussian", "energy", "riesz"]
 
@@ -139,7 +139,7 @@ LEARNED_RING = ["critic.type=learned_features", "loss.penalty=none", "critic.wid
 
 
 def _ring_run(kind, beta, steps=150, seed=0):
-    from particlegan.simulate import simulate
+    from particlegan.engine.simulate import simulate
 
     cfg = resolve_config(overrides=LEARNED_RING + [f"critic.feature_kernel={kind}", f"critic.beta={beta}",
                                                    f"run.steps={steps}"], seed=seed)
@@ -196,7 +196,7 @@ def test_stabilizer_improves_the_learned_riesz_flow_over_seeds():
 
 @pytest.mark.trajectory
 def test_learned_feature_critic_runs_in_the_neural_engine():
-    from particlegan.simulate import simulate
+    from particlegan.engine.simulate import simulate
 
     cfg = resolve_config(overrides=LEARNED_RING + ["model.type=neural", "generator.width=64", "run.steps=40",
                                                    "run.record_every=10", "critic.beta=2"])

@@ -103,7 +103,7 @@ def test_stamp_changes_with_any_source_edit_and_with_the_versions(tmp_path):
     versions = ("0.1.0", "0.68.1", "0.50.0", "3.11.7")
     base = jit_cache.source_stamp(copy, versions)
     assert jit_cache.source_stamp(copy, versions) == base
-    pairmath = copy / "pairmath.py"
+    pairmath = copy / "maths" / "pairmath.py"
     pairmath.write_text(pairmath.read_text() + "\n# an edit of a module the drivers inline\n")
     edited = jit_cache.source_stamp(copy, versions)
     assert edited != base

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from particlegan.errors import ConfigError, DataError
-from particlegan.kernels import (KERNEL_NAMES, KernelSpec, kernel_diag, kernel_grad_matrix, kernel_matrix,
+from particlegan.maths.kernels import (KERNEL_NAMES, KernelSpec, kernel_diag, kernel_grad_matrix, kernel_matrix,
                                  make_kernel, nngp_matrix, ntk_matrix)
 
 # one instance of every kernel (anchored ones with a non-trivial anchor set per test)

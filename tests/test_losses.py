@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from particlegan.losses import (alpha_loss_fake, alpha_loss_real, make_objective, penalty_coefficient,
+from particlegan.model.losses import (alpha_loss_fake, alpha_loss_real, make_objective, penalty_coefficient,
                                 sigmoid)
 
 ALPHAS = [0.2, 0.3, 0.5, 1.0, 1.2, 2.0, 5.0, np.inf]
@@ -119,9 +119,9 @@ def test_penalty_coefficient_conventions():
 def test_mean_grad_penalty_equals_the_penalty_of_the_batch_mean_gradient():
     """USD's D_forward_weights: lambda mean_i ||d/dx_i (mean_j f(x_j))||^2, computed directly
     (finite differences of the batch mean) against the critic objective's penalty term."""
-    from particlegan import dynamics as dyn
-    from particlegan.config import resolve_config
-    from particlegan.particle_critics import mlp_critic_objective
+    from particlegan.engine import dynamics as dyn
+    from particlegan.store.config import resolve_config
+    from particlegan.model.particle_critics import mlp_critic_objective
 
     cfg = resolve_config(overrides=["particles.n=6", "target.n_samples=7", "critic.type=mlp", "critic.widths=[5]",
                                     "critic.activation=tanh", "loss.penalty_weight=1.25",
@@ -134,7 +134,7 @@ def test_mean_grad_penalty_equals_the_penalty_of_the_batch_mean_gradient():
     h = 1e-6
 
     def mean_f(xx):
-        from particlegan import nn
+        from particlegan.maths import nn
         return float(nn.mlp_apply(net, xx)[:, 0].mean())
 
     g = np.zeros_like(x)

@@ -1,4 +1,4 @@
-"""Tests of particlegan.mmd: estimators (P1.2), energy distance (P1.3), KID (P1.5), variance (P1.6),
+"""Tests of particlegan.maths.mmd: estimators (P1.2), energy distance (P1.3), KID (P1.5), variance (P1.6),
 three-sample test (P1.7) and the KID learning-rate rule (P1.8).
 
 Every estimator is compared with an independent, deliberately naive computation: kernel matrices
@@ -13,7 +13,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from particlegan.errors import ConfigError, DataError
-from particlegan.mmd import (
+from particlegan.maths.mmd import (
     KIDLearningRateSchedule,
     ThreeSampleSums,
     energy_distance,
@@ -239,7 +239,7 @@ def test_energy_identity_with_distance_kernel_for_several_anchors(samples, x0):
 
 
 def test_energy_distance_with_kernels_module_if_available(samples):
-    kernels = pytest.importorskip("particlegan.kernels")
+    kernels = pytest.importorskip("particlegan.maths.kernels")
     X, Y = samples
     spec = kernels.make_kernel("distance", x0=(1.0, 2.0, -1.0), eps=0.0)
     K = lambda A, B: kernels.kernel_matrix(A, B, spec)  # noqa: E731

@@ -8,13 +8,13 @@ import os
 import numpy as np
 import pytest
 
-from particlegan import neural_model as nm
-from particlegan import nn
-from particlegan.config import resolve_config
-from particlegan.empirical_ntk import empirical_ntk
-from particlegan.losses import objective_from_config
-from particlegan.particle_critics import mlp_critic_objective
-from particlegan.simulate import run_to_dir, simulate
+from particlegan.engine import neural_model as nm
+from particlegan.maths import nn
+from particlegan.store.config import resolve_config
+from particlegan.engine.empirical_ntk import empirical_ntk
+from particlegan.model.losses import objective_from_config
+from particlegan.model.particle_critics import mlp_critic_objective
+from particlegan.engine.simulate import run_to_dir, simulate
 
 ACTS = ("relu", "leaky_relu", "tanh")
 LOSSES = {
@@ -205,9 +205,9 @@ def test_same_seed_gives_bitwise_identical_neural_results(tmp_path, extra):
 def test_neural_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     import shutil
 
-    from particlegan.checkpoint import load_checkpoint
-    from particlegan.config import config_hash
-    from particlegan.simulate import resume_run
+    from particlegan.engine.checkpoint import load_checkpoint
+    from particlegan.store.config import config_hash
+    from particlegan.engine.simulate import resume_run
 
     cfg = resolve_config(overrides=TINY + extra + ["run.checkpoint_every=10"])
     run_to_dir(cfg, tmp_path / "full")

@@ -1,4 +1,4 @@
-"""Tests of particlegan.nn: initialisation, forward pass, and every gradient against central
+"""Tests of particlegan.maths.nn: initialisation, forward pass, and every gradient against central
 finite differences in float64 (all activations, with/without bias, both parameterisations,
 depth 1-3)."""
 import itertools
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from particlegan import nn
+from particlegan.maths import nn
 from particlegan.errors import ConfigError
 
 ACTS = ("relu", "leaky_relu", "tanh")

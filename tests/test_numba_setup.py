@@ -13,11 +13,11 @@ PROBE = """
 import json, os, sys
 {pre}
 before = dict(os.environ)
-import particlegan, particlegan.api, particlegan.simulate, particlegan.sweep
+import particlegan, particlegan.api, particlegan.engine.simulate, particlegan.sweeps.sweep
 assert dict(os.environ) == before, "importing particlegan changed the environment"
 from particlegan.numba_setup import vector_width_setting
 from particlegan.backends import get_backend
-from particlegan.kernels import make_kernel
+from particlegan.maths.kernels import make_kernel
 import numpy as np
 rng = np.random.default_rng(0)
 X, Y, w = rng.normal(size=(300, 2)), rng.normal(size=(500, 2)), rng.normal(size=500)
@@ -60,7 +60,7 @@ def test_idle_threads_sleep_unless_the_user_chose_otherwise():
 
 def test_importing_particlegan_touches_no_matplotlib_backend():
     code = ("import matplotlib; before = matplotlib.rcParams['backend']; "
-            "import particlegan.plotting, particlegan.plotting_movie, particlegan.plotting_stability; "
+            "import particlegan.plots.plotting, particlegan.plots.plotting_movie, particlegan.plots.plotting_stability; "
             "assert matplotlib.rcParams['backend'] == before")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": "pdf"})
 
@@ -75,9 +75,9 @@ def test_avx512_hosts_get_512_bit_vectors_with_the_same_results():
 
 
 def test_meta_json_records_the_setting(tmp_path):
-    from particlegan.config import resolve_config
+    from particlegan.store.config import resolve_config
     from particlegan.numba_setup import vector_width_setting
-    from particlegan.simulate import run_to_dir
+    from particlegan.engine.simulate import run_to_dir
 
     run_to_dir(resolve_config(overrides=["particles.n=16", "target.n_samples=64", "run.steps=2",
                                          "observables.mmd_samples=32"]), tmp_path / "r")

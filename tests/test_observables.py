@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from particlegan.backends import get_backend
-from particlegan.observables import (collapse_measure, kid_observable, make_mmd_reference, measure,
+from particlegan.engine.observables import (collapse_measure, kid_observable, make_mmd_reference, measure,
                                      mmd2_unbiased_gaussian, modes_covered, nearest_mode, radius_of_gyration)
-from particlegan.targets import ring_centres
+from particlegan.model.targets import ring_centres
 
 NP = get_backend("numpy")
 CENTRES = ring_centres(8, 0.75, 2)
@@ -97,7 +97,7 @@ def test_kid_observable_matches_direct_computation_on_the_same_subsets(n, subset
     assert set(out) == {"kid", "kid_std"}
     assert out["kid"] == pytest.approx(kid, rel=1e-10, abs=1e-14)
     assert out["kid_std"] == pytest.approx(std, rel=1e-10, abs=1e-14)
-    from particlegan.mmd import kid as mmd_kid
+    from particlegan.maths.mmd import kid as mmd_kid
 
     same = mmd_kid(y, x, subsets=pairs)
     assert (out["kid"], out["kid_std"]) == (same.kid, same.kid_std)
@@ -116,7 +116,7 @@ def test_kid_observable_draws_from_the_given_stream():
 def test_cosine_observables_match_a_direct_loop():
     import math
 
-    from particlegan.observables import cosine_observables
+    from particlegan.engine.observables import cosine_observables
 
     rng = np.random.default_rng(4)
     y = rng.random((6, 5))

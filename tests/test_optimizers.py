@@ -1,4 +1,4 @@
-"""Tests of particlegan.optimizers: convergence, hand-computed CG beta rules and legacy defects
+"""Tests of particlegan.model.optimizers: convergence, hand-computed CG beta rules and legacy defects
 (losses-metrics-optim-spec P2.2-P2.6), Adam/momentum against hand-written reference steps,
 state_dict round trips, schedules, maximisation and config errors."""
 import io
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from particlegan import optimizers as opt
+from particlegan.model import optimizers as opt
 from particlegan.errors import ConfigError
 
 RULES = ("FR", "PRP", "HS", "DY", "HS_DY", "FR_PRP", "HZ")
@@ -321,7 +321,7 @@ STATE_CASES = [
 
 
 def _checkpoint_roundtrip(sd):
-    """Arrays through an npz file, everything else through JSON (as particlegan.checkpoint)."""
+    """Arrays through an npz file, everything else through JSON (as particlegan.engine.checkpoint)."""
     arrays = {k: v for k, v in sd.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in sd.items() if not isinstance(v, np.ndarray)}
     buf = io.BytesIO()
@@ -547,8 +547,9 @@ def test_optimizer_from_config_maps_keys():
 # ------------------------------------------------- config keys of both players (--set) ----
 def _built(player, *overrides):
     """The optimizer the simulator builds for ``player`` from a config with ``overrides``."""
-    from particlegan import dynamics, neural_model
-    from particlegan.config import resolve_config
+    from particlegan.engine import dynamics
+    from particlegan.engine import neural_model
+    from particlegan.store.config import resolve_config
 
     cfg = resolve_config(overrides=list(overrides))
     return (dynamics.make_critic_optimizer(cfg) if player == "critic"
@@ -588,7 +589,7 @@ def test_every_optimizer_key_reaches_the_built_optimizer(player, sets, check):
     ("critic.lr_schedule=cosine", "critic.lr_schedule"),
 ])
 def test_bad_optimizer_keys_are_one_line_config_errors(override, fragment):
-    from particlegan.config import resolve_config
+    from particlegan.store.config import resolve_config
 
     with pytest.raises(ConfigError) as err:
         resolve_config(overrides=[override])
@@ -596,7 +597,7 @@ def test_bad_optimizer_keys_are_one_line_config_errors(override, fragment):
 
 
 def test_config_choices_match_the_optimizers_module():
-    from particlegan.config import SCHEMA
+    from particlegan.store.config import SCHEMA
 
     for player in ("critic", "generator"):
         assert SCHEMA[player]["optimizer"].choices == opt.OPTIMIZERS
@@ -621,8 +622,8 @@ def test_default_keys_give_the_plain_make_optimizer_trajectory(name):
 
 def test_particle_critic_uses_the_configured_optimizer():
     """critic.* keys change a particle-model run (the critic optimizer is actually used)."""
-    from particlegan.config import resolve_config
-    from particlegan.simulate import simulate
+    from particlegan.store.config import resolve_config
+    from particlegan.engine.simulate import simulate
 
     tiny = ["particles.n=16", "run.steps=5", "target.n_samples=100", "critic.features=32",
             "dynamics.critic_steps_startup=3", "observables.mmd_samples=50"]

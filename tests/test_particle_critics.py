@@ -5,10 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from particlegan import dynamics as dyn
-from particlegan import particle_critics as pc
-from particlegan.config import resolve_config
-from particlegan.critics import FEATURE_CRITICS, KERNEL_CRITICS
+from particlegan.engine import dynamics as dyn
+from particlegan.model import particle_critics as pc
+from particlegan.store.config import resolve_config
+from particlegan.model.critics import FEATURE_CRITICS, KERNEL_CRITICS
 
 TINY = ["particles.n=24", "target.n_samples=48", "critic.features=32", "dynamics.critic_steps_startup=2",
         "observables.mmd_samples=32", "critic.width=16", "critic.depth=2"]
@@ -40,7 +40,7 @@ def test_mlp_critic_layers_follow_widths_or_width_and_depth():
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh"])
 @pytest.mark.parametrize("penalty", ["none", "fake", "real", "interpolates"])
 def test_mlp_critic_parameter_gradient_matches_finite_differences(activation, penalty):
-    from particlegan.particle_critics import mlp_critic_objective
+    from particlegan.model.particle_critics import mlp_critic_objective
 
     cfg = tiny("critic.type=mlp", f"critic.activation={activation}", f"loss.penalty=\"{penalty}\"",
                "loss.penalty_weight=0.5", "critic.weight_decay=0.01", "critic.widths=[5, 4]")
@@ -64,7 +64,7 @@ def test_mlp_critic_parameter_gradient_matches_finite_differences(activation, pe
 def test_mlp_critic_gradient_with_dropout_and_no_output_bias_matches_finite_differences(penalty):
     """With the dropout masks of one critic step held fixed (as autograd sees them), dJ/dphi of
     the fused pass (objective + penalty on the same rows and masks) against central FD."""
-    from particlegan import nn
+    from particlegan.maths import nn
 
     cfg = tiny("critic.type=mlp", "critic.activation=tanh", f"loss.penalty=\"{penalty}\"", "loss.penalty_weight=0.5",
                "critic.widths=[5, 6, 4]", "critic.dropout=[0, 0.4, 0.2]", "critic.output_bias=false",
@@ -89,7 +89,7 @@ def test_mlp_critic_gradient_with_dropout_and_no_output_bias_matches_finite_diff
 
 
 def test_mlp_critic_steps_draw_fresh_dropout_masks_and_forces_use_none():
-    from particlegan import nn
+    from particlegan.maths import nn
 
     model, state = dyn.build_model(tiny("critic.type=mlp", "critic.widths=[6, 6]", "critic.dropout=[0.5, 0]"))
     g1 = model.critic.objective_grad(state.w, state.x, None)
@@ -120,7 +120,7 @@ def test_mlp_critic_input_gradients_drive_the_particles_and_match_finite_differe
 def test_particles_against_an_mlp_critic_fit_the_ring():
     # measured (seeds 0-2, 300 steps): 8/8 modes covered, MMD^2 0.03-0.05 from 0.73 at the start;
     # bounds: a seed mean of at least 6 modes and MMD^2 below a third of the start
-    from particlegan.simulate import simulate
+    from particlegan.engine.simulate import simulate
 
     modes, mmd_end, mmd_start = [], [], []
     for seed in range(3):
@@ -142,7 +142,7 @@ def test_particles_against_an_mlp_critic_fit_the_ring():
 def test_outer_step_leaves_its_input_state_unchanged(optimizer, model_type):
     # the optimizers' moments used to live in the state object and be stepped in place, so a
     # second call on the same state gave another result
-    from particlegan import neural_model as nm
+    from particlegan.engine import neural_model as nm
 
     extra = [f"critic.optimizer={optimizer}", f"model.type={model_type}"]
     if model_type == "neural":

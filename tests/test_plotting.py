@@ -6,9 +6,9 @@ from click.testing import CliRunner
 
 from particlegan.cli import main
 from particlegan.errors import DataError
-from particlegan.plotting import (_cell_edges, axis_label, plot_phase_diagram, plot_seed_lines, plot_snapshots,
+from particlegan.plots.plotting import (_cell_edges, axis_label, plot_phase_diagram, plot_seed_lines, plot_snapshots,
                                   snapshot_panels)
-from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
+from particlegan.sweeps.sweep import load_base, parse_grid, plan_sweep, run_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["particles.n=16", "run.steps=20", "target.n_samples=64", "critic.features=32",
@@ -26,7 +26,7 @@ def sweep_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("plots") / "sw"
     plan = plan_sweep(load_base(None, TINY), [parse_grid("generator.phi=0,0.5"),
                                               parse_grid("loss.penalty_weight=0.1,1.0")], [0, 1])
-    report = run_sweep(plan, out, in_process=True, plot=False)
+    report = run_sweep(plan, out, in_process=True)
     assert report.n_ok == 8
     return out
 
@@ -130,7 +130,7 @@ def test_plot_phase_side_by_side_shares_one_colour_scale(sweep_dir, tmp_path):
                                     "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert_png(out)
-    from particlegan.plotting import phase_plot
+    from particlegan.plots.plotting import phase_plot
 
     with pytest.raises(DataError, match="1 label"):
         phase_plot([sweep_dir, sweep_dir], "generator.phi", "loss.penalty_weight", "collapse", labels=["x"])
@@ -227,7 +227,7 @@ def test_phase_cells_stop_at_the_physical_range_and_ticks_sit_at_the_grid():
 
 
 def test_side_by_side_panels_have_one_colour_bar(sweep_dir, tmp_path):
-    from particlegan.plotting import phase_plot
+    from particlegan.plots.plotting import phase_plot
 
     seen = {}
     orig = matplotlib.figure.Figure.savefig
@@ -249,7 +249,7 @@ def test_side_by_side_panels_have_one_colour_bar(sweep_dir, tmp_path):
 def test_signed_log_scale_is_smooth_through_zero(values, scale):
     """MMD^2 curves that dip below 0 get the asinh scale (no symlog cliff at the threshold):
     its transform has a continuous slope at +-floor, unlike symlog's."""
-    from particlegan.plotting import set_signed_log_scale
+    from particlegan.plots.plotting import set_signed_log_scale
 
     fig, ax = matplotlib.pyplot.subplots()
     assert set_signed_log_scale(ax, values, floor=0.01) == scale

@@ -6,10 +6,10 @@ import pytest
 from click.testing import CliRunner
 
 from particlegan.cli import main
-from particlegan.config import resolve_config
+from particlegan.store.config import resolve_config
 from particlegan.errors import ConfigError
-from particlegan.resources import check_memory, estimate_memory
-from particlegan.simulate import simulate
+from particlegan.engine.resources import check_memory, estimate_memory
+from particlegan.engine.simulate import simulate
 
 SHORT = ["run.steps=3", "run.record_every=1", "dynamics.critic_steps_startup=2"]
 

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from particlegan.cli import main
 from particlegan.errors import ConfigError
-from particlegan.runstore import changed_parameters, list_runs
+from particlegan.sweeps.runstore import changed_parameters, list_runs
 
 TINY = ["particles.n=16", "run.steps=6", "target.n_samples=64", "critic.features=32",
         "dynamics.critic_steps_startup=3", "observables.mmd_samples=64"]
@@ -23,7 +23,7 @@ def sweep_dir(tmp_path_factory):
 
 
 def test_changed_parameters_against_the_defaults():
-    from particlegan.config import resolve_config
+    from particlegan.store.config import resolve_config
 
     cfg = resolve_config(overrides=["generator.phi=0.5", "run.seed=3"])
     assert changed_parameters(cfg) == {"generator.phi": 0.5}  # the seed is shown on its own

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from particlegan.config import resolve_config
-from particlegan.simulate import run_to_dir, simulate
+from particlegan.store.config import resolve_config
+from particlegan.engine.simulate import run_to_dir, simulate
 
 TINY = ["particles.n=24", "run.steps=30", "run.record_every=5", "target.n_samples=200",
         "critic.features=64", "dynamics.critic_steps_startup=10", "observables.mmd_samples=100"]
@@ -18,7 +18,7 @@ def tiny(*extra):
 
 
 def test_run_directory_contents(tmp_path):
-    from particlegan.plotting import write_run_figures
+    from particlegan.plots.plotting import write_run_figures
 
     cfg = tiny()
     summary = run_to_dir(cfg, tmp_path / "r", figures=write_run_figures)
@@ -100,8 +100,8 @@ KID_SCHEDULE = ["schedule.kind=kid", "schedule.every=3", "schedule.window=2", "s
                                    LEARNED, LEARNED + ["model.type=neural", "generator.width=32"],
                                    DROPOUT, DROPOUT + ["model.type=neural", "generator.width=32"]])
 def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
-    from particlegan.checkpoint import load_checkpoint
-    from particlegan.config import config_hash
+    from particlegan.engine.checkpoint import load_checkpoint
+    from particlegan.store.config import config_hash
 
     cfg = tiny("run.checkpoint_every=10", *extra)
     run_to_dir(cfg, tmp_path / "full")
@@ -111,12 +111,12 @@ def test_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     part.mkdir()
     import shutil
 
-    from particlegan.simulate import simulate as sim
+    from particlegan.engine.simulate import simulate as sim
 
     sim(cfg, checkpoint_path=part / "checkpoint.npz")               # writes checkpoints at 10, 20
     assert load_checkpoint(part / "checkpoint.npz", config_hash(cfg))["step"] == 20
     shutil.copy(tmp_path / "full" / "config.json", part / "config.json")
-    from particlegan.simulate import resume_run
+    from particlegan.engine.simulate import resume_run
 
     resume_run(part)
     assert (part / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
@@ -204,8 +204,8 @@ def test_kid_observable_is_recorded_only_when_on_and_changes_nothing_else(tmp_pa
         assert len(b["kid"]) == len(b["step"]) and b["kid"][-1] == on["kid"]
         # first row, by hand: the observables stream after the MMD reference subsample, then
         # KID of the initial particles (N = 24 < kid_subset_size: subsets of 24 rows)
-        from particlegan.dynamics import seed_streams
-        from particlegan.observables import kid_observable
+        from particlegan.engine.dynamics import seed_streams
+        from particlegan.engine.observables import kid_observable
 
         rng = seed_streams(0)["observables"]
         rng.choice(200, 100, replace=False)          # make_mmd_reference: mmd_samples of n_samples
@@ -228,7 +228,7 @@ def test_kid_schedule_decays_when_the_particles_cannot_improve():
 def test_kid_schedule_with_improving_tests_keeps_the_rates(monkeypatch):
     """Scripted p = 0 (always a significant improvement): no decay, and the run equals the
     schedule-free run bitwise in every common series; a floor stops the decay otherwise."""
-    from particlegan import mmd
+    from particlegan.maths import mmd
 
     class Always:
         def __init__(self, p):
@@ -255,8 +255,8 @@ def test_lr_scale_scales_eta_g_and_eta_d_in_both_engines(extra):
     """A state with lr_scale = 1/2 steps exactly like the config with eta_G and eta_D halved."""
     import dataclasses
 
-    from particlegan import dynamics as dyn
-    from particlegan.simulate import simulation_engine
+    from particlegan.engine import dynamics as dyn
+    from particlegan.engine.simulate import simulation_engine
 
     base = tiny("dynamics.critic_steps_startup=0", *extra)
     half = dict(base, dynamics=dict(base["dynamics"], eta_g=base["dynamics"]["eta_g"] / 2,
@@ -288,7 +288,7 @@ def test_optional_series_in_sweep_table_and_run_plot(tmp_path):
     for the runs that do not); `plot run` adds KID and learning-rate panels when present."""
     import csv
 
-    from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
+    from particlegan.sweeps.sweep import load_base, parse_grid, plan_sweep, run_sweep
 
     plan = plan_sweep(load_base(None, TINY), [parse_grid("observables.kid=false,true")], [0])
     run_sweep(plan, tmp_path / "s", in_process=True)
@@ -300,8 +300,8 @@ def test_optional_series_in_sweep_table_and_run_plot(tmp_path):
         json.loads((tmp_path / "s" / "runs" / rows[1]["run_id"] / "summary.json").read_text())["kid"])
     import matplotlib.pyplot as plt
 
-    from particlegan.analysis import load_run
-    from particlegan.plotting import plot_run_overview
+    from particlegan.sweeps.analysis import load_run
+    from particlegan.plots.plotting import plot_run_overview
 
     run_to_dir(tiny("observables.kid=true", "schedule.kind=kid", "schedule.every=2", "schedule.window=2"),
                tmp_path / "r")
@@ -337,8 +337,8 @@ def test_start_up_divergence_keeps_the_last_finite_critic_and_valid_json(tmp_pat
 
 def test_a_step_whose_critic_update_is_not_finite_is_discarded():
     """ascend_critic returns the parameters before the first non-finite update."""
-    from particlegan.critics import ascend_critic
-    from particlegan.optimizers import make_optimizer
+    from particlegan.model.critics import ascend_critic
+    from particlegan.model.optimizers import make_optimizer
 
     grads = iter([np.ones(3), np.ones(3), np.full(3, np.inf), np.ones(3)])
     w, finite = ascend_critic(make_optimizer("sgd", 0.5), np.zeros(3), 4, lambda w: next(grads))
@@ -378,12 +378,12 @@ def test_resume_refuses_a_run_without_checkpoints_and_cleans_temp_files(tmp_path
     cfg = tiny()
     d = tmp_path / "r"
     d.mkdir()
-    (d / "config.json").write_text(__import__("particlegan.config", fromlist=["x"]).canonical_json(cfg) + "\n")
+    (d / "config.json").write_text(__import__("particlegan.store.config", fromlist=["x"]).canonical_json(cfg) + "\n")
     res = _cli("run", "--resume", d)
     assert res.exit_code == 2 and "no checkpoint to resume from (run.checkpoint_every = 0)" in res.output
     # with checkpoints configured, a run killed before its first one starts over; stale temp files go
     cfg = tiny("run.checkpoint_every=10")
-    (d / "config.json").write_text(__import__("particlegan.config", fromlist=["x"]).canonical_json(cfg) + "\n")
+    (d / "config.json").write_text(__import__("particlegan.store.config", fromlist=["x"]).canonical_json(cfg) + "\n")
     (d / ".checkpoint.npz.abc123.tmp").write_bytes(b"half")
     assert _cli("run", "--resume", d, "--no-plot").exit_code == 0
     assert not list(d.glob(".*.tmp")) and (d / "meta.json").exists()
@@ -391,9 +391,9 @@ def test_resume_refuses_a_run_without_checkpoints_and_cleans_temp_files(tmp_path
 
 @pytest.mark.parametrize("damage", ["shape", "nan", "step"])
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage):
-    from particlegan.checkpoint import _JSON_KEY
-    from particlegan.config import canonical_json
-    from particlegan.storage import atomic_save_npz
+    from particlegan.engine.checkpoint import _JSON_KEY
+    from particlegan.store.config import canonical_json
+    from particlegan.store.storage import atomic_save_npz
 
     cfg = tiny("run.checkpoint_every=10")
     d = tmp_path / "r"
@@ -417,7 +417,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage):
 
 
 def test_a_memory_error_is_a_one_line_error_leaving_no_run_directory(tmp_path, monkeypatch):
-    import particlegan.dynamics as dyn
+    import particlegan.engine.dynamics as dyn
 
     def boom(*a, **k):
         raise MemoryError
@@ -433,7 +433,7 @@ def test_meta_json_records_provenance(tmp_path):
     line, start time (compared with git, socket and the command actually run)."""
     import socket
 
-    from particlegan.storage import COMMAND_ENV
+    from particlegan.store.storage import COMMAND_ENV
 
     out = tmp_path / "r"
     env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
@@ -461,8 +461,8 @@ def test_images_against_an_mlp_critic_record_cosine_observables_and_draw_image_g
     # a miniature of the paper's MNIST setting: 4 x 4 "images" from an IDX file, MLP critic
     import struct
 
-    from particlegan.plotting import write_run_figures
-    from particlegan.simulate import run_to_dir
+    from particlegan.plots.plotting import write_run_figures
+    from particlegan.engine.simulate import run_to_dir
 
     imgs = np.random.default_rng(0).integers(0, 256, size=(12, 4, 4)).astype(np.uint8)
     idx = tmp_path / "imgs-idx3-ubyte"

@@ -1,4 +1,4 @@
-"""Tests of particlegan.stability (effective-gan-spec B2, A2.4, A2.9) and the dispersion plot/CLI.
+"""Tests of particlegan.maths.stability (effective-gan-spec B2, A2.4, A2.9) and the dispersion plot/CLI.
 
 Fourier symbols are checked against direct numerical Fourier transforms of the radial kernel
 (m = 1: 2 int K(r) cos(kr) dr; m = 3: (4 pi/k) int r K(r) sin(kr) dr, both with QUADPACK's
@@ -16,7 +16,7 @@ from scipy.integrate import quad
 from scipy.special import gamma as G
 from scipy.special import j0, jn_zeros
 
-from particlegan import stability as st
+from particlegan.maths import stability as st
 from particlegan.cli import main
 from particlegan.errors import ConfigError, DataError
 
@@ -190,7 +190,7 @@ def test_dispersion_power_laws_of_spec_table():
 
 
 def test_symbol_accepts_kernel_spec():
-    kernels = pytest.importorskip("particlegan.kernels")
+    kernels = pytest.importorskip("particlegan.maths.kernels")
     spec = kernels.make_kernel("riesz", s=1.5, eps=0.2)
     assert st.fourier_symbol(spec, 1.3, dim=3) == st.fourier_symbol("riesz", 1.3, dim=3, s=1.5, eps=0.2)
     with pytest.raises(ConfigError):
@@ -361,7 +361,7 @@ def test_random_feature_curvature_monte_carlo(activation, bias):
 # --------------------------------------------------------------- plot and CLI ----------------
 
 def test_plot_dispersion_writes_png_atomically(tmp_path):
-    from particlegan.plotting_stability import plot_dispersion
+    from particlegan.plots.plotting_stability import plot_dispersion
 
     out = tmp_path / "disp.png"
     plot_dispersion(["gaussian:sigma=0.5", ("riesz", {"s": 1.0, "eps": 0.01}), "energy",

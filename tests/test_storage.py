@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from particlegan.errors import DataError
-from particlegan.storage import atomic_save_npz, atomic_write_json, ensure_dir, load_sample_array, npz_bytes
+from particlegan.store.storage import atomic_save_npz, atomic_write_json, ensure_dir, load_sample_array, npz_bytes
 
 
 def test_npz_is_deterministic_and_loadable(tmp_path):
@@ -107,7 +107,7 @@ def test_oversized_npy_header_is_named_as_such(tmp_path):
 
 def test_atomic_write_gives_normal_file_permissions(tmp_path):
     """Not the 0600 of the temporary file: 0666 minus the umask, like open(path, 'w')."""
-    from particlegan.storage import atomic_write_bytes
+    from particlegan.store.storage import atomic_write_bytes
 
     old = os.umask(0o022)
     try:
@@ -123,7 +123,7 @@ def test_atomic_write_gives_normal_file_permissions(tmp_path):
 def test_atomic_write_csv_round_trips_and_formats_floats(tmp_path):
     import csv
 
-    from particlegan.storage import atomic_write_csv
+    from particlegan.store.storage import atomic_write_csv
 
     rows = [{"a": 0.1, "b": "x", "c": 3}, {"a": 1 / 3, "b": "y", "c": 4, "extra": 9}]
     atomic_write_csv(tmp_path / "t.csv", rows)
@@ -149,7 +149,7 @@ def _idx_bytes(arr, type_byte=0x08):
 def test_read_idx_round_trips_images_plain_and_gzipped(tmp_path, gz, dtype, type_byte):
     import gzip
 
-    from particlegan.storage import read_idx
+    from particlegan.store.storage import read_idx
 
     imgs = (np.arange(5 * 4 * 3) % 251).astype(dtype).reshape(5, 4, 3)
     path = tmp_path / ("x.idx.gz" if gz else "x.idx")
@@ -170,7 +170,7 @@ def test_read_idx_round_trips_images_plain_and_gzipped(tmp_path, gz, dtype, type
 ])
 def test_read_idx_refuses_bad_files_in_one_line(tmp_path, mutate, words):
     from particlegan.errors import DataError
-    from particlegan.storage import read_idx
+    from particlegan.store.storage import read_idx
 
     path = tmp_path / "bad-idx3-ubyte"
     path.write_bytes(mutate(_idx_bytes(np.zeros((3, 4, 4), np.uint8))))

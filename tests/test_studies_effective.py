@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from particlegan.analysis import load_results, seed_average
+from particlegan.sweeps.analysis import load_results, seed_average
 from particlegan.cli import main
-from particlegan.sweep import GridAxis
+from particlegan.sweeps.sweep import GridAxis
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_COLLAPSE = ["--set", "dynamics.eta_d=0.003", "--set", "particles.n=32", "--set", "run.steps=300",
@@ -60,7 +60,7 @@ def test_critical_damping_quick(tmp_path):
     study = _load("sims/critical_damping/run_study.py")
     overrides = ["run.steps=3000", "run.snapshots=601"]
     rows = study.run(tmp_path, [0], 1, GridAxis("loss.penalty_weight", (0.01, 0.1, 1.0), "quick"), overrides)
-    from particlegan.config import resolve_config
+    from particlegan.store.config import resolve_config
 
     cfg = resolve_config(study.load_base(study.CONFIG, overrides))
     th = study.theory(cfg)
@@ -105,7 +105,7 @@ def test_critical_damping_full_study(tmp_path):
     """The full lambda sweep: measured optima within a factor 1.5 of lambda_c for both modes."""
     study = _load("sims/critical_damping/run_study.py")
     rows = study.run(tmp_path, [0, 1, 2], 2, study.parse_logspace(study.LOGSPACE), [])
-    from particlegan.config import resolve_config
+    from particlegan.store.config import resolve_config
 
     summary = study.summarise(rows, resolve_config(study.load_base(study.CONFIG, [])))
     for mode in ("cm", "rel"):

@@ -38,7 +38,7 @@ def test_alpha_gan_ring_metric_counts_modes_and_hq_samples():
     """evaluate(): a generator whose output is a constant point on one mode covers exactly that
     mode with HQ fraction 1; a constant point off the ring covers none (failure)."""
     study = _load("sims/alpha_gan_ring/run_study.py")
-    from particlegan.config import resolve_config
+    from particlegan.store.config import resolve_config
 
     cfg = resolve_config(overrides=study.base_overrides(study.QUICK))
     gen = study.make_generator(cfg, np.random.default_rng(0))
@@ -82,7 +82,7 @@ def test_optimizers_quick_every_run_finishes_with_finite_mmd(tmp_path):
 
 def test_optimizers_study_sets_the_same_optimizer_for_both_players():
     study = _load("sims/optimizers/run_study.py")
-    from particlegan.config import resolve_config
+    from particlegan.store.config import resolve_config
 
     cfg = resolve_config(overrides=study.base_overrides(study.QUICK)
                          + study.optimizer_overrides("CG-PRP", 0.03))

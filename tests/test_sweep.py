@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from particlegan.cli import main
-from particlegan.config import config_hash, resolve_config
+from particlegan.store.config import config_hash, resolve_config
 from particlegan.errors import ConfigError, DataError
 from particlegan.progress import Reporter
-from particlegan.sweep import (GridAxis, SweepLock, load_base, parse_grid, parse_logspace,
+from particlegan.sweeps.sweep import (GridAxis, SweepLock, load_base, parse_grid, parse_logspace,
                                parse_seeds, plan_sweep, run_sweep)
 from sweep_hooks import KillRuns  # tests/sweep_hooks.py: the test-only kill hook
 
@@ -157,7 +157,7 @@ def test_cli_bad_grid_exits_2_without_creating_anything(tmp_path):
 
 def test_sweep_module_imports_no_numerics():
     # a spawned worker imports this module before its initializer limits the thread counts
-    code = "import particlegan.sweep, sys; print(sorted({'numpy', 'numba', 'scipy'} & set(sys.modules)))"
+    code = "import particlegan.sweeps.sweep, sys; print(sorted({'numpy', 'numba', 'scipy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -215,7 +215,7 @@ def test_dask_without_the_extra_is_a_config_error(tmp_path, monkeypatch):
 # execution
 # ---------------------------------------------------------------------------------------------
 def test_workers_run_numba_single_threaded():
-    from particlegan.sweep import _process_pool, worker_thread_settings
+    from particlegan.sweeps.sweep import _process_pool, worker_thread_settings
 
     with _process_pool(1) as pool:
         settings = pool.submit(worker_thread_settings).result(timeout=120)
@@ -257,7 +257,7 @@ def test_sweep_stores_runs_like_particlegan_run(pool_sweep, tmp_path):
         stored = json.loads((run_dir / "config.json").read_text())["config"]
         assert config_hash(stored) == row["run_id"]
     # a worker's run is bitwise the run `particlegan run` makes in this process
-    from particlegan.simulate import run_to_dir
+    from particlegan.engine.simulate import run_to_dir
 
     cfg = resolve_config(overrides=TINY + ["generator.phi=0.5"], seed=1)
     run_to_dir(cfg, tmp_path / "single")
@@ -268,7 +268,7 @@ def test_sweep_stores_runs_like_particlegan_run(pool_sweep, tmp_path):
 def test_results_do_not_depend_on_the_number_of_workers(pool_sweep, tmp_path):
     out, _ = pool_sweep
     plan = tiny_plan("generator.phi=0,0.5", seeds=[0, 1], fixed_keys=[o.split("=")[0] for o in TINY])
-    report = run_sweep(plan, tmp_path / "serial", in_process=True, plot=False)
+    report = run_sweep(plan, tmp_path / "serial", in_process=True)
     assert report.n_ok == 4
     assert without_wall_time(read_csv(tmp_path / "serial" / "results.csv")) == \
         without_wall_time(read_csv(out / "results.csv"))
@@ -306,7 +306,7 @@ def test_results_csv_gains_one_complete_row_per_finished_run_without_being_rewri
             super().advance(n)
             seen.append((len(read_csv(path)), path.stat().st_ino, path.read_bytes()))
 
-    report = run_sweep(tiny_plan("generator.phi=0,0.25,0.5"), tmp_path / "sw", in_process=True, plot=False,
+    report = run_sweep(tiny_plan("generator.phi=0,0.25,0.5"), tmp_path / "sw", in_process=True,
                        reporter=Checking(enabled=False))
     assert report.n_ok == 3 and [n for n, _, _ in seen] == [1, 2, 3]
     assert len({ino for _, ino, _ in seen}) == 1  # appended in place, not replaced by a new file
@@ -316,7 +316,7 @@ def test_results_csv_gains_one_complete_row_per_finished_run_without_being_rewri
 
 
 def test_appended_rows_are_put_in_plan_order_when_the_sweep_ends(tmp_path):
-    from particlegan.sweep import ResultsAppender
+    from particlegan.sweeps.sweep import ResultsAppender
 
     plan = tiny_plan("generator.phi=0,0.25,0.5")
     outcomes = {}
@@ -365,7 +365,7 @@ def test_a_diverging_run_is_counted_as_diverged(tmp_path):
 def test_a_killed_worker_is_retried_once(tmp_path):
     plan = tiny_plan("generator.phi=0,0.25,0.5")
     once, always, spared = (r.run_id for r in plan.runs)
-    report = run_sweep(plan, tmp_path / "sw", jobs=2, plot=False, run_reporter=KillRuns([once], [always]))
+    report = run_sweep(plan, tmp_path / "sw", jobs=2, run_reporter=KillRuns([once], [always]))
     rows = {r["run_id"]: r for r in read_csv(tmp_path / "sw" / "results.csv")}
     assert rows[once]["status"] == "ok" and rows[spared]["status"] == "ok"
     assert rows[always]["status"] == "failed" and "died twice" in rows[always]["error"]
@@ -374,7 +374,7 @@ def test_a_killed_worker_is_retried_once(tmp_path):
     assert (tmp_path / "sw" / "runs" / always / "config.json").exists()
     assert not (tmp_path / "sw" / "runs" / always / "meta.json").exists()
     # the retried run is the same run as an undisturbed one
-    clean = run_sweep(tiny_plan("generator.phi=0"), tmp_path / "clean", in_process=True, plot=False)
+    clean = run_sweep(tiny_plan("generator.phi=0"), tmp_path / "clean", in_process=True)
     assert clean.n_ok == 1
     assert ((tmp_path / "clean" / "runs" / once / "result.npz").read_bytes()
             == (tmp_path / "sw" / "runs" / once / "result.npz").read_bytes())
@@ -413,7 +413,7 @@ def test_a_lost_dask_worker_is_retried_once(tmp_path):
     pytest.importorskip("distributed")
     plan = tiny_plan("generator.phi=0,0.5")
     killed, spared = (r.run_id for r in plan.runs)
-    report = run_sweep(plan, tmp_path / "sw", jobs=2, dask="local", plot=False,
+    report = run_sweep(plan, tmp_path / "sw", jobs=2, dask="local",
                        run_reporter=KillRuns([killed]))  # dies on its first attempt only
     rows = {r["run_id"]: r for r in read_csv(tmp_path / "sw" / "results.csv")}
     assert rows[killed]["status"] == "ok" and rows[spared]["status"] == "ok"
@@ -502,7 +502,7 @@ def test_relative_data_paths_are_relative_to_the_config_file(tmp_path, monkeypat
     monkeypatch.chdir(elsewhere)
     plan = plan_sweep(load_base(cfg_dir / "c.toml", TINY), [], [0])
     assert plan.runs[0].cfg["target"]["path"] == str(cfg_dir / "y.npy")
-    from particlegan.config import config_from_sources
+    from particlegan.store.config import config_from_sources
 
     assert config_from_sources(cfg_dir / "c.toml", TINY) == plan.runs[0].cfg
 
@@ -570,7 +570,7 @@ def test_dask_cluster_of_separate_processes_with_a_relative_out(tmp_path):
 
 
 def test_probe_file_tells_whether_a_worker_sees_the_directory(tmp_path):
-    from particlegan.sweep import probe_file
+    from particlegan.sweeps.sweep import probe_file
 
     (tmp_path / "p").write_text("abc")
     assert probe_file(str(tmp_path / "p"), "abc")

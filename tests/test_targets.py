@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from particlegan.config import resolve_config
-from particlegan.targets import grid_centres, init_particles, make_target, ring_centres
+from particlegan.store.config import resolve_config
+from particlegan.model.targets import grid_centres, init_particles, make_target, ring_centres
 
 
 @pytest.mark.parametrize("dim", [2, 3, 5])
@@ -62,8 +62,8 @@ def _write_idx(path, imgs):
 
 
 def test_idx_target_takes_first_images_or_indices_and_normalizes(tmp_path):
-    from particlegan.config import resolve_config
-    from particlegan.targets import make_target
+    from particlegan.store.config import resolve_config
+    from particlegan.model.targets import make_target
 
     imgs = np.random.default_rng(0).integers(0, 256, size=(10, 3, 3)).astype(np.uint8)
     _write_idx(tmp_path / "imgs-idx3-ubyte", imgs)
@@ -100,8 +100,8 @@ def test_mnist_study_config_runs_and_its_extract_script_round_trips(tmp_path):
     import sys
     from pathlib import Path
 
-    from particlegan.simulate import simulate
-    from particlegan.sweep import load_base
+    from particlegan.engine.simulate import simulate
+    from particlegan.sweeps.sweep import load_base
 
     repo = Path(__file__).resolve().parents[1]
     shipped = np.load(repo / "sims" / "mnist" / "targets_first100_uint8.npy")

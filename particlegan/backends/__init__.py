@@ -18,7 +18,7 @@ Backends are imported lazily, so importing this package never compiles or probes
 """
 from __future__ import annotations
 
-from ..errors import ConfigError
+from particlegan.errors import ConfigError
 
 BACKENDS = ("numpy", "cpu", "cuda")
 
@@ -44,14 +44,14 @@ def get_backend(name: str):
         Unknown name, or 'cuda' without a usable GPU.
     """
     if name == "numpy":
-        from . import numpy_backend
+        from particlegan.backends import numpy_backend
         return numpy_backend
     if name in ("cpu", "cuda"):
-        from ..numba_setup import configure
+        from particlegan.numba_setup import configure
 
         configure()  # before numba's first import (vector width, sleeping idle threads)
     if name == "cpu":
-        from . import cpu_backend
+        from particlegan.backends import cpu_backend
         return cpu_backend
     if name == "cuda":
         if not cuda_available():
@@ -61,6 +61,6 @@ def get_backend(name: str):
                 raise ConfigError("backend 'cuda' needs the CUDA extra: pip install -e '.[cuda]' "
                                   "(numba-cuda); use 'cpu' or 'numpy'") from None
             raise ConfigError("backend 'cuda' needs a CUDA GPU (none found); use 'cpu' or 'numpy'")
-        from . import cuda_backend
+        from particlegan.backends import cuda_backend
         return cuda_backend
     raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,4 +1,4 @@
-"""CPU backend: numba ``@njit(parallel=True)`` drivers over the per-pair maths of :mod:`particlegan.pairmath`.
+"""CPU backend: numba ``@njit(parallel=True)`` drivers over the per-pair maths of :mod:`particlegan.maths.pairmath`.
 
 Design (ecosystem-anchors 1.2):
 
@@ -6,14 +6,14 @@ Design (ecosystem-anchors 1.2):
   into j, which would race).
 * Gaussian kernels (single or mixture), d < ``HIGH_D``: tiles of ``TILE`` centres y_j; r2 for a
   tile is computed into a small buffer from the transposed centres (a loop over j that
-  vectorises), then reduced with :func:`~particlegan.pairmath.poly_exp`, an exp made of mul/add
+  vectorises), then reduced with :func:`~particlegan.maths.pairmath.poly_exp`, an exp made of mul/add
   only, because numba's ``math.exp`` no longer vectorises (no SVML since numba 0.62).
 * d >= ``HIGH_D`` (every kernel): the cross products x.y come from BLAS over row blocks, with both
   point sets shifted by the centres' mean first so that r2 = |x'|^2 + |y'|^2 - 2 x'.y' loses
   little precision; gradients are a second BLAS product with the coefficient block. Gaussians
   there take one fused parallel pass per Gram block (r2, poly-exp, weighted sums, coefficients)
   in float64, also when the Gram block itself is float32.
-* Other kernels in low d: a direct loop calling :func:`~particlegan.pairmath.pair_terms`.
+* Other kernels in low d: a direct loop calling :func:`~particlegan.maths.pairmath.pair_terms`.
 * NTK apply: row blocks of Theta (BLAS Gram, per-entry closed form in numba, BLAS product), so
   memory is O(block N) and the N x N matrix is never held when N is large.
 
@@ -28,10 +28,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import pairmath as pm
-from . import jit_cache
-from ..kernels import KernelSpec, anchor
-from .numpy_backend import check_features, check_ntk, check_points, out_dtype
+from particlegan.maths import pairmath as pm
+from particlegan.backends import jit_cache
+from particlegan.maths.kernels import KernelSpec, anchor
+from particlegan.backends.numpy_backend import check_features, check_ntk, check_points, out_dtype
 
 NAME = "cpu"
 HIGH_D = 32          # from this dimension on, pair products come from BLAS
@@ -345,7 +345,7 @@ def _value_and_grad(X, Y, w, kernel: KernelSpec, want_grad: bool, fname: str):
     m = Y64.shape[0]
     if n == 0 or m == 0 or d == 0:  # nothing to loop over (d = 0: every r2 is 0; use the reference)
         if d == 0 and n and m:
-            from . import numpy_backend as ref
+            from particlegan.backends import numpy_backend as ref
             vals = ref.kernel_sum(X64, Y64, w64, kernel)
             return vals, (ref.kernel_grad_sum(X64, Y64, w64, kernel) if want_grad else None)
         return np.zeros(n), np.zeros((n, d))

@@ -1,4 +1,4 @@
-"""CUDA backend: numba.cuda tiled kernels over the per-pair maths of :mod:`particlegan.pairmath`.
+"""CUDA backend: numba.cuda tiled kernels over the per-pair maths of :mod:`particlegan.maths.pairmath`.
 
 Kernel-sum layout (KeOps style, ecosystem-anchors 1.3): one thread per target point x_i, kept in
 registers (a local array of compile-time length d); blocks of ``THREADS`` threads load tiles of
@@ -22,10 +22,10 @@ import numpy as np
 from numba import config, cuda
 from numba import types as nbtypes
 
-from .. import pairmath as pm
-from ..kernels import KernelSpec, anchor
-from .numpy_backend import check_features, check_ntk, check_points, out_dtype
-from .numpy_backend import feature_penalty  # noqa: F401  (host-side: two skinny GEMMs, no pair loop)
+from particlegan.maths import pairmath as pm
+from particlegan.maths.kernels import KernelSpec, anchor
+from particlegan.backends.numpy_backend import check_features, check_ntk, check_points, out_dtype
+from particlegan.backends.numpy_backend import feature_penalty  # noqa: F401  (host-side: two skinny GEMMs, no pair loop)
 
 NAME = "cuda"
 SIMULATED = bool(config.ENABLE_CUDASIM)
@@ -330,7 +330,7 @@ def _value_and_grad(X, Y, w, kernel: KernelSpec, want_grad: bool, fname: str):
     if n == 0 or m == 0:
         return out_v, out_g
     if d == 0:  # every r2 is 0: no coordinates to tile over; use the reference
-        from . import numpy_backend as ref
+        from particlegan.backends import numpy_backend as ref
         return ref.kernel_sum(Xh, Yh, w, kernel).astype(dt), ref.kernel_grad_sum(Xh, Yh, w, kernel).astype(dt)
     code, p, mix = pm.encode_kernel(kernel, d, dt)
     dX, dY, dW = _dev(Xh, dt), _dev(Yh, dt), _dev(w, dt)

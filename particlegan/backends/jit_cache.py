@@ -2,7 +2,7 @@
 
 Without a cache the cpu backend compiles its parallel drivers in every process (~6 s), which is
 more than a short run spends stepping. Numba's own ``cache=True`` is not safe for this package:
-it keys a cached function on its own source file only, so an edit of :mod:`particlegan.pairmath`
+it keys a cached function on its own source file only, so an edit of :mod:`particlegan.maths.pairmath`
 (inlined into the drivers) would leave stale machine code behind, and two processes that compile
 different signatures of one function at once can pair an index entry with the other's data file.
 So this module attaches its own cache to each driver (:func:`attach`):
@@ -64,7 +64,7 @@ def source_stamp(package_dir: str | Path | None = None, versions: tuple | None =
         import llvmlite
         import numba
 
-        from .. import __version__
+        from particlegan import __version__
 
         versions = (__version__, numba.__version__, llvmlite.__version__, sys.version)
     pkg = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parent.parent
@@ -212,7 +212,7 @@ def attach(*dispatchers) -> bool:
     if "cls" not in _STATE:
         _STATE["cls"] = _make_cache_class()
         if state["new"]:
-            from ..progress import Reporter
+            from particlegan.progress import Reporter
 
             Reporter().info(f"particlegan: compiling the cpu kernels for this version (once, "
                             f"~10 s); cached in {state['path']}")

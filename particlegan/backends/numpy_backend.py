@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..kernels import KernelSpec, anchor, kernel_parts, ntk_matrix
+from particlegan.errors import ConfigError, DataError
+from particlegan.maths.kernels import KernelSpec, anchor, kernel_parts, ntk_matrix
 
 NAME = "numpy"
 _CHUNK_ELEMS = 1 << 22  # ~32 MB of float64 per (rows, m, d) temporary
@@ -78,7 +78,7 @@ def kernel_sum(X, Y, w, kernel: KernelSpec) -> np.ndarray:
 def kernel_grad_sum(X, Y, w, kernel: KernelSpec) -> np.ndarray:
     """Weighted kernel gradient sums out_i = sum_j w_j grad_1 k(x_i, y_j).
 
-    grad_1 k = 2 dk/dr2 (x_i - y_j) + dk/dab y_j + 2 dk/daa (x_i - x0)  (see :mod:`particlegan.kernels`).
+    grad_1 k = 2 dk/dr2 (x_i - y_j) + dk/dab y_j + 2 dk/daa (x_i - x0)  (see :mod:`particlegan.maths.kernels`).
 
     Parameters
     ----------
@@ -184,7 +184,7 @@ def ntk_apply(Z, F, kind: str, sigma_w: float = 1.0, sigma_b: float = 0.0) -> np
     Parameters
     ----------
     Z : (N, dz) latent codes.  F : (N, d) per-particle vectors.  kind, sigma_w, sigma_b : see
-    :func:`particlegan.kernels.ntk_matrix`.
+    :func:`particlegan.maths.kernels.ntk_matrix`.
 
     Returns
     -------

@@ -31,11 +31,11 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from particlegan import nn  # noqa: E402
-from particlegan.config import resolve_config  # noqa: E402
-from particlegan.neural_model import make_generator  # noqa: E402
-from particlegan.simulate import simulate  # noqa: E402
-from particlegan.storage import atomic_write_csv  # noqa: E402
+from particlegan.maths import nn  # noqa: E402
+from particlegan.store.config import resolve_config  # noqa: E402
+from particlegan.engine.neural_model import make_generator  # noqa: E402
+from particlegan.engine.simulate import simulate  # noqa: E402
+from particlegan.store.storage import atomic_write_csv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIG = HERE.parent.parent / "figures" / "alpha_gan_ring.png"

@@ -8,9 +8,9 @@ mode of the particle-to-target error e_i = x_i - y_i,
 * the error left at a fixed horizon (step HORIZON).
 
 Theory marks: lambda_c,a = sqrt(eta_G kappa_a / (n_c eta_D h / N)) from
-:func:`particlegan.analysis.critical_penalties` with point_mass = 1/N (each isolated target
+:func:`particlegan.sweeps.analysis.critical_penalties` with point_mass = 1/N (each isolated target
 point carries mass 1/N), and the convergence time of the discrete linearised simulator
-(:func:`particlegan.stability.mode_trajectory`), which has no free parameter.
+(:func:`particlegan.maths.stability.mode_trajectory`), which has no free parameter.
 
 Usage (from the repository root):
     python sims/critical_damping/run_study.py [--jobs 2] [--seeds 3] [--out DIR] [--quick]
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from particlegan.analysis import convergence_time, critical_penalties, load_results, load_run
-from particlegan.config import resolve_config
+from particlegan.sweeps.analysis import convergence_time, critical_penalties, load_results, load_run
+from particlegan.store.config import resolve_config
 from particlegan.progress import Reporter
-from particlegan.stability import mode_trajectory, rff_curvature
-from particlegan.storage import atomic_write_csv
-from particlegan.sweep import GridAxis, load_base, parse_logspace, plan_sweep, run_sweep
+from particlegan.maths.stability import mode_trajectory, rff_curvature
+from particlegan.store.storage import atomic_write_csv
+from particlegan.sweeps.sweep import GridAxis, load_base, parse_logspace, plan_sweep, run_sweep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -141,7 +141,7 @@ def run(out: Path, seeds: list[int], jobs: int, axis: GridAxis, overrides: list[
     """Run (or resume) the sweep into ``out`` and analyse every finished run."""
     plan = plan_sweep(load_base(CONFIG, overrides), [axis], seeds, config_path=str(CONFIG),
                       fixed_keys=[o.split("=", 1)[0] for o in overrides])
-    run_sweep(plan, out, jobs=jobs, plot=False, reporter=Reporter())
+    run_sweep(plan, out, jobs=jobs, reporter=Reporter())
     y = np.load(HERE / "target.npy")
     rows = [analyse_run(out / "runs" / r["run_id"], y) for r in load_results(out / "results.csv")
             if r["status"] != "failed"]
@@ -170,7 +170,7 @@ def plot(rows: list[dict], cfg: dict, summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from particlegan.plotting import save_figure
+    from particlegan.plots.plotting import save_figure
 
     colors = {"cm": "C0", "rel": "C3"}
     names = {"cm": "collective (centre of mass)", "rel": "relative"}

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from particlegan.analysis import convergence_time, load_results, load_run
+from particlegan.sweeps.analysis import convergence_time, load_results, load_run
 from particlegan.progress import Reporter
-from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
+from particlegan.sweeps.sweep import load_base, parse_grid, plan_sweep, run_sweep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -41,7 +41,7 @@ def run_flows(out: Path, seeds: int, jobs: int) -> dict[str, list[dict]]:
     for label, (ctype, sets) in FLOWS.items():
         plan = plan_sweep(load_base(CONFIG, sets), [parse_grid(f"critic.type={ctype}")], list(range(seeds)),
                           config_path=str(CONFIG), fixed_keys=[s.split("=")[0] for s in sets])
-        run_sweep(plan, out / ctype, jobs=jobs, plot=False, reporter=Reporter())
+        run_sweep(plan, out / ctype, jobs=jobs, reporter=Reporter())
         rows[label] = [r for r in load_results(out / ctype / "results.csv") if r["status"] != "failed"]
     return rows
 
@@ -71,7 +71,7 @@ def plot(out: Path, rows: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from particlegan.plotting import save_figure, set_signed_log_scale
+    from particlegan.plots.plotting import save_figure, set_signed_log_scale
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
     for i, (label, rs) in enumerate(rows.items()):

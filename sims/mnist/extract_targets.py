@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from particlegan.errors import ParticleGANError
-from particlegan.storage import atomic_write_bytes, read_idx
+from particlegan.store.storage import atomic_write_bytes, read_idx
 
 
 def main(argv):

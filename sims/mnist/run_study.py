@@ -29,9 +29,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from particlegan.analysis import first_crossing, load_results, load_run, same_side_fraction  # noqa: E402
+from particlegan.sweeps.analysis import first_crossing, load_results, load_run, same_side_fraction  # noqa: E402
 from particlegan.progress import Reporter  # noqa: E402
-from particlegan.sweep import GridAxis, load_base, plan_sweep, run_sweep  # noqa: E402
+from particlegan.sweeps.sweep import GridAxis, load_base, plan_sweep, run_sweep  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -85,7 +85,7 @@ def run_grid(out: Path, phis, lrds, sets: list[str], jobs: int, replace: bool = 
     may hold a larger sweep whose finished runs in this plan are kept)."""
     plan = plan_sweep(load_base(CONFIG, sets), _axes(phis, lrds), [0], config_path=str(CONFIG),
                       fixed_keys=[s.split("=")[0] for s in sets])
-    run_sweep(plan, out, jobs=jobs, plot=False, reporter=Reporter(), replace=replace)
+    run_sweep(plan, out, jobs=jobs, reporter=Reporter(), replace=replace)
     return [r for r in load_results(out / "results.csv") if r["status"] == "ok"]
 
 
@@ -151,7 +151,7 @@ def plot_maps(ours: dict, paper: dict, path: Path) -> None:
     """Our map beside the paper's on the paper's calibration grid, one colour scale."""
     from matplotlib import colormaps
 
-    from particlegan.plotting import new_figure, save_figure
+    from particlegan.plots.plotting import new_figure, save_figure
 
     fig, axes = new_figure(1, 2, figsize=(13, 4.8), layout="constrained")
     cmap = colormaps["viridis"].with_extremes(bad="0.85")
@@ -177,7 +177,7 @@ def _pixels(x: np.ndarray) -> np.ndarray:
 def plot_slices(grid_dir: Path, rows: list[dict], path: Path) -> None:
     """Three particles per run along lrD = 4.64e-4 (increasing phi) and along phi = 0.0989
     (decreasing lrD), as the paper's notebook draws them."""
-    from particlegan.plotting import new_figure, save_figure
+    from particlegan.plots.plotting import new_figure, save_figure
 
     by_cell = {(r["dynamics.eta_d"], r["generator.phi"]): r["run_id"] for r in rows}
     along_phi = [(f"phi {p:.3g}", by_cell.get((SLICE_LRD, p))) for p in STUDY_PHI]
@@ -221,7 +221,7 @@ def map_table(ours: dict, paper: dict, lrds, phis) -> list[str]:
 
 def write_tables(path: Path, ours: dict, paper: dict, cmp: dict, lrds, phis, ablation=None,
                  header: str = "") -> None:
-    from particlegan.storage import atomic_write_bytes
+    from particlegan.store.storage import atomic_write_bytes
 
     lines = [header] if header else []
     lines += ["## Our map and the paper's", "",
@@ -249,7 +249,7 @@ def write_tables(path: Path, ours: dict, paper: dict, cmp: dict, lrds, phis, abl
 
 
 def write_map_csv(path: Path, ours: dict, paper: dict) -> None:
-    from particlegan.storage import atomic_write_csv
+    from particlegan.store.storage import atomic_write_csv
 
     rows = [{"lr_d": repr(lr), "phi": repr(p), "collapse": repr(c),
              "paper_collapse": repr(paper[(lr, p)]) if (lr, p) in paper else ""}

@@ -45,12 +45,12 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from particlegan import nn  # noqa: E402
-from particlegan.config import resolve_config  # noqa: E402
-from particlegan.neural_model import make_generator  # noqa: E402
-from particlegan.observables import modes_covered  # noqa: E402
-from particlegan.simulate import simulate  # noqa: E402
-from particlegan.storage import atomic_write_csv  # noqa: E402
+from particlegan.maths import nn  # noqa: E402
+from particlegan.store.config import resolve_config  # noqa: E402
+from particlegan.engine.neural_model import make_generator  # noqa: E402
+from particlegan.engine.observables import modes_covered  # noqa: E402
+from particlegan.engine.simulate import simulate  # noqa: E402
+from particlegan.store.storage import atomic_write_csv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIG = HERE.parent.parent / "figures" / "optimizers.png"
@@ -194,7 +194,7 @@ def figure(evals: list[dict], table: list[dict], chosen: dict, path: Path) -> No
         ax.plot(t, np.median(ys, 0), color=f"C{i}", label=f"{label}, lr {chosen[label][0]:g}")
         ax.fill_between(t, ys.min(0), ys.max(0), color=f"C{i}", alpha=0.12)
         shown.append(ys.ravel())
-    from particlegan.plotting import set_signed_log_scale
+    from particlegan.plots.plotting import set_signed_log_scale
 
     # asinh: log-like, linear within the noise of the batch estimate (smooth through 0)
     set_signed_log_scale(ax, np.concatenate(shown), floor=1e-3)

@@ -10,7 +10,7 @@ gradient penalty on the fakes) and step sizes, run three ways:
   (iii) full NTK:  the particle model with the full (N, N) empirical NTK (kernel = "matrix").
 
 (ii) and (iii) are the configs written by ``particlegan ntk --out ... [--matrix ...] --init ...``
-(:func:`particlegan.empirical_ntk.run_ntk`), started at the neural generator's initial outputs
+(:func:`particlegan.engine.empirical_ntk.run_ntk`), started at the neural generator's initial outputs
 x_i(0) = G_theta0(z_i) (particles.init = "file"). Time scale:
 the neural step theta <- theta - eta_G J^T (-F/N) moves the outputs by (eta_G/N) J J^T F to first
 order, and the particle step is x <- x + eta_G (K/N) F (normalization "ntk") with K = J J^T (the
@@ -42,10 +42,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from particlegan.config import config_from_sources, resolve_config  # noqa: E402
-from particlegan.empirical_ntk import run_ntk  # noqa: E402
-from particlegan.simulate import simulate  # noqa: E402
-from particlegan.storage import atomic_write_csv  # noqa: E402
+from particlegan.store.config import config_from_sources, resolve_config  # noqa: E402
+from particlegan.engine.empirical_ntk import run_ntk  # noqa: E402
+from particlegan.engine.simulate import simulate  # noqa: E402
+from particlegan.store.storage import atomic_write_csv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIGS = HERE.parent.parent / "figures"

@@ -3,12 +3,12 @@ particle-based-distance ascent flow and its removal by the derived stabilising t
 
 (a) Dispersion check. Free real features v_m (the most expressive feature map: one trainable
     feature per sample) on a line, M points at spacing a, ascend J = E(u, v) - beta/2 iint K
-    rho_d rho_d with velocity M dJ/dv_m (:func:`particlegan.feature_critic.feature_space_gradients`)
+    rho_d rho_d with velocity M dJ/dv_m (:func:`particlegan.model.feature_critic.feature_space_gradients`)
     against fixed generated features u on the same lattice (rho = rho_d: the equilibrium of E).
     A displacement wave eps sin(k x) is added; its amplitude in the middle half of the line,
     minus that of an unperturbed run (which removes the edge drift at linear order), grows at a
     measured rate that is compared with the derived dispersion relation
-    r_D(k) = (1 - beta) rho_0 k^2 K_hat(k), rho_0 = 1/L (:func:`particlegan.stability.dispersion_relation`).
+    r_D(k) = (1 - beta) rho_0 k^2 K_hat(k), rho_0 = 1/L (:func:`particlegan.maths.stability.dispersion_relation`).
 (b) The learned-feature critic (MLP feature map, SGD) in a ring GAN, beta = 0 vs 2, from the sweep
     of ``config.toml`` (data-space MMD^2 and modes covered over time, 3 seeds).
 
@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from particlegan.analysis import load_results, load_run
+from particlegan.sweeps.analysis import load_results, load_run
 from particlegan.backends import get_backend
-from particlegan.feature_critic import feature_space_gradients
-from particlegan.kernels import make_kernel
+from particlegan.model.feature_critic import feature_space_gradients
+from particlegan.maths.kernels import make_kernel
 from particlegan.progress import Reporter
-from particlegan.stability import dispersion_relation
-from particlegan.storage import atomic_write_csv
-from particlegan.sweep import load_base, parse_grid, plan_sweep, run_sweep
+from particlegan.maths.stability import dispersion_relation
+from particlegan.store.storage import atomic_write_csv
+from particlegan.sweeps.sweep import load_base, parse_grid, plan_sweep, run_sweep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -115,7 +115,7 @@ def dispersion_table(kernels=KERNELS, betas=BETAS, modes=MODES, reporter=None) -
 def run_gan_sweep(out: Path, jobs: int, seeds: int) -> list[dict]:
     plan = plan_sweep(load_base(CONFIG), [parse_grid(g) for g in GRIDS], list(range(seeds)),
                       config_path=str(CONFIG))
-    run_sweep(plan, out, jobs=jobs, plot=False, reporter=Reporter())
+    run_sweep(plan, out, jobs=jobs, reporter=Reporter())
     return [r for r in load_results(out / "results.csv") if r["status"] != "failed"]
 
 
@@ -125,7 +125,7 @@ def plot(disp: list[dict], gan_rows: list[dict], sweep_dir: Path, path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from particlegan.plotting import save_figure, set_signed_log_scale
+    from particlegan.plots.plotting import save_figure, set_signed_log_scale
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     kk = np.linspace(0.2, 2 * np.pi * max(MODES) / (M * SPACING) * 1.05, 200)

@@ -41,7 +41,7 @@ def main(out: Path, quick: bool) -> None:
         print("phi = 0.9 run", rec["run_id"], "collapse", round(rec["summary"]["collapse"], 3))
 
     # 5. a figure: seed-averaged collapse against phi
-    from particlegan.plotting import lines_plot
+    from particlegan.plots.plotting import lines_plot
 
     path, _ = lines_plot(out / "sweep", "generator.phi", "collapse", None, False, False, (),
                          out / "collapse_vs_phi.png")

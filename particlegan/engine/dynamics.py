@@ -1,0 +1,166 @@
+"""Discrete-time GAN dynamics of the effective model (effective-gan-spec A2.6).
+
+One outer step (``alternating``, the default)::
+
+    critic:    n_c critic steps (n_c_startup before the first particle step), particles frozen
+    forces:    F_j = -c'(f(x_j)) grad f(x_j)            (= grad f(x_j) for the IPM objective)
+    particles: x_i <- x_i + eta_G sum_j C_ij F_j         (plain gradient step, C = K/N or K)
+
+With ``simultaneous`` updates both players read the same (critic, particles) state: the forces
+are computed with the critic *before* its n_c steps.
+
+The static part of a simulation is a frozen :class:`Model`; the evolving part a frozen
+:class:`State`; :func:`outer_step` is a pure function ``(model, state) -> (state, info)``
+(the critic optimizer is copied before it steps, so the input state is never changed) except
+for the interpolate-noise generator held by the model (its state is checkpointed).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from particlegan.model import critics as cr
+from particlegan.backends import get_backend
+from particlegan.model.coupling import Coupling, apply_coupling, make_coupling
+from particlegan.model.losses import Objective, objective_from_config
+from particlegan.model.optimizers import optimizer_from_config, scale_optimizer_lr
+from particlegan.model.particle_critics import build_critic
+from particlegan.model.targets import Target, init_particles, make_target
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything fixed during a run (built once by :func:`build_model`).
+
+    ``critic`` is one of the critic objects of :mod:`particlegan.model.particle_critics` (one
+    interface for every critic type); the engine below never asks which type it is.
+    """
+
+    cfg: dict
+    target: Target
+    y: np.ndarray                      # (M, d) target samples in the run dtype
+    coupling: Coupling
+    objective: Objective
+    backend: object
+    critic_type: str
+    critic: object
+    noise_rng: np.random.Generator     # interpolate noise (checkpointed through its state)
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class State:
+    """Evolving simulation state.
+
+    Attributes
+    ----------
+    step : number of particle steps taken.
+    x : (N, d) particle positions.
+    w : (K,) random-feature critic weights, or (P,) feature-MLP parameters of a learned-feature
+        critic (None for fixed-kernel critics).
+    kernel_state : fixed-kernel critic memory (None for feature critics).
+    critic_opt : the critic optimizer (holds its own moment/direction state).
+    lr_scale : factor on both learning rates, eta_G -> lr_scale eta_G and eta_D -> lr_scale eta_D
+        (1 unless a learning-rate schedule, ``schedule.kind = "kid"``, has decayed them).
+    critic_finite : False once a critic step produced NaN/inf; ``w`` then holds the last finite
+        parameters (see :func:`particlegan.model.critics.ascend_critic`).
+    """
+
+    step: int
+    x: np.ndarray
+    w: np.ndarray | None
+    kernel_state: cr.KernelCriticState | None
+    critic_opt: object | None
+    lr_scale: float = 1.0
+    critic_finite: bool = True
+
+
+def seed_streams(seed: int) -> dict[str, np.random.Generator]:
+    """Independent generators for each random ingredient, spawned from SeedSequence(seed)."""
+    names = ("target", "particles", "critic", "coupling", "noise", "observables")
+    children = np.random.SeedSequence(seed).spawn(len(names))
+    return {n: np.random.Generator(np.random.PCG64(c)) for n, c in zip(names, children)}
+
+
+def make_critic_optimizer(cfg: dict):
+    """Critic optimizer of ``critic.optimizer`` and the ``critic`` optimizer keys (momentum,
+    betas, cg_rule, lr_schedule, ...; see :func:`particlegan.model.optimizers.optimizer_from_config`),
+    learning rate eta_D = ``dynamics.eta_d``; used for gradient ascent."""
+    return optimizer_from_config(cfg["critic"], cfg["dynamics"]["eta_d"], "critic",
+                                 lr_key="dynamics.eta_d")
+
+
+def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None) -> tuple[Model, State]:
+    """Build the static model and the initial state (critic start-up steps included)."""
+    streams = streams or seed_streams(cfg["run"]["seed"])
+    dtype = np.dtype(cfg["run"]["dtype"])
+    backend = get_backend(cfg["run"]["backend"])
+    target = make_target(cfg["target"], streams["target"])
+    x0 = init_particles(cfg["particles"], cfg["target"]["dim"], streams["particles"],
+                        target_mean=target.samples.mean(axis=0)).astype(dtype)
+    coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
+    y = target.samples.astype(dtype)
+    critic, w = build_critic(cfg, y, backend, streams["critic"], streams["noise"])
+    model = Model(cfg=cfg, target=target, y=y, coupling=coupling,
+                  objective=objective_from_config(cfg["loss"]), backend=backend,
+                  critic_type=cfg["critic"]["type"], critic=critic, noise_rng=streams["noise"], dtype=dtype)
+    state = State(step=0, x=x0, w=w, kernel_state=None,
+                  critic_opt=make_critic_optimizer(cfg) if w is not None else None)
+    state = train_critic(model, state, cfg["dynamics"]["critic_steps_startup"], critic.prepare(x0))
+    return model, state
+
+
+def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
+    """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the particles
+    frozen at ``state.x``; ``ctx``: the critic's ``prepare(state.x)`` when already at hand."""
+    critic = model.critic
+    if not critic.trainable:
+        ks = critic.train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
+        return dataclasses.replace(state, kernel_state=ks)
+    if n_steps == 0:
+        return state
+    ctx = critic.prepare(state.x) if ctx is None else ctx
+    opt = copy.deepcopy(state.critic_opt)  # the optimizer steps a copy: the input state stays as it was
+    scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
+    opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
+    w, finite = cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx))
+    return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite)
+
+
+def particle_forces(model: Model, state: State, ctx=None):
+    """Per-particle forces F (N, d) and critic gradients grad f(x_i) (N, d) at ``state.x``."""
+    need_values = model.objective.name != "ipm"
+    ctx = model.critic.prepare(state.x) if ctx is None else ctx
+    values, grad = model.critic.values_and_grads(state, ctx, need_values)
+    if not need_values:
+        return grad, grad
+    _, dc = model.objective.gen_term(values)
+    return -dc[:, None] * grad, grad
+
+
+def outer_step(model: Model, state: State):
+    """One outer step (critic steps + particle step). Returns (new state, critic gradients at x_t).
+
+    Both learning rates are multiplied by ``state.lr_scale``: eta_G in the particle step, eta_D
+    in the critic steps (see :func:`train_critic`).
+    """
+    dyn = model.cfg["dynamics"]
+    ctx = model.critic.prepare(state.x)  # shared by the critic steps and the forces (x is fixed)
+    if dyn["update"] == "simultaneous":
+        forces, grad = particle_forces(model, state, ctx)
+        state = train_critic(model, state, dyn["critic_steps"], ctx)
+    else:
+        state = train_critic(model, state, dyn["critic_steps"], ctx)
+        forces, grad = particle_forces(model, state, ctx)
+    x_new = state.x + (dyn["eta_g"] * state.lr_scale) * apply_coupling(model.coupling, forces, model.backend)
+    return dataclasses.replace(state, step=state.step + 1, x=x_new.astype(model.dtype, copy=False)), grad
+
+
+def state_is_finite(state: State) -> bool:
+    """True when particles and critic parameters are all finite (checked outside fastmath code)."""
+    if not state.critic_finite or not np.all(np.isfinite(state.x)):
+        return False
+    return state.w is None or bool(np.all(np.isfinite(state.w)))

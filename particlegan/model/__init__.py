@@ -1,0 +1,3 @@
+"""Model parts: targets, generator couplings, critics, losses and optimizers. Each part is built
+from its config section and used by the engine through one interface.
+"""

@@ -1,0 +1,322 @@
+"""Critics (discriminators) f : R^d -> R and their training objectives.
+
+Random-feature critics (trainable weights w, fixed random features; effective-gan-spec A2.5):
+
+* ``rff``: f(x) = w^T psi(x), psi_k(x) = sqrt(2/K) cos(a_k^T x + b_k), a_k ~ N(0, sigma^-2 I),
+  b_k ~ U(-pi, pi): approximates an RBF kernel of width sigma (USD ``RFFEmbedding``).
+* ``relu_features``: psi_k(x) = sqrt(2/K) relu(a_k^T x + b_k), a_k ~ N(0, sigma^-2 I),
+  b_k ~ U(-1.5, 1.5)/sigma so that the kinks cross the data region (inferred choice).
+
+Fixed-kernel critics f(x) = sum_p c_p k(x, centre_p) (no trainable parameters):
+
+* ``kernel``: the exact MMD witness of the current particles against the target,
+  f(x) = (1/M) sum_m k(x, y_m) - (1/N) sum_i k(x, x_i), Gaussian k of width sigma; with
+  ``memory`` > 0 the closed-form gradient-ascent critic with a ridge lambda_r (A2.5, after
+  Becker et al.): f_t = rho^{n_c} f_{t-1} + eta_D (sum_{c<n_c} rho^c) w[X(t)], rho = 1 - eta_D lambda_r,
+  keeping the last ``memory`` particle snapshots (a geometric memory of past positions).
+* ``mmd`` / ``energy`` / ``riesz``: particle-based-distance flows (Paper B): the particles
+  descend the distance directly, f = witness with a Gaussian mixture, the energy (distance)
+  kernel, or the Riesz kernel (||u - v||^2 + eps^2)^(-s/2).
+
+The critic objective of trainable critics is J(w) = mean_r a(f(y)) + mean_f b(f(x)) - P(w)
+(see :mod:`particlegan.model.losses`) with penalty P one of:
+``fake``  lambda mean_i ||grad f(x_i)||^2 (A2.1; the '-1' of the spec is a constant),
+``real``  lambda mean_m ||grad f(y_m)||^2 (R1),
+``interpolates`` lambda mean_i (||grad f(xhat_i)|| - 1)^2, xhat = (1-u) y + u x, u ~ U(0, 1) (WGAN-GP),
+plus (weight_decay/2) ||w||^2.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from particlegan.maths.kernels import KernelSpec, make_kernel
+from particlegan.model.losses import Objective
+
+FEATURE_CRITICS = ("rff", "relu_features")
+KERNEL_CRITICS = ("kernel", "mmd", "energy", "riesz")
+
+
+# ----------------------------------------------------------------------------- features ----
+@dataclass(frozen=True)
+class FeatureMap:
+    """Fixed random features psi(x) = scale * act(A x + b).
+
+    Attributes
+    ----------
+    A : (K, d) feature directions.  b : (K,) phases/offsets.
+    activation : "cos" or "relu".  scale : sqrt(2/K).
+    """
+
+    A: np.ndarray
+    b: np.ndarray
+    activation: str
+    scale: float
+
+
+def make_feature_map(kind: str, sigma: float, n_features: int, dim: int,
+                     rng: np.random.Generator) -> FeatureMap:
+    """Draw the random features of critic ``kind`` ('rff' or 'relu_features')."""
+    A = rng.standard_normal((n_features, dim)) / sigma
+    if kind == "rff":
+        b = rng.uniform(-np.pi, np.pi, n_features)
+        act = "cos"
+    else:
+        b = rng.uniform(-1.5, 1.5, n_features) / sigma
+        act = "relu"
+    return FeatureMap(A=A, b=b, activation=act, scale=float(np.sqrt(2.0 / n_features)))
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Features of a fixed set of points: psi (n, K), dpsi (n, K) = scale * act'(A x + b), and
+    mean_psi (K,) = mean_n psi (the whole real-sample term of the IPM objective's gradient).
+
+    For the targets, psi / dpsi are None when the loss never reads them
+    (:func:`target_feature_batch`)."""
+
+    psi: np.ndarray | None
+    dpsi: np.ndarray | None
+    mean_psi: np.ndarray
+
+
+TARGET_CHUNK_ELEMS = 1 << 22  # features of the targets built this many (row x feature) at a time
+
+
+def target_feature_needs(lcfg: dict) -> tuple[bool, bool]:
+    """Which per-sample features of the targets the critic objective of config section
+    ``loss`` reads: (psi, dpsi).
+
+    The IPM objective reads only their mean; the other objectives read psi_m w (psi); the
+    penalty on the real samples reads the input gradients (dpsi). Nothing else does.
+    """
+    from particlegan.model.losses import objective_from_config
+
+    return (objective_from_config(lcfg).name != "ipm",
+            lcfg["penalty"] == "real" and lcfg["penalty_weight"] > 0)
+
+
+def target_feature_batch(fm: FeatureMap, y: np.ndarray, backend, keep_psi: bool = True,
+                         keep_dpsi: bool = True, chunk_elems: int = TARGET_CHUNK_ELEMS) -> FeatureBatch:
+    """Features of the targets y (M, d), keeping only what is asked for.
+
+    Up to ``chunk_elems`` (row x feature) entries the batch is built in one piece, exactly as
+    :func:`feature_batch` builds it (bitwise the same mean). Beyond that the features are built
+    over row chunks, so the (M, K) arrays that are not kept are never held (at M = 1e5, K = 512
+    in float64: 819 MB of psi and dpsi, of which the IPM loss uses only the mean); the mean is
+    then the chunk sums added in order, equal to the one-piece mean to rounding (the GEMM of a
+    chunk may round its phases differently from that of all rows).
+    """
+    m, k = y.shape[0], fm.A.shape[0]
+    rows = max(1, chunk_elems // max(k, 1))
+    if (keep_psi and keep_dpsi) or m <= rows:
+        whole = feature_batch(fm, y, backend)
+        return FeatureBatch(whole.psi if keep_psi else None, whole.dpsi if keep_dpsi else None,
+                            whole.mean_psi)
+    A = fm.A.astype(y.dtype, copy=False)
+    b = fm.b.astype(y.dtype, copy=False)
+    psi_parts, dpsi_parts = [], []
+    total = None
+    for start in range(0, m, rows):
+        psi, dpsi = backend.random_features(y[start:start + rows], A, b, fm.activation, fm.scale)
+        part = psi.sum(axis=0)
+        total = part if total is None else total + part
+        if keep_psi:
+            psi_parts.append(psi)
+        if keep_dpsi:
+            dpsi_parts.append(dpsi)
+    return FeatureBatch(np.concatenate(psi_parts) if keep_psi else None,
+                        np.concatenate(dpsi_parts) if keep_dpsi else None, total / m)
+
+
+def build_feature_critic(ccfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
+                         needs: tuple[bool, bool] = (True, True)):
+    """Random-feature critic of config section ``critic`` (type rff / relu_features) in y's dtype.
+
+    ``needs``: (psi, dpsi) of the targets to keep (:func:`target_feature_needs`).
+    Returns (feature map, features of the targets y (M, d), zero initial weights (K,)).
+    """
+    dtype = y.dtype
+    fmap = make_feature_map(ccfg["type"], ccfg["sigma"], ccfg["features"], y.shape[1], rng)
+    fmap = dataclasses.replace(fmap, A=fmap.A.astype(dtype), b=fmap.b.astype(dtype))
+    return (fmap, target_feature_batch(fmap, y, backend, *needs),
+            np.zeros(ccfg["features"], dtype=dtype))
+
+
+def feature_batch(fm: FeatureMap, X: np.ndarray, backend) -> FeatureBatch:
+    """Evaluate the feature map on X (n, d) with the chosen backend."""
+    A = fm.A.astype(X.dtype, copy=False)
+    b = fm.b.astype(X.dtype, copy=False)
+    psi, dpsi = backend.random_features(X, A, b, fm.activation, fm.scale)
+    return FeatureBatch(psi, dpsi, psi.mean(axis=0))
+
+
+def feature_values_and_grads(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray):
+    """f(x) = psi w  (n,) and grad f(x) = (dpsi * w) A = dpsi (w[:, None] * A)  (n, d).
+
+    The second form is one skinny GEMM over dpsi, without an (n, K) temporary.
+    """
+    return fb.psi @ w, fb.dpsi @ (w[:, None] * fm.A.astype(w.dtype, copy=False))
+
+
+def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam: float, form: str, backend):
+    """Penalty value and its gradient in w for f = w^T psi.
+
+    With G_i = grad f(x_i) = A^T (dpsi_i * w):  d||G_i||^2/dw = 2 dpsi_i * (A G_i).
+    form 'sq': P = lam mean ||G_i||^2;  'gp': P = lam mean (||G_i|| - 1)^2.
+    The per-sample sums come from ``backend.feature_penalty`` (numpy: two skinny GEMMs over
+    dpsi; cpu: one fused pass).
+    """
+    sq, back = backend.feature_penalty(fb.dpsi, fm.A.astype(w.dtype, copy=False), w, form)
+    if form == "sq":
+        return lam * sq.mean(), (2.0 * lam / len(sq)) * back
+    return lam * np.mean((np.sqrt(sq + 1e-12) - 1.0) ** 2), (lam / len(sq)) * back
+
+
+def feature_critic_objective(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, fake: FeatureBatch,
+                             objective: Objective, penalty: str, lam: float,
+                             penalty_batch: FeatureBatch | None, weight_decay: float = 0.0,
+                             backend=None):
+    """Critic objective J(w) (maximised) and its gradient dJ/dw, shape (K,).
+
+    Parameters
+    ----------
+    real, fake : features of the targets y_m (M points) and particles x_i (N points).
+    penalty : 'none' | 'fake' | 'real' | 'interpolates';  lam : effective lambda.
+    penalty_batch : features of the interpolates (only for 'interpolates').
+    backend : compute backend of the penalty's per-sample sums (default numpy).
+    """
+    if objective.name == "ipm":
+        # linear in f: J = (mean psi_r - mean psi_f) w, so no per-sample products are needed
+        diff = real.mean_psi - fake.mean_psi
+        value, grad = float(diff @ w), diff.copy()
+    else:
+        s_r = real.psi @ w
+        s_f = fake.psi @ w
+        va, da = objective.real_term(s_r)
+        vb, db = objective.fake_term(s_f)
+        value = va.mean() + vb.mean()
+        grad = real.psi.T @ da / len(s_r) + fake.psi.T @ db / len(s_f)
+    if penalty != "none" and lam > 0:
+        batch = {"fake": fake, "real": real, "interpolates": penalty_batch}[penalty]
+        pv, pg = _penalty_grad(fm, batch, w, lam, "gp" if penalty == "interpolates" else "sq",
+                               backend or _numpy_backend())
+        value -= pv
+        grad = grad - pg
+    if weight_decay > 0:
+        value -= 0.5 * weight_decay * float(w @ w)
+        grad = grad - weight_decay * w
+    return float(value), grad
+
+
+def _numpy_backend():
+    from particlegan.backends import get_backend
+
+    return get_backend("numpy")
+
+
+def ascend_critic(opt, w: np.ndarray, n_steps: int, grad_fn) -> tuple[np.ndarray, bool]:
+    """``n_steps`` gradient-ascent steps ``w <- opt.step(w, grad_fn(w))`` of a trainable critic.
+
+    Stops at the first step whose parameters are not all finite and returns the last finite
+    ones: a diverging critic keeps its last good state (the run is then stopped as diverged).
+
+    Returns
+    -------
+    w : (P,) parameters after the steps (the last finite ones).
+    finite : False when a step produced NaN/inf (and was discarded).
+    """
+    for _ in range(n_steps):
+        w_new = opt.step(w, grad_fn(w), maximize=True)
+        if not np.all(np.isfinite(w_new)):
+            return w, False
+        w = w_new
+    return w, True
+
+
+def interpolates(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """WGAN-GP points xhat_i = (1 - u_i) y_{m_i} + u_i x_i, m_i uniform, u_i ~ U(0, 1). Shape (N, d)."""
+    idx = rng.integers(0, len(y), size=len(x))
+    u = rng.uniform(0.0, 1.0, size=(len(x), 1)).astype(x.dtype)
+    return (1.0 - u) * y[idx] + u * x
+
+
+# ------------------------------------------------------------------------ kernel critics ---
+def critic_kernel(ccfg: dict) -> KernelSpec:
+    """Kernel of a fixed-kernel critic type."""
+    kind = ccfg["type"]
+    if kind == "kernel":
+        return make_kernel("gaussian", sigma=ccfg["sigma"])
+    if kind == "mmd":
+        sig = ccfg["mmd_sigmas"]
+        if len(sig) == 1:
+            return make_kernel("gaussian", sigma=sig[0])
+        return make_kernel("gaussian_mixture", sigmas=tuple(sig))
+    if kind == "energy":
+        return make_kernel("energy")
+    if kind == "riesz":
+        return make_kernel("riesz", s=ccfg["riesz_s"], eps=ccfg["riesz_eps"])
+    raise ValueError(f"{kind!r} is not a fixed-kernel critic")
+
+
+@dataclass(frozen=True)
+class KernelCriticState:
+    """Witness-type critic f(x) = sum_s c_s [ mean_m k(x, y_m) - mean_i k(x, x_i(s)) ].
+
+    Attributes
+    ----------
+    snapshots : (S, N, d) particle positions x(s) kept in memory (oldest first).
+    coefs : (S,) coefficients c_s.
+    """
+
+    snapshots: np.ndarray
+    coefs: np.ndarray
+
+
+def kernel_critic_update(state: KernelCriticState | None, x: np.ndarray, n_steps: int, eta_d: float,
+                         ridge: float, memory: int) -> KernelCriticState:
+    """Advance the fixed-kernel critic by ``n_steps`` critic steps with particles x frozen.
+
+    memory = 0: f is the current witness (coefficient 1). memory > 0: closed-form gradient ascent
+    with ridge, f <- rho^n f + eta_D (sum_{c<n} rho^c) w[x], keeping ``memory`` snapshots.
+    """
+    if memory == 0:
+        return KernelCriticState(x[None].copy(), np.ones(1))
+    rho = 1.0 - eta_d * ridge
+    gain = eta_d * n_steps if rho == 1.0 else eta_d * (1.0 - rho ** n_steps) / (1.0 - rho)
+    if state is None:
+        snaps, coefs = x[None].copy(), np.array([gain])
+    else:
+        snaps = np.concatenate([state.snapshots, x[None]])[-memory:]
+        coefs = np.concatenate([state.coefs * rho ** n_steps, [gain]])[-memory:]
+    return KernelCriticState(snaps, coefs)
+
+
+def kernel_critic_train(state: KernelCriticState | None, x: np.ndarray, n_steps: int,
+                        cfg: dict, lr_scale: float = 1.0) -> KernelCriticState:
+    """:func:`kernel_critic_update` with eta_D (times ``lr_scale``, the learning-rate schedule's
+    factor), ridge and memory of the resolved config ``cfg`` (at least one step: a fixed-kernel
+    critic always sees the current particles)."""
+    ccfg = cfg["critic"]
+    return kernel_critic_update(state, x, max(n_steps, 1), cfg["dynamics"]["eta_d"] * lr_scale,
+                                ccfg["ridge"], ccfg["memory"])
+
+
+def kernel_critic_centres(state: KernelCriticState, y: np.ndarray):
+    """Centres (M + S N, d) and weights of f = sum_p w_p k(x, centre_p) for the backend sums."""
+    s, n, d = state.snapshots.shape
+    m = len(y)
+    weights = np.concatenate([np.full(m, state.coefs.sum() / m), np.repeat(-state.coefs / n, n)])
+    centres = np.concatenate([y, state.snapshots.reshape(s * n, d)])
+    return centres, weights.astype(y.dtype)
+
+
+def kernel_critic_eval(state: KernelCriticState, y: np.ndarray, x: np.ndarray, kernel: KernelSpec,
+                       backend, need_values: bool = True):
+    """f(x) (n,) (or None) and grad f(x) (n, d) of the fixed-kernel critic via backend sums."""
+    centres, weights = kernel_critic_centres(state, y)
+    grad = backend.kernel_grad_sum(x, centres, weights, kernel)
+    values = backend.kernel_sum(x, centres, weights, kernel) if need_values else None
+    return values, grad

@@ -1,0 +1,683 @@
+"""Optimizers on flat parameter vectors, for either player.
+
+Used by the neural generator and critic (flat ``MLP.theta``), by the particle model's
+random-feature critic (weights w) and, if wanted, by the particles themselves (any array shape
+works: everything is computed on the flattened array and the result has the input shape).
+
+API
+---
+``opt = make_optimizer(name, lr, **options)``; ``new = opt.step(params, grad, maximize=False)``
+returns a NEW array (``params`` is not modified) and advances the optimizer's internal state.
+``maximize=True`` means the optimizer *minimises the negated objective*: it uses -grad
+everywhere in place of grad (moments, CG directions and beta rules all see -grad), so a run with
+``maximize=True`` on grad f is bitwise identical to a run with ``maximize=False`` on grad(-f).
+Coupled L2 weight decay (as torch) adds ``weight_decay * params`` to that (negated) gradient,
+so it always pulls toward 0.
+
+``opt.state_dict()`` returns a flat dict of numpy arrays (copies) and plain Python numbers /
+strings / None; ``opt.load_state_dict(sd)`` restores it so that continued trajectories are
+bitwise identical. ``opt.reset()`` clears moments / directions / the Adam bias-correction count
+(as if the optimizer were re-created) but keeps the learning-rate schedule's step counter;
+``opt.begin_outer_step()`` calls ``reset()`` iff the optimizer was built with
+``reset_each_outer_step=True`` (USD's "Adam re-created each outer step", effective-gan-spec A6.4).
+
+Methods
+-------
+* ``"sgd"``: x <- x - alpha_n g.
+* ``"momentum"`` (heavy ball, torch SGD convention, no dampening): v <- mu v + g (v_0 = g_0),
+  x <- x - alpha_n v; with ``nesterov=True`` x <- x - alpha_n (g + mu v). Default mu = 0.9.
+* ``"adam"`` (torch Adam): m <- b1 m + (1-b1) g, v <- b2 v + (1-b2) g^2,
+  m_hat = m/(1-b1^t), v_hat = v/(1-b2^t) (amsgrad: v_max <- max(v_max, v), v_hat = v_max/(1-b2^t)),
+  x <- x - alpha_n m_hat/(sqrt(v_hat) + eps). Defaults betas (0.9, 0.999), eps 1e-8.
+* ``"cg"``: nonlinear conjugate gradient (losses-metrics-optim-spec P2.2, P2.3, 2.6), see
+  :class:`ConjugateGradient`.
+
+Learning rates alpha_n come from :func:`make_lr_schedule` (n = total steps taken so far).
+
+Config keys (per player section, e.g. ``critic`` or ``generator``; see
+:func:`optimizer_from_config`)
+-----------------------------------------------------------------------------------------------
+``<player>.optimizer`` -> name; ``.momentum`` -> momentum; ``.nesterov`` -> nesterov;
+``.betas`` -> betas; ``.amsgrad`` -> amsgrad; ``.adam_eps`` -> eps;
+``.adam_reset`` -> reset_each_outer_step; ``.cg_rule`` -> rule; ``.cg_beta_scale`` -> beta_scale;
+``.cg_beta_clip`` -> beta_clip; ``.lr_schedule`` -> lr_schedule; ``.lr_power`` / ``.lr_decay`` /
+``.lr_every`` -> the schedule parameters. The learning rate itself (eta_D / eta_G) is passed
+separately.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from particlegan.errors import ConfigError, DataError
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "cg")
+LR_SCHEDULES = ("constant", "diminishing", "inv_sqrt", "inv", "step_decay")
+CG_RULES = ("FR", "PRP", "HS", "DY", "HS_DY", "FR_PRP", "HZ")
+CG_BETA_CLIPS = ("default", "code", "none")
+_BETA_MAX = 0.5  # the reference code's upper bound on beta (spec P2.3)
+
+
+def _bad(prefix: str, key: str, value, why: str) -> ConfigError:
+    """One-line error naming ``prefix.key`` (or ``key`` itself when it is already dotted)."""
+    full = key if "." in key else f"{prefix}.{key}"
+    return ConfigError(f"{full} = {value!r}: {why}")
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
+        and math.isfinite(float(x))
+
+
+# ---------------------------------------------------------------------- lr schedules ----
+@dataclass(frozen=True)
+class LRSchedule:
+    """Learning-rate rule alpha_n (n = 0, 1, ... the step index).
+
+    * ``constant``:    alpha_n = lr0
+    * ``diminishing``: alpha_n = lr0 / (n+1)^power
+    * ``inv_sqrt``:    alpha_n = lr0 / sqrt(n+1)
+    * ``inv``:         alpha_n = lr0 / (n+1)
+    * ``step_decay``:  alpha_n = lr0 * decay^(n // every)
+    """
+
+    kind: str
+    lr0: float
+    power: float = 0.5
+    decay: float = 0.9
+    every: int = 10000
+
+    def __call__(self, n: int) -> float:
+        if self.kind == "constant":
+            return self.lr0
+        if self.kind == "diminishing":
+            return self.lr0 / (n + 1) ** self.power
+        if self.kind == "inv_sqrt":
+            return self.lr0 / math.sqrt(n + 1)
+        if self.kind == "inv":
+            return self.lr0 / (n + 1)
+        return self.lr0 * self.decay ** (n // self.every)
+
+
+def make_lr_schedule(kind: str, lr0: float, power: float = 0.5, decay: float = 0.9,
+                     every: int = 10000, key_prefix: str = "optimizer") -> LRSchedule:
+    """Build a learning-rate rule (spec P2.4).
+
+    Parameters
+    ----------
+    kind : "constant", "diminishing" (lr0/(n+1)^power), "inv_sqrt", "inv" or "step_decay".
+    lr0 : base learning rate alpha_0 > 0.
+    power : exponent of "diminishing", in (0, 1] (the paper's a in (0, 1); 1 gives "inv").
+    decay : factor of "step_decay", in (0, 1].
+    every : period (steps) of "step_decay", >= 1.
+    key_prefix : config section named in error messages.
+    """
+    p = key_prefix
+    if kind not in LR_SCHEDULES:
+        raise _bad(p, "lr_schedule", kind, f"choose one of {', '.join(LR_SCHEDULES)}")
+    if not (_finite_number(lr0) and lr0 > 0):
+        raise _bad(p, "lr", lr0, "must be a finite number > 0 (use maximize=True for ascent)")
+    if not (_finite_number(power) and 0 < power <= 1):
+        raise _bad(p, "lr_power", power, "must be in (0, 1]")
+    if not (_finite_number(decay) and 0 < decay <= 1):
+        raise _bad(p, "lr_decay", decay, "must be in (0, 1]")
+    if not (isinstance(every, (int, np.integer)) and not isinstance(every, bool) and every >= 1):
+        raise _bad(p, "lr_every", every, "must be an integer >= 1")
+    return LRSchedule(kind=kind, lr0=float(lr0), power=float(power), decay=float(decay),
+                      every=int(every))
+
+
+# ----------------------------------------------------------------------- base class ----
+class Optimizer:
+    """Common machinery: schedule, maximisation, weight decay, step counter, reset.
+
+    Subclasses implement ``_update(x, g, lr, **kw) -> new x`` on flat arrays, ``_clear()``,
+    ``_state()`` and ``_load(sd)``.
+    """
+
+    name = ""
+
+    def __init__(self, schedule: LRSchedule, weight_decay: float = 0.0,
+                 reset_each_outer_step: bool = False):
+        self.schedule = schedule
+        self.weight_decay = float(weight_decay)
+        self.reset_each_outer_step = bool(reset_each_outer_step)
+        self.step_count = 0  # total steps taken (drives the lr schedule; survives reset())
+        self._clear()
+
+    @property
+    def lr(self) -> float:
+        """Learning rate alpha_n of the next step."""
+        return self.schedule(self.step_count)
+
+    def _effective_grad(self, x: np.ndarray, grad, maximize: bool) -> np.ndarray:
+        g = np.asarray(grad, dtype=x.dtype)
+        if g.shape != x.shape:
+            raise ValueError(f"grad has shape {g.shape}, params have shape {x.shape}")
+        g = -g if maximize else g.copy()
+        g = g.ravel()
+        if self.weight_decay:
+            g += x.dtype.type(self.weight_decay) * x.ravel()
+        return g
+
+    def step(self, params: np.ndarray, grad: np.ndarray, maximize: bool = False) -> np.ndarray:
+        """One optimizer step.
+
+        Parameters
+        ----------
+        params : parameters x_n (any shape, float32 or float64); not modified.
+        grad : gradient of the objective at x_n, same shape.
+        maximize : ascend the objective (minimise its negation: -grad is used throughout).
+
+        Returns
+        -------
+        x_{n+1} : new array with the shape and dtype of ``params``.
+        """
+        x = np.asarray(params)
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
+        g = self._effective_grad(x, grad, maximize)
+        new = self._update(x.ravel(), g, self.lr)
+        self.step_count += 1
+        return new.astype(x.dtype, copy=False).reshape(x.shape)
+
+    def reset(self) -> None:
+        """Forget moments/directions (as if re-created); the schedule counter is kept."""
+        self._clear()
+
+    def begin_outer_step(self) -> None:
+        """Call at the start of every outer step: resets iff ``reset_each_outer_step``."""
+        if self.reset_each_outer_step:
+            self.reset()
+
+    def state_dict(self) -> dict:
+        """Flat dict of array copies and plain scalars; see :meth:`load_state_dict`."""
+        sd = {"name": self.name, "step_count": int(self.step_count)}
+        for k, v in self._state().items():
+            sd[k] = None if v is None else (v.copy() if isinstance(v, np.ndarray) else v)
+        return sd
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        """Restore a :meth:`state_dict` (arrays are copied; the hyperparameters are not stored)."""
+        name = sd.get("name")
+        if isinstance(name, np.ndarray):
+            name = str(name)
+        if name != self.name:
+            raise DataError(f"optimizer state is for {name!r}, not {self.name!r}")
+        self.step_count = int(sd["step_count"])
+        self._load(sd)
+
+    # helpers for subclasses
+    @staticmethod
+    def _array_or_none(v):
+        if v is None:
+            return None
+        return np.array(v, copy=True)
+
+    def _clear(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _state(self) -> dict:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _load(self, sd: Mapping) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _update(self, x, g, lr):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Plain gradient descent x_{n+1} = x_n - alpha_n g_n (no state besides the step counter)."""
+
+    name = "sgd"
+
+    def _clear(self) -> None:
+        pass
+
+    def _state(self) -> dict:
+        return {}
+
+    def _load(self, sd: Mapping) -> None:
+        pass
+
+    def _update(self, x, g, lr):
+        return x - lr * g
+
+
+class Momentum(Optimizer):
+    """Heavy-ball momentum (torch SGD convention): v_n = mu v_{n-1} + g_n, v_0 = g_0;
+    x_{n+1} = x_n - alpha_n v_n, or x_n - alpha_n (g_n + mu v_n) with Nesterov.
+
+    For constant alpha this is x_{n+1} = x_n - alpha g_n + mu (x_n - x_{n-1}).
+    """
+
+    name = "momentum"
+
+    def __init__(self, schedule, momentum: float = 0.9, nesterov: bool = False, **kw):
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        super().__init__(schedule, **kw)
+
+    def _clear(self) -> None:
+        self.buf = None
+
+    def _state(self) -> dict:
+        return {"buf": self.buf}
+
+    def _load(self, sd: Mapping) -> None:
+        self.buf = self._array_or_none(sd.get("buf"))
+
+    def _update(self, x, g, lr):
+        if self.buf is None:
+            self.buf = g.copy()
+        else:
+            self.buf = x.dtype.type(self.momentum) * self.buf + g
+        upd = g + x.dtype.type(self.momentum) * self.buf if self.nesterov else self.buf
+        return x - lr * upd
+
+
+class Adam(Optimizer):
+    """Adam / AMSGrad as torch.optim.Adam (coupled L2 weight decay).
+
+    State: t (steps since the last reset), m, v and, with amsgrad, v_max = max over steps of v
+    (the running maximum of the raw second moment, as torch >= 1.x).
+    """
+
+    name = "adam"
+
+    def __init__(self, schedule, betas=(0.9, 0.999), eps: float = 1e-8, amsgrad: bool = False,
+                 **kw):
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.amsgrad = bool(amsgrad)
+        super().__init__(schedule, **kw)
+
+    def _clear(self) -> None:
+        self.t = 0
+        self.m = self.v = self.v_max = None
+
+    def _state(self) -> dict:
+        return {"t": int(self.t), "m": self.m, "v": self.v, "v_max": self.v_max}
+
+    def _load(self, sd: Mapping) -> None:
+        self.t = int(sd["t"])
+        self.m = self._array_or_none(sd.get("m"))
+        self.v = self._array_or_none(sd.get("v"))
+        self.v_max = self._array_or_none(sd.get("v_max"))
+
+    def _update(self, x, g, lr):
+        b1, b2 = self.betas
+        t = x.dtype.type
+        if self.m is None:
+            self.m = np.zeros_like(x)
+            self.v = np.zeros_like(x)
+            if self.amsgrad:
+                self.v_max = np.zeros_like(x)
+        self.t += 1
+        # in place on the optimizer's own moments, op by op as the textbook expressions
+        # m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g^2 (same roundings; no fresh arrays,
+        # which at 1e5+ parameters cost more than the arithmetic)
+        tmp = np.multiply(g, t(1 - b1))
+        self.m *= t(b1)
+        self.m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp *= t(1 - b2)
+        self.v *= t(b2)
+        self.v += tmp
+        second = self.v
+        if self.amsgrad:
+            np.maximum(self.v_max, self.v, out=self.v_max)
+            second = self.v_max
+        bc1 = 1 - b1 ** self.t
+        bc2 = 1 - b2 ** self.t
+        np.divide(second, t(bc2), out=tmp)
+        np.sqrt(tmp, out=tmp)
+        tmp += t(self.eps)                      # denom = sqrt(second / bc2) + eps
+        np.divide(self.m, tmp, out=tmp)
+        tmp *= t(lr / bc1)
+        return x - tmp
+
+
+# ------------------------------------------------------------------ conjugate gradient ----
+def _ratio(num: float, den: float) -> float:
+    """num/den, with beta = 0 when the denominator is exactly 0 (spec P2.3)."""
+    return 0.0 if den == 0 else num / den
+
+
+def cg_beta(rule: str, g: np.ndarray, g_prev: np.ndarray, d_prev: np.ndarray,
+            clip: str = "default", mu: float = 2.0) -> float:
+    """CG parameter beta_n of one rule (spec P2.3 table), on flat vectors.
+
+    With y = g - g_prev and X' = min(X, 1/2) (the code's upper clip; no clip for ``"none"``)::
+
+        FR = |g|^2/|g_prev|^2       PRP = g.y/|g_prev|^2     HS = g.y/(d_prev.y)
+        DY = |g|^2/(d_prev.y)       HS_DY = max(0, min(HS', DY'))
+        FR_PRP = max(0, min(FR', PRP'))
+        HZ = min(HS' - mu |y|^2 (g.d_prev)/(d_prev.y)^2, 1/2)
+
+    A denominator exactly 0 gives beta = 0 (for the whole rule). ``clip``: ``"code"`` is the
+    table as is; ``"default"`` additionally clips the single rules FR, PRP, HS, DY, HZ below at
+    0 (beta in [0, 1/2], i.e. PRP+ and friends; the hybrids are unchanged, already in [0, 1/2]);
+    ``"none"`` drops every 1/2 cap (textbook CG; the hybrids keep max(0, .)).
+    """
+    g = g.astype(np.float64, copy=False)
+    g_prev = g_prev.astype(np.float64, copy=False)
+    d_prev = d_prev.astype(np.float64, copy=False)
+    y = g - g_prev
+    gg = float(np.dot(g, g))
+    pp = float(np.dot(g_prev, g_prev))
+    gy = float(np.dot(g, y))
+    dy = float(np.dot(d_prev, y))
+    cap = (lambda b: b) if clip == "none" else (lambda b: min(b, _BETA_MAX))
+    if rule == "FR":
+        beta = cap(_ratio(gg, pp))
+    elif rule == "PRP":
+        beta = cap(_ratio(gy, pp))
+    elif rule == "HS":
+        beta = cap(_ratio(gy, dy))
+    elif rule == "DY":
+        beta = cap(_ratio(gg, dy))
+    elif rule == "HS_DY":
+        return 0.0 if dy == 0 else max(0.0, min(cap(gy / dy), cap(gg / dy)))
+    elif rule == "FR_PRP":
+        return 0.0 if pp == 0 else max(0.0, min(cap(gg / pp), cap(gy / pp)))
+    elif rule == "HZ":
+        if dy == 0:
+            return 0.0
+        beta = cap(cap(gy / dy) - mu * float(np.dot(y, y)) * float(np.dot(g, d_prev)) / dy ** 2)
+    else:
+        raise ConfigError(f"cg rule = {rule!r}: choose one of {', '.join(CG_RULES)}")
+    return max(0.0, beta) if clip == "default" else beta
+
+
+class ConjugateGradient(Optimizer):
+    """Nonlinear conjugate gradient for one player (spec P2.2-P2.3, resolutions of 2.6).
+
+    Textbook form (default)::
+
+        d_0 = -g_0,   d_n = -g_n + gamma_n d_{n-1},   x_{n+1} = x_n + alpha_n d_n,
+        gamma_n = c beta_n,  c = beta_scale,  beta_n = cg_beta(rule, g_n, g_{n-1}, d_{n-1})
+
+    with one global beta over the flattened vector, or (``per_tensor=True``) one beta per slice
+    of ``slices`` (which must tile the vector; e.g. ``MLP.tensor_slices()``), as the reference
+    code does per parameter tensor. ``step(..., step_size=fn)`` lets ``fn(d_n) -> alpha_n``
+    replace the schedule (e.g. an exact line search; not from the paper).
+
+    Reference-code defects (``Hiroki11x/ConjugateGradient_GAN: jupyter/toy_example/
+    cg_optimizer.py``; spec 2.6), reproducible ONLY through these flags, all off by default:
+
+    * ``legacy_first_step_ascent``: the first step moves along +g_0 (x_1 = x_0 + alpha_0 g_0,
+      gradient ascent); the stored direction is still -g_0, as in that code (whose buffer
+      after step 0 is 0 * d - g_0).
+    * ``legacy_direction_update``: after step n the stored direction is gamma_n d_n - g_n
+      instead of d_n, so d_{n+1} = gamma_{n+1}(gamma_n d_n - g_n) - g_{n+1}; the beta rules
+      (HS, DY, HZ) also see the stored buffer (gamma_0 = 0, so the buffer after step 0 is -g_0).
+    * ``legacy_alias_bug``: the previous gradient is an alias of the current one (torch in-place
+      ``zero_grad`` + backward), so g_{n-1} = g_n and y_n = 0: FR gives 1 (1/2 after the cap),
+      PRP and FR_PRP give 0, HS, DY, HS_DY and HZ have a zero denominator and give 0.
+
+    Maximisation uses -grad (see the module docstring): the critic minimises -objective.
+    """
+
+    name = "cg"
+
+    def __init__(self, schedule, rule: str = "FR", beta_scale: float = 1.0,
+                 beta_clip: str = "default", mu: float = 2.0, per_tensor: bool = False,
+                 slices: Sequence[slice] | None = None, legacy_first_step_ascent: bool = False,
+                 legacy_direction_update: bool = False, legacy_alias_bug: bool = False, **kw):
+        self.rule = rule
+        self.beta_scale = float(beta_scale)
+        self.beta_clip = beta_clip
+        self.mu = float(mu)
+        self.per_tensor = bool(per_tensor)
+        self.slices = list(slices) if slices is not None else None
+        self.legacy_first_step_ascent = bool(legacy_first_step_ascent)
+        self.legacy_direction_update = bool(legacy_direction_update)
+        self.legacy_alias_bug = bool(legacy_alias_bug)
+        self.last_beta = None
+        super().__init__(schedule, **kw)
+
+    def _clear(self) -> None:
+        self.prev_grad = None
+        self.direction = None
+
+    def _state(self) -> dict:
+        return {"prev_grad": self.prev_grad, "direction": self.direction}
+
+    def _load(self, sd: Mapping) -> None:
+        self.prev_grad = self._array_or_none(sd.get("prev_grad"))
+        self.direction = self._array_or_none(sd.get("direction"))
+
+    def _segments(self, size: int) -> list[slice]:
+        if not self.per_tensor:
+            return [slice(0, size)]
+        pos = 0
+        for s in self.slices:
+            start, stop, stride = s.indices(size)
+            if start != pos or stride != 1 or stop <= start:
+                raise ValueError("cg per_tensor slices must tile the parameter vector in order")
+            pos = stop
+        if pos != size:
+            raise ValueError(f"cg per_tensor slices cover {pos} of {size} parameters")
+        return self.slices
+
+    def step(self, params: np.ndarray, grad: np.ndarray, maximize: bool = False,
+             step_size: Callable[[np.ndarray], float] | None = None) -> np.ndarray:
+        """As :meth:`Optimizer.step`; ``step_size(d_n) -> alpha_n`` optionally overrides the
+        schedule (d_n flat, in the minimisation convention)."""
+        self._step_size = step_size
+        try:
+            return super().step(params, grad, maximize)
+        finally:
+            self._step_size = None
+
+    def _update(self, x, g, lr):
+        t = x.dtype.type
+        segments = self._segments(x.size)
+        if self.prev_grad is None:
+            d = -g
+            stored = d
+            betas = [0.0] * len(segments)
+            move = g if self.legacy_first_step_ascent else d
+        else:
+            g_prev = g if self.legacy_alias_bug else self.prev_grad
+            d = np.empty_like(g)
+            stored = np.empty_like(g) if self.legacy_direction_update else d
+            betas = []
+            for s in segments:
+                beta = cg_beta(self.rule, g[s], g_prev[s], self.direction[s], self.beta_clip,
+                               self.mu)
+                betas.append(beta)
+                gamma = t(self.beta_scale * beta)
+                d[s] = -g[s] + gamma * self.direction[s]
+                if self.legacy_direction_update:
+                    stored[s] = gamma * d[s] - g[s]
+            move = d
+        self.last_beta = betas[0] if not self.per_tensor else np.array(betas)
+        alpha = lr if self._step_size is None else float(self._step_size(d.copy()))
+        self.prev_grad = g.copy()
+        self.direction = stored.copy()
+        return x + alpha * move
+
+    _step_size = None
+
+
+# -------------------------------------------------------------------------- factory ----
+_COMMON = ("weight_decay", "reset_each_outer_step", "lr_schedule", "lr_power", "lr_decay",
+           "lr_every")
+_OPTIONS = {
+    "sgd": (),
+    "momentum": ("momentum", "nesterov"),
+    "adam": ("betas", "eps", "amsgrad"),
+    "cg": ("rule", "beta_scale", "beta_clip", "mu", "per_tensor", "slices",
+           "legacy_first_step_ascent", "legacy_direction_update", "legacy_alias_bug"),
+}
+
+
+def make_optimizer(name: str, lr: float, *, key_prefix: str = "optimizer",
+                   key_names: Mapping[str, str] | None = None, **options) -> Optimizer:
+    """Build an optimizer.
+
+    Parameters
+    ----------
+    name : "sgd", "momentum", "adam" or "cg".
+    lr : base learning rate alpha_0 > 0 (an :class:`LRSchedule` given as ``lr_schedule``
+        carries its own lr0, which then wins).
+    key_prefix, key_names : config section and option -> config-key names used in error
+        messages (so that a bad value names the user's key).
+    **options :
+        common: ``weight_decay`` (>= 0, coupled L2), ``reset_each_outer_step`` (bool),
+        ``lr_schedule`` (see :func:`make_lr_schedule`; default "constant"), ``lr_power``,
+        ``lr_decay``, ``lr_every``;
+        momentum: ``momentum`` in [0, 1) (0.9), ``nesterov`` (False);
+        adam: ``betas`` (0.9, 0.999) each in [0, 1), ``eps`` > 0 (1e-8), ``amsgrad`` (False);
+        cg: ``rule`` in FR, PRP, HS, DY, HS_DY, FR_PRP, HZ (case-insensitive; "FR"),
+        ``beta_scale`` c >= 0 (1.0), ``beta_clip`` "default" | "code" | "none", ``mu`` (2.0,
+        HZ), ``per_tensor`` (False) with ``slices``, ``legacy_first_step_ascent``,
+        ``legacy_direction_update``, ``legacy_alias_bug`` (all False).
+
+    An option that does not belong to the chosen optimizer raises ConfigError.
+    """
+    names = dict(key_names or {})
+
+    def bad(opt, value, why):
+        return _bad(key_prefix, names.get(opt, opt), value, why)
+
+    if name not in OPTIMIZERS:
+        raise _bad(key_prefix, names.get("name", "name"), name,
+                   f"choose one of {', '.join(OPTIMIZERS)}")
+    allowed = _COMMON + _OPTIONS[name]
+    for k in options:
+        if k not in allowed:
+            raise bad(k, options[k], f"not an option of the {name!r} optimizer")
+    if not (_finite_number(lr) and lr > 0):
+        raise bad("lr", lr, "must be a finite number > 0 (use maximize=True for ascent)")
+    sched = options.pop("lr_schedule", "constant")
+    sched_kw = {k[3:]: options.pop(k) for k in ("lr_power", "lr_decay", "lr_every") if k in options}
+    if isinstance(sched, LRSchedule):
+        schedule = sched
+    else:
+        try:
+            schedule = make_lr_schedule(sched, lr, key_prefix=key_prefix, **sched_kw)
+        except ConfigError as exc:
+            # re-label with the user's key names
+            msg = str(exc)
+            for opt in ("lr_schedule", "lr_power", "lr_decay", "lr_every"):
+                if opt in names:
+                    msg = msg.replace(f"{key_prefix}.{opt} ", f"{key_prefix}.{names[opt]} ")
+            raise ConfigError(msg) from None
+    wd = options.pop("weight_decay", 0.0)
+    if not (_finite_number(wd) and wd >= 0):
+        raise bad("weight_decay", wd, "must be >= 0")
+    common = {"weight_decay": float(wd),
+              "reset_each_outer_step": _flag(options.pop("reset_each_outer_step", False),
+                                             "reset_each_outer_step", bad)}
+    if name == "sgd":
+        return SGD(schedule, **common)
+    if name == "momentum":
+        mom = options.get("momentum", 0.9)
+        if not (_finite_number(mom) and 0 <= mom < 1):
+            raise bad("momentum", mom, "must be in [0, 1)")
+        return Momentum(schedule, momentum=float(mom),
+                        nesterov=_flag(options.get("nesterov", False), "nesterov", bad), **common)
+    if name == "adam":
+        betas = options.get("betas", (0.9, 0.999))
+        try:
+            ok = len(betas) == 2 and all(_finite_number(b) and 0 <= b < 1 for b in betas)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise bad("betas", betas, "must be two numbers in [0, 1)")
+        eps = options.get("eps", 1e-8)
+        if not (_finite_number(eps) and eps > 0):
+            raise bad("eps", eps, "must be > 0")
+        return Adam(schedule, betas=tuple(float(b) for b in betas), eps=float(eps),
+                    amsgrad=_flag(options.get("amsgrad", False), "amsgrad", bad), **common)
+    rule = options.get("rule", "FR")
+    rule_u = rule.upper() if isinstance(rule, str) else rule
+    if rule_u not in CG_RULES:
+        raise bad("rule", rule, f"choose one of {', '.join(CG_RULES)}")
+    scale = options.get("beta_scale", 1.0)
+    if not (_finite_number(scale) and scale >= 0):
+        raise bad("beta_scale", scale, "must be >= 0")
+    clip = options.get("beta_clip", "default")
+    if clip not in CG_BETA_CLIPS:
+        raise bad("beta_clip", clip, f"choose one of {', '.join(CG_BETA_CLIPS)}")
+    mu = options.get("mu", 2.0)
+    if not (_finite_number(mu) and mu >= 0):
+        raise bad("mu", mu, "must be >= 0")
+    per_tensor = _flag(options.get("per_tensor", False), "per_tensor", bad)
+    slices = options.get("slices")
+    if per_tensor and (slices is None or len(slices) == 0
+                       or not all(isinstance(s, slice) for s in slices)):
+        raise bad("slices", slices, "per_tensor=True needs a non-empty list of slices")
+    flags = {k: _flag(options.get(k, False), k, bad)
+             for k in ("legacy_first_step_ascent", "legacy_direction_update", "legacy_alias_bug")}
+    return ConjugateGradient(schedule, rule=rule_u, beta_scale=float(scale), beta_clip=clip,
+                             mu=float(mu), per_tensor=per_tensor, slices=slices, **flags, **common)
+
+
+def _flag(value, key, bad) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise bad(key, value, "must be true or false")
+    return bool(value)
+
+
+# config key (in a player section) -> make_optimizer option, and the optimizers it applies to
+_CONFIG_KEYS = {
+    "momentum": ("momentum", ("momentum",)),
+    "nesterov": ("nesterov", ("momentum",)),
+    "betas": ("betas", ("adam",)),
+    "amsgrad": ("amsgrad", ("adam",)),
+    "adam_eps": ("eps", ("adam",)),
+    "adam_reset": ("reset_each_outer_step", OPTIMIZERS),
+    "cg_rule": ("rule", ("cg",)),
+    "cg_beta_scale": ("beta_scale", ("cg",)),
+    "cg_beta_clip": ("beta_clip", ("cg",)),
+    "lr_schedule": ("lr_schedule", OPTIMIZERS),
+    "lr_power": ("lr_power", OPTIMIZERS),
+    "lr_decay": ("lr_decay", OPTIMIZERS),
+    "lr_every": ("lr_every", OPTIMIZERS),
+}
+
+
+def optimizer_from_config(section: Mapping, lr: float, player: str,
+                          slices: Sequence[slice] | None = None,
+                          lr_key: str = "lr") -> Optimizer:
+    """Optimizer of a player's config section (e.g. ``cfg["critic"]``), learning rate ``lr``.
+
+    Reads ``section["optimizer"]`` and, where present, the keys listed in the module docstring;
+    keys that do not apply to the chosen optimizer are ignored. ``slices`` (e.g.
+    ``MLP.tensor_slices()``) switches CG to one beta per tensor. Errors name
+    ``<player>.<key>``; ``lr_key`` (e.g. "dynamics.eta_d") names the learning rate. A player's
+    weight decay is not read here (the critic objective applies ``critic.weight_decay``).
+    """
+    name = section.get("optimizer", "sgd")
+    options, names = {}, {"name": "optimizer", "lr": lr_key}
+    for key, (opt, applies) in _CONFIG_KEYS.items():
+        if key in section and name in applies:
+            value = section[key]
+            if opt == "betas" and isinstance(value, list):
+                value = tuple(value)
+            options[opt] = value
+            names[opt] = key
+    if name == "cg" and slices is not None:
+        options["per_tensor"] = True
+        options["slices"] = list(slices)
+    return make_optimizer(name, lr, key_prefix=player, key_names=names, **options)
+
+
+def scale_optimizer_lr(opt, lr0: float, lr_scale: float) -> None:
+    """Set the base learning rate of ``opt`` (built with ``lr0``) to ``lr0 * lr_scale``.
+
+    The optimizer's own rule (``lr_schedule``) still applies on top; ``lr_scale = 1`` restores
+    the configured rate exactly.
+    """
+    base = float(lr0) * float(lr_scale)
+    if opt.schedule.lr0 != base:
+        opt.schedule = dataclasses.replace(opt.schedule, lr0=base)

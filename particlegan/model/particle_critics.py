@@ -1,0 +1,243 @@
+"""Critic side of the particle engine: one small object per critic type, one interface.
+
+:mod:`particlegan.engine.dynamics` composes the particles (moved through a coupling kernel) with any of
+these objects; adding a critic means writing one class here and one line in
+:func:`build_critic`, not editing the engine. Every object answers:
+
+* ``trainable`` -- True when the critic has parameters ``state.w`` trained by gradient ascent
+  with ``state.critic_opt`` (the engine runs the steps, :func:`particlegan.model.critics.ascend_critic`);
+  False for the fixed-kernel critics, which update their own memory (``train``).
+* ``prepare(x) -> ctx`` -- what depends only on the particles x (N, d) and is shared by the
+  critic steps and the forces of one outer step (the random features of x), or None.
+* ``objective_grad(w, x, ctx) -> (P,)`` -- dJ/dw of the critic objective (trainable critics).
+* ``train(kernel_state, x, n_steps, cfg, lr_scale) -> kernel_state`` -- (fixed-kernel critics).
+* ``values_and_grads(state, ctx, need_values) -> (values (N,) or None, grads (N, d))`` -- f(x_i)
+  and grad f(x_i) at ``state.x``, from which the engine forms the particle forces.
+
+The objects hold only what is fixed at build time (arrays, kernel specs, coefficients); the
+interpolate-noise generator of the WGAN-GP penalty is the one exception (its state is
+checkpointed by the engine).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from particlegan.model import critics as cr
+from particlegan.model import feature_critic as fc
+from particlegan.maths import nn
+from particlegan.maths.kernels import KernelSpec
+from particlegan.model.losses import Objective, objective_from_config, run_penalty_coefficient
+
+
+@dataclass(frozen=True)
+class CriticLoss:
+    """What a trained critic maximises: the objective on (y, x), the gradient penalty (kind,
+    effective lambda, interpolate noise) and the weight decay."""
+
+    y: np.ndarray                  # (M, d) targets
+    objective: Objective
+    penalty: str
+    lam: float
+    weight_decay: float
+    noise_rng: np.random.Generator
+
+    def interpolates(self, x):
+        """WGAN-GP points for the 'interpolates' penalty (drawn each critic step), else None."""
+        if self.penalty == "interpolates" and self.lam > 0:
+            return cr.interpolates(x, self.y, self.noise_rng)
+        return None
+
+
+@dataclass(frozen=True)
+class FeatureCritic:
+    """f(x) = w^T psi(x) with fixed random features (critic.type rff / relu_features)."""
+
+    feature_map: cr.FeatureMap
+    real: cr.FeatureBatch          # features of the targets (only what the loss reads)
+    loss: CriticLoss
+    backend: object
+    trainable = True
+
+    def prepare(self, x):
+        return cr.feature_batch(self.feature_map, x, self.backend)
+
+    def objective_grad(self, w, x, ctx):
+        L = self.loss
+        xhat = L.interpolates(x)
+        pen_batch = None if xhat is None else cr.feature_batch(self.feature_map, xhat, self.backend)
+        return cr.feature_critic_objective(self.feature_map, w, self.real, ctx, L.objective, L.penalty, L.lam,
+                                           pen_batch, L.weight_decay, self.backend)[1]
+
+    def values_and_grads(self, state, ctx, need_values):
+        return cr.feature_values_and_grads(self.feature_map, ctx, state.w)
+
+
+@dataclass(frozen=True)
+class LearnedCritic:
+    """Kernel critic in a learned feature space (critic.type learned_features)."""
+
+    learned: fc.LearnedFeatureCritic
+    y: np.ndarray
+    weight_decay: float
+    backend: object
+    trainable = True
+
+    def prepare(self, x):
+        return None
+
+    def objective_grad(self, w, x, ctx):
+        return fc.learned_critic_objective(self.learned, w, x, self.y, self.backend, self.weight_decay,
+                                           need_value=False)[1]
+
+    def values_and_grads(self, state, ctx, need_values):
+        return fc.learned_critic_values_and_grads(self.learned, state.w, state.x, self.y, self.backend,
+                                                  need_values)
+
+
+@dataclass(frozen=True)
+class MLPCritic:
+    """Neural critic f = MLP(x) (critic.type mlp): d -> widths -> 1, trained on (y, x).
+
+    With ``dropout`` rates, every critic step draws fresh inverted-dropout masks (from the
+    loss's noise stream) for its batch [y; x] (and the interpolates); the particle forces use
+    the network without dropout (evaluation mode).
+    """
+
+    net: nn.MLP                    # architecture and initial parameters (theta)
+    loss: CriticLoss
+    dropout: tuple = ()            # one rate per hidden layer, or empty
+    trainable = True
+
+    def prepare(self, x):
+        return None
+
+    def _masks(self, net, n):
+        if not any(p > 0 for p in self.dropout):
+            return None
+        return nn.dropout_masks(net, n, self.dropout, self.loss.noise_rng)
+
+    def objective_grad(self, w, x, ctx):
+        L = self.loss
+        net = self.net.with_theta(w)
+        xhat = L.interpolates(x)
+        masks = self._masks(net, len(L.y) + len(x))
+        xhat_masks = None if xhat is None else self._masks(net, len(xhat))
+        return mlp_critic_objective(net, L.y, x, L.objective, L.penalty, L.lam, xhat, L.weight_decay,
+                                    masks, xhat_masks)[1]
+
+    def values_and_grads(self, state, ctx, need_values):
+        return nn.critic_values_and_input_grads(self.net.with_theta(state.w), state.x)
+
+
+def mlp_critic_objective(critic: nn.MLP, y: np.ndarray, x: np.ndarray, objective: Objective,
+                         penalty: str, lam: float, xhat: np.ndarray | None = None,
+                         weight_decay: float = 0.0, masks: list | None = None,
+                         xhat_masks: list | None = None) -> tuple[float, np.ndarray]:
+    """Critic objective J(phi) (maximised) of an MLP critic and its gradient dJ/dphi.
+
+    J = (1/M) sum_m a(f(y_m)) + (1/N) sum_i b(f(x_i)) - P - (wd/2) ||phi||^2, with a, b the
+    objective's real/fake terms and P = lam mean ||grad f||^2 on x (``fake``) or y (``real``),
+    or lam mean (||grad f(xhat)|| - 1)^2 on the interpolates ``xhat`` (``interpolates``).
+
+    One forward and one backward pass on the stacked batch [y; x] give every term: the
+    objective's parameter gradient is sum_i c_i df(x_i)/dphi with c = (a'(f(y))/M, b'(f(x))/N)
+    (scalar output), and the penalty on x or y reuses that pass's rows (and dropout masks).
+
+    Parameters
+    ----------
+    critic : scalar-output MLP f.
+    y : (M, d) real samples.  x : (N, d) generated samples.
+    objective : :class:`particlegan.model.losses.Objective`.
+    penalty : "none" | "fake" | "real" | "interpolates".  lam : effective lambda >= 0.
+    xhat : (N, d) interpolates (only for ``interpolates``).
+    weight_decay : L2 coefficient wd >= 0.
+    masks : dropout multipliers for the M + N rows of [y; x] (:func:`particlegan.maths.nn.dropout_masks`),
+        or None.  xhat_masks : the same for the interpolates.
+
+    Returns
+    -------
+    value : float J.  grad : (P_D,) dJ/dphi.
+    """
+    M = len(y)
+    cp = nn.critic_pass(critic, np.concatenate([y, x]) if len(x) else y, masks)
+    va, da = objective.real_term(cp.values[:M])
+    vb, db = objective.fake_term(cp.values[M:])
+    value = float(va.mean() + vb.mean())
+    grad = nn.weighted_param_grad(critic, cp, np.concatenate([da / M, db / len(x)]))
+    if penalty != "none" and lam > 0:
+        if penalty == "interpolates":
+            pv, pg = nn.penalty_and_param_grad(critic, xhat, lam / len(xhat), "gp",
+                                               cp=nn.critic_pass(critic, xhat, xhat_masks))
+        else:
+            rows = slice(M, None) if penalty == "fake" else slice(0, M)
+            pcp = cp.rows(rows)
+            pv, pg = nn.penalty_and_param_grad(critic, None, lam / len(pcp.values), "sq", cp=pcp)
+        value -= pv
+        grad -= pg
+    if weight_decay > 0:
+        value -= 0.5 * weight_decay * float(critic.theta @ critic.theta)
+        grad -= critic.theta.dtype.type(weight_decay) * critic.theta
+    return value, grad
+
+
+@dataclass(frozen=True)
+class KernelCritic:
+    """Fixed-kernel witness critics with memory (critic.type kernel / mmd / energy / riesz)."""
+
+    kernel: KernelSpec
+    y: np.ndarray
+    backend: object
+    trainable = False
+
+    def prepare(self, x):
+        return None
+
+    def train(self, kernel_state, x, n_steps, cfg, lr_scale):
+        return cr.kernel_critic_train(kernel_state, x, n_steps, cfg, lr_scale)
+
+    def values_and_grads(self, state, ctx, need_values):
+        return cr.kernel_critic_eval(state.kernel_state, self.y, state.x, self.kernel, self.backend,
+                                     need_values)
+
+
+def critic_layer_sizes(cfg: dict) -> list[int]:
+    """Layer sizes of an MLP critic: d, then ``critic.widths`` (or ``critic.depth`` x
+    ``critic.width`` when widths is empty), then 1."""
+    c = cfg["critic"]
+    hidden = list(c["widths"]) or [c["width"]] * c["depth"]
+    return [cfg["target"]["dim"], *hidden, 1]
+
+
+def make_critic_mlp(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.MLP:
+    """Critic MLP of :func:`critic_layer_sizes` with biases (the output layer's only with
+    ``critic.output_bias``), PyTorch-default init; output = f(x)."""
+    return nn.init_mlp(critic_layer_sizes(cfg), cfg["critic"]["activation"], True, "standard", rng,
+                       dtype=dtype, config_prefix="critic", output_bias=cfg["critic"]["output_bias"])
+
+
+def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
+                 noise_rng: np.random.Generator):
+    """The critic object of config section ``critic`` and its initial parameters (or None).
+
+    Parameters
+    ----------
+    y : (M, d) target samples in the run dtype.  rng : the critic's random stream (features,
+    initial weights).  noise_rng : the interpolate-noise stream of the WGAN-GP penalty.
+    """
+    ccfg, lcfg = cfg["critic"], cfg["loss"]
+    ctype, dtype, wd = ccfg["type"], y.dtype, ccfg["weight_decay"]
+    loss = CriticLoss(y, objective_from_config(lcfg), lcfg["penalty"], run_penalty_coefficient(cfg, len(y)), wd, noise_rng)
+    if ctype in cr.FEATURE_CRITICS:
+        fmap, real, w = cr.build_feature_critic(ccfg, y, backend, rng, cr.target_feature_needs(lcfg))
+        return FeatureCritic(fmap, real, loss, backend), w
+    if ctype == "learned_features":
+        learned, w = fc.build_learned_critic(ccfg, cfg["target"]["dim"], rng, dtype)
+        return LearnedCritic(learned, y, wd, backend), w
+    if ctype == "mlp":
+        net = make_critic_mlp(cfg, rng, dtype)
+        return MLPCritic(net, loss, tuple(ccfg["dropout"])), net.theta.copy()
+    if ctype in cr.KERNEL_CRITICS:
+        return KernelCritic(cr.critic_kernel(ccfg), y, backend), None
+    raise NotImplementedError(f"critic.type = {ctype!r} is not available in the particle model")

@@ -1,0 +1,2 @@
+"""Figures: particles, phase diagrams, run overviews, stability maps and movies (matplotlib, Agg).
+"""

@@ -1,0 +1,3 @@
+"""Configuration (schema, validation, TOML) and atomic file storage with the data loaders: the
+bottom layer, imported by every other.
+"""
