@@ -7,7 +7,8 @@ A run directory holds::
                     (`snapshots` (S, N, d), `snapshot_steps` (S,)), target sample, final particles
     summary.json    final observables + status ("ok" | "diverged") + steps
     meta.json       versions, seed, backend, wall time, status, run id
-    particles.png   target and particles at several times
+    particles.png   target and particles at several times (drawn by the figures callback the
+                    CLI passes, plots.plotting.write_run_figures; not by this module)
 
 Optional series exist only in runs that record them (never as NaN columns): ``kid`` and
 ``kid_std`` with ``observables.kid = true``, ``lr_scale`` (factor on eta_G and eta_D) with
