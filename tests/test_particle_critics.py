@@ -157,3 +157,26 @@ def test_outer_step_leaves_its_input_state_unchanged(optimizer, model_type):
     np.testing.assert_array_equal(a.w, b.w)
     c, _ = engine.outer_step(model, a)  # and the chain continues from the returned state
     assert c.step == a.step + 1
+
+
+@pytest.mark.parametrize("critic", ["mlp", "rff", "kernel"])
+@pytest.mark.parametrize("model_type", ["particle", "neural"])
+def test_outer_step_reads_no_config(critic, model_type):
+    """The step uses only what was fixed at build time: with the model's config dict emptied
+    the step is bitwise the one of the full model (fresh latents on the neural side)."""
+    import dataclasses
+
+    from particlegan.engine import neural_model as nm
+
+    extra = [f"critic.type={critic}", f"model.type={model_type}", "dynamics.update=simultaneous"]
+    if critic == "kernel":
+        extra += ["loss.penalty=none", "critic.memory=2"]
+    if model_type == "neural":
+        extra += ["generator.width=8", "generator.fresh_latents=true"]
+    engine = nm if model_type == "neural" else dyn
+    model, state = engine.build_model(tiny(*extra))
+    a, ga = engine.outer_step(model, state)
+    model2, state2 = engine.build_model(tiny(*extra))  # fresh noise / latent streams, same seeds
+    b, gb = engine.outer_step(dataclasses.replace(model2, cfg={}), state2)
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(ga, gb)

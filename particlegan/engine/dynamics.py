@@ -32,14 +32,33 @@ from particlegan.model.targets import Target, init_particles, make_target
 
 
 @dataclass(frozen=True)
+class StepParams:
+    """The outer step's constants, read from the config once at build time (the hot path reads
+    no config dict): eta_G, eta_D, critic steps per outer step, and the update order
+    (``dynamics.update``: "alternating" or "simultaneous")."""
+
+    eta_g: float
+    eta_d: float
+    critic_steps: int
+    update: str
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "StepParams":
+        dyn = cfg["dynamics"]
+        return cls(float(dyn["eta_g"]), float(dyn["eta_d"]), int(dyn["critic_steps"]), str(dyn["update"]))
+
+
+@dataclass(frozen=True)
 class Model:
     """Everything fixed during a run (built once by :func:`build_model`).
 
     ``critic`` is one of the critic objects of :mod:`particlegan.model.particle_critics` (one
-    interface for every critic type); the engine below never asks which type it is.
+    interface for every critic type); the engine below never asks which type it is. ``cfg`` is
+    kept for recording and checkpoints; the step reads ``params`` only.
     """
 
     cfg: dict
+    params: StepParams
     target: Target
     y: np.ndarray                      # (M, d) target samples in the run dtype
     coupling: Coupling
@@ -104,7 +123,7 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
     y = target.samples.astype(dtype)
     critic, w = build_critic(cfg, y, backend, streams["critic"], streams["noise"])
-    model = Model(cfg=cfg, target=target, y=y, coupling=coupling,
+    model = Model(cfg=cfg, params=StepParams.from_config(cfg), target=target, y=y, coupling=coupling,
                   objective=objective_from_config(cfg["loss"]), backend=backend,
                   critic_type=cfg["critic"]["type"], critic=critic, noise_rng=streams["noise"], dtype=dtype)
     state = State(step=0, x=x0, w=w, kernel_state=None,
@@ -118,13 +137,13 @@ def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
     frozen at ``state.x``; ``ctx``: the critic's ``prepare(state.x)`` when already at hand."""
     critic = model.critic
     if not critic.trainable:
-        ks = critic.train(state.kernel_state, state.x, n_steps, model.cfg, state.lr_scale)
+        ks = critic.train(state.kernel_state, state.x, n_steps, model.params.eta_d * state.lr_scale)
         return dataclasses.replace(state, kernel_state=ks)
     if n_steps == 0:
         return state
     ctx = critic.prepare(state.x) if ctx is None else ctx
     opt = copy.deepcopy(state.critic_opt)  # the optimizer steps a copy: the input state stays as it was
-    scale_optimizer_lr(opt, model.cfg["dynamics"]["eta_d"], state.lr_scale)
+    scale_optimizer_lr(opt, model.params.eta_d, state.lr_scale)
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
     w, finite = cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx))
     return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite)
@@ -147,15 +166,15 @@ def outer_step(model: Model, state: State):
     Both learning rates are multiplied by ``state.lr_scale``: eta_G in the particle step, eta_D
     in the critic steps (see :func:`train_critic`).
     """
-    dyn = model.cfg["dynamics"]
+    par = model.params
     ctx = model.critic.prepare(state.x)  # shared by the critic steps and the forces (x is fixed)
-    if dyn["update"] == "simultaneous":
+    if par.update == "simultaneous":
         forces, grad = particle_forces(model, state, ctx)
-        state = train_critic(model, state, dyn["critic_steps"], ctx)
+        state = train_critic(model, state, par.critic_steps, ctx)
     else:
-        state = train_critic(model, state, dyn["critic_steps"], ctx)
+        state = train_critic(model, state, par.critic_steps, ctx)
         forces, grad = particle_forces(model, state, ctx)
-    x_new = state.x + (dyn["eta_g"] * state.lr_scale) * apply_coupling(model.coupling, forces, model.backend)
+    x_new = state.x + (par.eta_g * state.lr_scale) * apply_coupling(model.coupling, forces, model.backend)
     return dataclasses.replace(state, step=state.step + 1, x=x_new.astype(model.dtype, copy=False)), grad
 
 

@@ -265,11 +265,11 @@ def generator_ntk_report(cfg: dict, method: str = "layerwise") -> tuple[dict, np
     theta : (N, N) trace-normalised empirical NTK (float64).
     """
     from particlegan.engine.dynamics import seed_streams
-    from particlegan.engine.neural_model import draw_latents, make_generator
+    from particlegan.engine.neural_model import draw_latents, latent_shape, make_generator
 
     streams = seed_streams(cfg["run"]["seed"])
     gen = make_generator(cfg, streams["coupling"], np.float64)
-    z = draw_latents(cfg, streams["particles"], np.float64)
+    z = draw_latents(latent_shape(cfg), streams["particles"], np.float64)
     theta = empirical_ntk_scalar(gen, z, method)
     g = cfg["generator"]
     report = dict(ntk_summary(theta))
@@ -298,12 +298,12 @@ def generator_initial_outputs(cfg: dict) -> np.ndarray:
     same generator and latents as :func:`generator_ntk_report` and a ``model.type = "neural"``
     run with the same seed, in the run dtype."""
     from particlegan.engine.dynamics import seed_streams
-    from particlegan.engine.neural_model import draw_latents, make_generator
+    from particlegan.engine.neural_model import draw_latents, latent_shape, make_generator
 
     dtype = np.dtype(cfg["run"]["dtype"])
     streams = seed_streams(cfg["run"]["seed"])
     gen = make_generator(cfg, streams["coupling"], dtype)
-    z = draw_latents(cfg, streams["particles"], dtype)
+    z = draw_latents(latent_shape(cfg), streams["particles"], dtype)
     return mlp_apply(gen, z)
 
 

@@ -70,7 +70,8 @@ class NeuralModel:
 
     Attributes
     ----------
-    cfg : resolved config.  target : the target.  y : (M, d) target samples (run dtype).
+    cfg : resolved config (recording, checkpoints; the step reads ``params`` and
+        ``latent_shape`` only).  target : the target.  y : (M, d) target samples (run dtype).
     generator : generator MLP at initialisation (architecture; the live parameters are
         ``state.theta_g``).
     critic : the critic object of :mod:`particlegan.model.particle_critics` (the same objects as
@@ -82,6 +83,7 @@ class NeuralModel:
     """
 
     cfg: dict
+    params: object                     # particlegan.engine.dynamics.StepParams
     target: Target
     y: np.ndarray
     generator: nn.MLP
@@ -93,6 +95,7 @@ class NeuralModel:
     latent_rng: np.random.Generator
     fresh_latents: bool
     dtype: np.dtype
+    latent_shape: tuple = ()           # (N, d_z, kind) of the latents, for fresh minibatches
 
 
 @dataclass(frozen=True)
@@ -135,10 +138,16 @@ def make_generator(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.
                        config_prefix="generator")
 
 
-def draw_latents(cfg: dict, rng: np.random.Generator, dtype) -> np.ndarray:
-    """N = particles.n latents (N, generator.latent_dim) of kind generator.latent."""
+def latent_shape(cfg: dict) -> tuple:
+    """(N, d_z, kind) = (particles.n, generator.latent_dim, generator.latent)."""
     g = cfg["generator"]
-    return nn.sample_latents(cfg["particles"]["n"], g["latent_dim"], g["latent"], rng, dtype)
+    return (int(cfg["particles"]["n"]), int(g["latent_dim"]), str(g["latent"]))
+
+
+def draw_latents(shape: tuple, rng: np.random.Generator, dtype) -> np.ndarray:
+    """N latents (N, d_z) of the kind in ``shape`` = :func:`latent_shape`."""
+    n, dim, kind = shape
+    return nn.sample_latents(n, dim, kind, rng, dtype)
 
 
 def generator_optimizer(cfg: dict):
@@ -150,7 +159,7 @@ def generator_optimizer(cfg: dict):
 def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
                 ) -> tuple[NeuralModel, NeuralState]:
     """Build the static neural model and the initial state (critic start-up steps included)."""
-    from particlegan.engine.dynamics import make_critic_optimizer, seed_streams
+    from particlegan.engine.dynamics import StepParams, make_critic_optimizer, seed_streams
 
     streams = streams or seed_streams(cfg["run"]["seed"])
     dtype = np.dtype(cfg["run"]["dtype"])
@@ -158,12 +167,13 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     target = make_target(cfg["target"], streams["target"])
     y = target.samples.astype(dtype)
     gen = make_generator(cfg, streams["coupling"], dtype)
-    z = draw_latents(cfg, streams["particles"], dtype)
+    z = draw_latents(latent_shape(cfg), streams["particles"], dtype)
     critic, w = build_critic(cfg, y, backend, streams["critic"], streams["noise"])
-    model = NeuralModel(cfg=cfg, target=target, y=y, generator=gen, critic=critic,
+    model = NeuralModel(cfg=cfg, params=StepParams.from_config(cfg), target=target, y=y, generator=gen, critic=critic,
                         critic_type=cfg["critic"]["type"], objective=objective_from_config(cfg["loss"]),
                         backend=backend, noise_rng=streams["noise"], latent_rng=streams["particles"],
-                        fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype)
+                        fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype,
+                        latent_shape=latent_shape(cfg))
     x0 = nn.mlp_apply(gen, z)
     state = NeuralState(step=0, x=x0, z=z, theta_g=gen.theta.copy(), w=w, kernel_state=None,
                         critic_opt=make_critic_optimizer(cfg) if w is not None else None,
@@ -223,18 +233,18 @@ def outer_step(model: NeuralModel, state: NeuralState):
 
     Both learning rates are multiplied by ``state.lr_scale`` (generator optimizer and critic).
     """
-    dyn = model.cfg["dynamics"]
-    if dyn["update"] == "simultaneous":
+    par = model.params
+    if par.update == "simultaneous":
         forces, grad = particle_forces(model, state)
-        state = train_critic(model, state, dyn["critic_steps"])
+        state = train_critic(model, state, par.critic_steps)
     else:
-        state = train_critic(model, state, dyn["critic_steps"])
+        state = train_critic(model, state, par.critic_steps)
         forces, grad = particle_forces(model, state)
     gopt = copy.deepcopy(state.gen_opt)
-    scale_optimizer_lr(gopt, dyn["eta_g"], state.lr_scale)
+    scale_optimizer_lr(gopt, par.eta_g, state.lr_scale)
     gopt.begin_outer_step()
     theta = gopt.step(state.theta_g, generator_param_grad(model, state, forces))
-    z = draw_latents(model.cfg, model.latent_rng, model.dtype) if model.fresh_latents else state.z
+    z = draw_latents(model.latent_shape, model.latent_rng, model.dtype) if model.fresh_latents else state.z
     x = nn.mlp_apply(model.generator.with_theta(theta), z)
     return dataclasses.replace(state, step=state.step + 1, x=x, z=z, theta_g=theta, gen_opt=gopt), grad
 

@@ -294,16 +294,6 @@ def kernel_critic_update(state: KernelCriticState | None, x: np.ndarray, n_steps
     return KernelCriticState(snaps, coefs)
 
 
-def kernel_critic_train(state: KernelCriticState | None, x: np.ndarray, n_steps: int,
-                        cfg: dict, lr_scale: float = 1.0) -> KernelCriticState:
-    """:func:`kernel_critic_update` with eta_D (times ``lr_scale``, the learning-rate schedule's
-    factor), ridge and memory of the resolved config ``cfg`` (at least one step: a fixed-kernel
-    critic always sees the current particles)."""
-    ccfg = cfg["critic"]
-    return kernel_critic_update(state, x, max(n_steps, 1), cfg["dynamics"]["eta_d"] * lr_scale,
-                                ccfg["ridge"], ccfg["memory"])
-
-
 def kernel_critic_centres(state: KernelCriticState, y: np.ndarray):
     """Centres (M + S N, d) and weights of f = sum_p w_p k(x, centre_p) for the backend sums."""
     s, n, d = state.snapshots.shape

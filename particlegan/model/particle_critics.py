@@ -189,13 +189,18 @@ class KernelCritic:
     kernel: KernelSpec
     y: np.ndarray
     backend: object
+    ridge: float = 0.0
+    memory: int = 0
     trainable = False
 
     def prepare(self, x):
         return None
 
-    def train(self, kernel_state, x, n_steps, cfg, lr_scale):
-        return cr.kernel_critic_train(kernel_state, x, n_steps, cfg, lr_scale)
+    def train(self, kernel_state, x, n_steps, eta_d):
+        """:func:`particlegan.model.critics.kernel_critic_update` with learning rate ``eta_d``
+        (already scaled by the schedule), at least one step: a fixed-kernel critic always sees
+        the current particles."""
+        return cr.kernel_critic_update(kernel_state, x, max(n_steps, 1), eta_d, self.ridge, self.memory)
 
     def values_and_grads(self, state, ctx, need_values):
         return cr.kernel_critic_eval(state.kernel_state, self.y, state.x, self.kernel, self.backend,
@@ -239,5 +244,5 @@ def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
         net = make_critic_mlp(cfg, rng, dtype)
         return MLPCritic(net, loss, tuple(ccfg["dropout"])), net.theta.copy()
     if ctype in cr.KERNEL_CRITICS:
-        return KernelCritic(cr.critic_kernel(ccfg), y, backend), None
+        return KernelCritic(cr.critic_kernel(ccfg), y, backend, float(ccfg["ridge"]), int(ccfg["memory"])), None
     raise NotImplementedError(f"critic.type = {ctype!r} is not available in the particle model")
