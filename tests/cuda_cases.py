@@ -107,3 +107,10 @@ def test_random_features(cuda_backend, activation, dtype):
     H = X.astype(np.float64) @ A.astype(np.float64).T + b
     keep = np.abs(H) > 1e-5  # float32 rounding may flip the relu step next to the kink
     np.testing.assert_allclose(dpsi[keep], ref_dpsi[keep], atol=tol)
+    mean, dpsi2 = cuda_backend.feature_mean_and_dpsi(X, A, b, activation, 0.3)
+    assert mean.dtype == dtype and mean.shape == (20,)
+    np.testing.assert_allclose(mean, ref_psi.mean(axis=0), atol=tol)
+    np.testing.assert_array_equal(dpsi2, dpsi)
+    w = rng.normal(size=20).astype(dtype)
+    np.testing.assert_allclose(cuda_backend.feature_input_grads(dpsi, A, w), (dpsi * w) @ A,
+                               rtol=1e-12 if dtype == np.float64 else 1e-5)

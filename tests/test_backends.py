@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+from numba import njit
 
 from particlegan.maths import pairmath as pm
 from particlegan.backends import BACKENDS, cuda_available, get_backend
@@ -252,6 +253,80 @@ def test_poly_sincos_accuracy():
     np.testing.assert_array_equal([pm.poly_sincos(v)[0] for v in tiny], tiny)
 
 
+def test_poly_sincos32_accuracy_and_precision():
+    # against float64 numpy at the float32 inputs, dense near 0 and the quadrant boundaries
+    # (where the reduction is hardest), and over the whole range the cpu backend uses it in
+    quadrants = (np.arange(-400, 401) * (np.pi / 4)).astype(np.float32)
+    near = np.concatenate([np.linspace(-200, 200, 40001, dtype=np.float32), quadrants,
+                           np.nextafter(quadrants, np.float32(0)),
+                           np.geomspace(1e-30, 1, 50, dtype=np.float32), [np.float32(0)]])
+    far = np.random.default_rng(0).uniform(-pm.SINCOS32_MAX, pm.SINCOS32_MAX, 20000).astype(np.float32)
+    for x in (near, far):
+        got = np.array([pm.poly_sincos32(v) for v in x], dtype=np.float64)
+        x64 = x.astype(np.float64)
+        assert np.abs(got[:, 0] - np.sin(x64)).max() <= 9e-8  # 1.5 ulp of 1 (numpy's float32: 7e-8)
+        assert np.abs(got[:, 1] - np.cos(x64)).max() <= 9e-8
+
+    @njit
+    def in_dtype(x):
+        return pm.sincos_in_dtype(x)
+
+    assert in_dtype(np.float32(0.3)) == pm.poly_sincos32(np.float32(0.3))
+    assert in_dtype(np.float64(0.3)) == pm.poly_sincos(0.3)
+    returns = {str(sig.args[0]): str(sig.return_type) for sig in in_dtype.nopython_signatures}
+    assert returns == {"float32": "UniTuple(float32 x 2)", "float64": "UniTuple(float64 x 2)"}  # no promotion
+    assert pm.sincos_limit(np.float32) == pm.SINCOS32_MAX and pm.sincos_limit(np.float64) == pm.SINCOS_MAX
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("activation", ["cos", "relu"])
+@pytest.mark.parametrize("d", [2, 40])
+def test_feature_mean_and_dpsi_match_the_exact_features(backend, dtype, activation, d, monkeypatch):
+    # 3 row groups of 50 rows: the partial sums are flushed (every 16 rows) and added across groups
+    monkeypatch.setattr(cpu_backend, "FEATURE_ITEMS", 3)
+    monkeypatch.setattr(cpu_backend, "ITEM_ROWS_MIN", 1)
+    rng = np.random.default_rng(d)
+    X = rng.normal(size=(150, d)).astype(dtype)
+    A, b = (rng.normal(size=(24, d)) / np.sqrt(d)).astype(dtype), rng.uniform(-3, 3, size=24).astype(dtype)
+    mean, dpsi = get_backend(backend).feature_mean_and_dpsi(X, A, b, activation, 0.3)
+    assert mean.dtype == dtype and dpsi.dtype == dtype and mean.shape == (24,) and dpsi.shape == (150, 24)
+    H = X.astype(np.float64) @ A.astype(np.float64).T + b.astype(np.float64)
+    if activation == "cos":
+        psi, dexpect = 0.3 * np.cos(H), -0.3 * np.sin(H)
+    else:
+        psi, dexpect = 0.3 * np.maximum(H, 0), 0.3 * (H > 0)
+    tol = 1e-13 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(mean, psi.mean(axis=0), rtol=0, atol=tol)
+    near_kink = np.abs(H) < 1e-5
+    np.testing.assert_allclose(np.where(near_kink, 0, dpsi), np.where(near_kink, 0, dexpect), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("activation", ["cos", "relu"])
+def test_feature_mean_of_a_diverged_particle_is_nan(backend, activation):
+    rng = np.random.default_rng(3)
+    X, A, b = rng.normal(size=(40, 2)), rng.normal(size=(8, 2)), rng.uniform(-3, 3, 8)
+    X[5, 0] = np.nan
+    mean, dpsi = get_backend(backend).feature_mean_and_dpsi(X, A, b, activation, 0.5)
+    assert np.isnan(mean).all() and np.isfinite(np.delete(dpsi, 5, axis=0)).all()
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_feature_input_grads_match_a_direct_loop(backend, dtype, d):
+    rng = np.random.default_rng(10 + d)
+    n, K = 33, 70
+    dpsi, A, w = rng.normal(size=(n, K)).astype(dtype), rng.normal(size=(K, d)), rng.normal(size=K)
+    got = get_backend(backend).feature_input_grads(dpsi, A.astype(dtype), w.astype(dtype))
+    assert got.dtype == dtype and got.shape == (n, d)
+    want = np.array([A.astype(dtype).astype(np.float64).T @ (row * w.astype(dtype))
+                     for row in dpsi.astype(np.float64)])
+    scale = np.abs(dpsi.astype(np.float64)) @ np.abs(w[:, None] * A)
+    assert_close_to_scale(got, want, scale, 1e-13 if dtype == np.float64 else 1e-6)
+
+
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("form", ["sq", "gp"])
@@ -280,12 +355,16 @@ def test_random_features_with_phases_beyond_the_polynomial_range(dtype):
     rng = np.random.default_rng(5)
     X = rng.normal(size=(50, 3)).astype(dtype)
     X[7] = [3e5, -2e5, 1e5]  # phases up to ~1e6: the cpu backend falls back to math.cos/sin
+    X[8] = [1.5e4, -1e4, 5e3]  # beyond the float32 polynomial's range (the float64 one's within)
     A, b = rng.normal(size=(20, 3)).astype(dtype), rng.uniform(-3, 3, 20).astype(dtype)
     got = get_backend("cpu").random_features(X, A, b, "cos", 0.5)
     want = get_backend("numpy").random_features(X, A, b, "cos", 0.5)
     tol = 1e-12 if dtype == np.float64 else 2e-7
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=0, atol=tol)
+    mean, dpsi = get_backend("cpu").feature_mean_and_dpsi(X, A, b, "cos", 0.5)
+    np.testing.assert_allclose(dpsi, want[1], rtol=0, atol=tol)
+    np.testing.assert_allclose(mean, want[0].mean(axis=0), rtol=0, atol=tol)
     X[3, 0] = np.inf  # a diverged particle: NaN features, as on the reference
     for g in get_backend("cpu").random_features(X, A, b, "cos", 0.5):
         assert np.isnan(g[3]).all() and np.isfinite(g[:3]).all()

@@ -362,6 +362,28 @@ def test_state_dict_roundtrip_is_bitwise(name, options, dtype):
     assert all(isinstance(v, (np.ndarray, int, float, str, type(None))) for v in sd.values())
 
 
+@pytest.mark.parametrize("name,options", STATE_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(STATE_CASES)])
+def test_copy_is_independent_and_continues_bitwise(name, options):
+    o1 = opt.make_optimizer(name, 1e-3, **options)
+    x = np.linspace(-1.2, 1.0, 5)
+    for _ in range(4):
+        x = o1.step(x, _rosenbrock_grad(x))
+    before = o1.state_dict()
+    o2 = o1.copy()
+    x2 = x.copy()
+    for _ in range(6):  # stepping the copy leaves the original as it was ...
+        x2 = o2.step(x2, _rosenbrock_grad(x2))
+    after = o1.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(np.asarray(before[k], dtype=object), np.asarray(after[k], dtype=object))
+    x1 = x.copy()
+    for _ in range(6):  # ... and the original then takes the same steps as the copy did
+        x1 = o1.step(x1, _rosenbrock_grad(x1))
+    np.testing.assert_array_equal(x1, x2)
+
+
 def test_load_state_dict_rejects_other_optimizer():
     from particlegan.errors import DataError
     sd = opt.make_optimizer("adam", 0.1).state_dict()

@@ -7,6 +7,9 @@
 * ``kernel_value_and_grad_sum(X, Y, w, kernel) -> ((n,), (n, d))``  both (one pass on cpu/cuda)
 * ``pair_sum(X, Y, kernel) -> float``                sum_{i,j} k(x_i, y_j)
 * ``random_features(X, A, b, activation, scale) -> (psi, dpsi)``, each (n, K)
+* ``feature_mean_and_dpsi(X, A, b, activation, scale) -> (mean psi (K,), dpsi (n, K))``  the same
+  features when only the mean of psi is read (the cpu backend never writes psi then)
+* ``feature_input_grads(dpsi, A, w) -> (n, d)``  grad f(x_i) of f = psi w
 * ``feature_penalty(dpsi, A, w, form) -> (sq (n,), back (K,))``  input-gradient norms of f = psi w
   and their pull-back to w (the gradient penalty of the random-feature critics)
 * ``ntk_apply(Z, F, kind, sigma_w, sigma_b) -> (N, d)``  out_i = sum_j Theta(z_i, z_j) F_j

@@ -409,16 +409,30 @@ def _features_inplace(H, b, is_cos, scale, zero, dpsi):
 
 @_driver()
 def _cos_features_inplace(H, b, scale, dpsi):
-    """H <- scale cos(H + b), dpsi <- -scale sin(H + b) with the vectorising poly_sincos
-    (phases within +-SINCOS_MAX; 6x math.cos + math.sin, which numba cannot vectorise)."""
+    """H <- scale cos(H + b), dpsi <- -scale sin(H + b) with the vectorising polynomial sin/cos
+    of H's precision (pairmath.sincos_in_dtype; phases within its limit; 6x math.cos + math.sin,
+    which numba cannot vectorise)."""
     n, K = H.shape
     for i in prange(n):
         hi = H[i]
         di = dpsi[i]
         for k in range(K):
-            s, c = pm.poly_sincos(np.float64(hi[k] + b[k]))
+            s, c = pm.sincos_in_dtype(hi[k] + b[k])
             hi[k] = scale * c
             di[k] = -scale * s
+
+
+@njit
+def _phases_row(xi, At, b, out):
+    """out[k] = a_k . x_i + b_k for one row (At is (d, K)): one vectorised pass per coordinate."""
+    K = out.shape[0]
+    for k in range(K):
+        out[k] = b[k]
+    for c in range(xi.shape[0]):
+        xc = xi[c]
+        ac = At[c]
+        for k in range(K):
+            out[k] += xc * ac[k]
 
 
 @_driver()
@@ -426,39 +440,93 @@ def _cos_features_lowd(X, At, b, scale, psi, dpsi):
     """psi = scale cos(X A^T + b), dpsi = -scale sin(X A^T + b) with the phases computed in the
     loop (d < HIGH_D): no GEMM, no phase array, and no hand-over between the BLAS and numba
     thread pools (the spinning BLAS threads slowed the following pass down by 1.6x). At is (d, K)."""
-    n, d = X.shape
+    n = X.shape[0]
     K = At.shape[1]
     for i in prange(n):
-        xi = X[i]
         pi = psi[i]
         di = dpsi[i]
-        for k in range(K):  # the phases of row i, one vectorised pass per coordinate
-            pi[k] = b[k]
-        for c in range(d):
-            xc = xi[c]
-            ac = At[c]
-            for k in range(K):
-                pi[k] += xc * ac[k]
+        _phases_row(X[i], At, b, pi)
         for k in range(K):  # then the activation, on the row while it is in L1
-            s, co = pm.poly_sincos(np.float64(pi[k]))
+            s, co = pm.sincos_in_dtype(pi[k])
             pi[k] = scale * co
             di[k] = -scale * s
+
+
+FEATURE_ITEMS = 64   # at most this many row groups in the fused passes below (summed in order)
+ITEM_ROWS_MIN = 32   # and at least this many rows per group (small n: few groups, little overhead)
+FLUSH_ROWS = 16      # rows summed in the input dtype before they are added to the float64 sums
+
+
+def _n_items(n: int) -> int:
+    """Row groups of a fused pass over n rows: a function of n only, never of the thread count,
+    so that the sums are bitwise the same on 1 or 2 threads."""
+    return max(1, min(FEATURE_ITEMS, -(-n // ITEM_ROWS_MIN)))
+
+
+@_driver()
+def _feature_grads_lowd(X, At, b, scale, is_cos, dpsi, parts):
+    """dpsi = scale act'(X A^T + b) (n, K) and parts[t] = sum over the rows of work item t of
+    act(X A^T + b) (n_items, K, float64), act = cos (act' = -sin) or relu (act' = step): psi
+    itself is never written. Each row's phases are formed in its dpsi row and overwritten there.
+    Items are fixed (not per thread), so the sums are bitwise the same on any number of threads."""
+    n = X.shape[0]
+    K = At.shape[1]
+    n_items = parts.shape[0]
+    per = (n + n_items - 1) // n_items
+    zero = scale - scale  # 0 in the features' dtype (scale is a scalar of that dtype)
+    for t in prange(n_items):
+        acc = parts[t]
+        acc[:] = 0.0
+        part = np.zeros(K, dtype=dpsi.dtype)
+        rows = 0
+        for i in range(t * per, min(n, (t + 1) * per)):
+            di = dpsi[i]
+            _phases_row(X[i], At, b, di)
+            if is_cos:
+                for k in range(K):
+                    s, co = pm.sincos_in_dtype(di[k])
+                    part[k] += co
+                    di[k] = -scale * s
+            else:
+                for k in range(K):
+                    h = di[k]
+                    part[k] += zero if h <= zero else h  # NaN phases give NaN sums, as numpy's
+                    di[k] = scale if h > zero else zero
+            rows += 1
+            if rows == FLUSH_ROWS:
+                _flush(part, acc)
+                rows = 0
+        _flush(part, acc)
+
+
+@njit
+def _flush(part, acc):
+    """acc += part (acc in float64), then part <- 0."""
+    for k in range(part.shape[0]):
+        acc[k] += part[k]
+        part[k] = 0.0
+
+
+def _cos_poly_ok(X, A, b, dt) -> bool:
+    """True when every phase a_k . x_i + b_k is within the polynomial sin/cos's limit for dt."""
+    return bool(X.size and A.size and _phase_bound(X, A, b) <= pm.sincos_limit(dt))
 
 
 def random_features(X, A, b, activation: str, scale: float):
     """psi = scale act(X A^T + b), dpsi = scale act'(X A^T + b): X (n, d), A (K, d), b (K,) -> (n, K) each.
 
-    cos features use the polynomial sin/cos when every phase is within +-SINCOS_MAX (bounded
-    by Cauchy-Schwarz as max|x_i| max|a_k| + max|b_k|), with the phases computed in the same
-    loop for d < HIGH_D; otherwise X A^T comes from BLAS in X's float dtype and the activation
-    (math.cos / math.sin beyond the polynomial's range) follows in one fused parallel pass.
+    cos features use the polynomial sin/cos of the input's precision when every phase is within
+    its limit (pairmath.sincos_limit; bounded by Cauchy-Schwarz as max|x_i| max|a_k| + max|b_k|),
+    with the phases computed in the same loop for d < HIGH_D; otherwise X A^T comes from BLAS in
+    X's float dtype and the activation (math.cos / math.sin beyond the polynomial's range)
+    follows in one fused parallel pass.
     """
     X, A, b = check_features(X, A, b, activation)
     dt = out_dtype(X)
     Xd = np.ascontiguousarray(X, dtype=dt)
     Ad = np.ascontiguousarray(A, dtype=dt)
     bd = np.ascontiguousarray(b, dtype=dt)
-    poly = activation == "cos" and Xd.size and Ad.size and _phase_bound(Xd, Ad, bd) <= pm.SINCOS_MAX
+    poly = activation == "cos" and _cos_poly_ok(Xd, Ad, bd, dt)
     if poly and 0 < Xd.shape[1] < HIGH_D:
         psi = np.empty((Xd.shape[0], Ad.shape[0]), dtype=dt)
         dpsi = np.empty_like(psi)
@@ -473,6 +541,27 @@ def random_features(X, A, b, activation: str, scale: float):
     return H, dpsi
 
 
+def feature_mean_and_dpsi(X, A, b, activation: str, scale: float):
+    """(mean_i psi_i (K,), dpsi (n, K)) as from :func:`random_features`, without writing psi
+    where that can be avoided: for d < HIGH_D (cos features: phases within the polynomial's
+    limit) one fused pass sums the activations per fixed row group (float64 sums, the same order
+    on any number of threads); otherwise the features are built whole and averaged."""
+    X, A, b = check_features(X, A, b, activation)
+    dt = out_dtype(X)
+    Xd = np.ascontiguousarray(X, dtype=dt)
+    Ad = np.ascontiguousarray(A, dtype=dt)
+    bd = np.ascontiguousarray(b, dtype=dt)
+    n, d = Xd.shape
+    is_cos = activation == "cos"
+    if not (0 < d < HIGH_D and (not is_cos or _cos_poly_ok(Xd, Ad, bd, dt))):
+        psi, dpsi = random_features(Xd, Ad, bd, activation, scale)
+        return psi.mean(axis=0), dpsi
+    dpsi = np.empty((n, Ad.shape[0]), dtype=dt)
+    parts = np.empty((_n_items(n), Ad.shape[0]))
+    _feature_grads_lowd(Xd, np.ascontiguousarray(Ad.T), bd, dt(scale), is_cos, dpsi, parts)
+    return (parts.sum(axis=0) * (scale / n)).astype(dt), dpsi
+
+
 def _phase_bound(X, A, b) -> float:
     """An upper bound of |a_k . x_i + b_k| over all i, k (NaN when an input is not finite)."""
     with np.errstate(over="ignore", invalid="ignore"):
@@ -481,14 +570,57 @@ def _phase_bound(X, A, b) -> float:
         return float(nx * na + np.abs(b).max(initial=0.0))
 
 
-# ---------------------------------------------------------------- feature penalty --------
-PENALTY_ITEMS = 64  # row groups of the fused penalty pass, summed in a fixed order at the end
+# ---------------------------------------------------- feature critic gradients, penalty --
+@njit(fastmath=_FM)
+def _row_input_grad(di, wAt, zero, g):
+    """g[c] = sum_k di[k] wAt[c, k] = grad f(x_i)_c for f = psi w (wAt = (w a_k)^T, (d, K)),
+    summed in di's dtype (zero: 0 in it); returns ||g||^2 in float64."""
+    s2 = 0.0
+    for c in range(wAt.shape[0]):
+        wc = wAt[c]
+        gc = zero
+        for k in range(di.shape[0]):
+            gc += di[k] * wc[k]
+        g[c] = gc
+        s2 += np.float64(gc) * np.float64(gc)
+    return s2
+
 
 @_driver(fastmath=_FM)
-def _feature_penalty(dpsi, At, wAt, gp, sq, parts):
+def _feature_input_grads(dpsi, wAt, zero, out):
+    """out[i] = grad f(x_i) (n, d), row-parallel (each row's sums in one thread: the same on
+    any number of threads)."""
+    for i in prange(dpsi.shape[0]):
+        _row_input_grad(dpsi[i], wAt, zero, out[i])
+
+
+def _weighted_directions(A, w, dt):
+    """(A^T, (w[:, None] A)^T), each (d, K) contiguous in dtype dt (formed in float64)."""
+    A64 = np.asarray(A, dtype=np.float64)
+    return (np.ascontiguousarray(A64.T, dtype=dt),
+            np.ascontiguousarray((np.asarray(w, dtype=np.float64)[:, None] * A64).T, dtype=dt))
+
+
+def feature_input_grads(dpsi, A, w):
+    """grad f(x_i) = A^T (dpsi_i * w) (n, d) of f = psi w, in dpsi's dtype: a row-parallel
+    numba pass (no BLAS call: OpenBLAS's threads spin after a GEMM and slowed the next numba
+    pass of an outer step down by 1.8x)."""
+    dpsi = np.ascontiguousarray(dpsi)
+    dt = out_dtype(dpsi)
+    dpsi = dpsi.astype(dt, copy=False)
+    _, wAt = _weighted_directions(A, w, dt)
+    out = np.empty((dpsi.shape[0], wAt.shape[0]), dtype=dt)
+    _feature_input_grads(dpsi, wAt, dt(0), out)
+    return out
+
+
+@_driver(fastmath=_FM)
+def _feature_penalty(dpsi, At, wAt, gp, zero, sq, parts):
     """sq_i = ||G_i||^2, G_i = sum_k dpsi_ik w_k a_k, and parts[t] = sum over the rows of work
     item t of c_i dpsi_i * (A G_i): one read of each row of dpsi (it stays in L1 for the second
-    loop), where the numpy form reads dpsi twice. At, wAt are (d, K); parts (n_items, K)."""
+    loop), where the numpy form reads dpsi twice. At, wAt are (d, K) in dpsi's dtype (zero: 0 in
+    it), and each row's sums run in that dtype (float32 rows vectorise 8 wide), as a BLAS GEMM's
+    would; rows are added into the float64 parts (n_items, K) every FLUSH_ROWS rows."""
     n, K = dpsi.shape
     d = At.shape[0]
     n_items = parts.shape[0]
@@ -496,48 +628,57 @@ def _feature_penalty(dpsi, At, wAt, gp, sq, parts):
     for t in prange(n_items):
         acc = parts[t]
         acc[:] = 0.0
-        g = np.empty(d)
-        ag = np.empty(K)
+        part = np.zeros(K, dtype=dpsi.dtype)
+        g = np.empty(d, dtype=dpsi.dtype)
+        ag = np.empty(K, dtype=dpsi.dtype)
+        rows = 0
         for i in range(t * per, min(n, (t + 1) * per)):
             di = dpsi[i]
-            s2 = 0.0
-            for c in range(d):
-                wc = wAt[c]
-                gc = 0.0
-                for k in range(K):
-                    gc += di[k] * wc[k]
-                g[c] = gc
-                s2 += gc * gc
+            s2 = _row_input_grad(di, wAt, zero, g)
             sq[i] = s2
             coef = 1.0
             if gp:
                 norm = math.sqrt(s2 + 1e-12)
                 coef = 2.0 * (norm - 1.0) / norm
-            for k in range(K):
-                ag[k] = 0.0
             for c in range(d):
-                ac = At[c]
-                gc = coef * g[c]
+                g[c] = g[c] * coef
+            if d == 2:  # the plane (the common case): A G_i in the same pass, no ag buffer
+                g0 = g[0]
+                g1 = g[1]
+                a0 = At[0]
+                a1 = At[1]
                 for k in range(K):
-                    ag[k] += gc * ac[k]
-            for k in range(K):
-                acc[k] += di[k] * ag[k]
+                    part[k] += di[k] * (g0 * a0[k] + g1 * a1[k])
+            else:
+                for k in range(K):
+                    ag[k] = 0.0
+                for c in range(d):
+                    ac = At[c]
+                    gc = g[c]
+                    for k in range(K):
+                        ag[k] += gc * ac[k]
+                for k in range(K):
+                    part[k] += di[k] * ag[k]
+            rows += 1
+            if rows == FLUSH_ROWS:
+                _flush(part, acc)
+                rows = 0
+        _flush(part, acc)
 
 
 def feature_penalty(dpsi, A, w, form: str):
     """Input-gradient norms sq (n,) of f = psi w and their pull-back back (K,) to w
     (see numpy_backend.feature_penalty for the formulas): one fused parallel pass over dpsi.
-    Sums in float64; returned in dpsi's float dtype."""
+    Per-row sums in dpsi's float dtype, row sums and sq in float64; returned in dpsi's dtype."""
     dpsi = np.ascontiguousarray(dpsi)
     dt = out_dtype(dpsi)
-    A64 = np.asarray(A, dtype=np.float64)
-    At = np.ascontiguousarray(A64.T)
-    wAt = np.ascontiguousarray((np.asarray(w, dtype=np.float64)[:, None] * A64).T)
+    dpsi = dpsi.astype(dt, copy=False)
+    At, wAt = _weighted_directions(A, w, dt)
     n, K = dpsi.shape
-    items = max(1, min(n, PENALTY_ITEMS))  # fixed, not per thread: bitwise the same on 1 or 2 threads
+    items = _n_items(n)
     sq = np.empty(n)
     parts = np.empty((items, K))
-    _feature_penalty(dpsi, At, wAt, form == "gp", sq, parts)
+    _feature_penalty(dpsi, At, wAt, form == "gp", dt(0), sq, parts)
     return sq.astype(dt), parts.sum(axis=0).astype(dt)
 
 

@@ -25,7 +25,8 @@ from numba import types as nbtypes
 from particlegan.maths import pairmath as pm
 from particlegan.maths.kernels import KernelSpec, anchor
 from particlegan.backends.numpy_backend import check_features, check_ntk, check_points, out_dtype
-from particlegan.backends.numpy_backend import feature_penalty  # noqa: F401  (host-side: two skinny GEMMs, no pair loop)
+# host-side, no pair loop: skinny GEMMs over dpsi
+from particlegan.backends.numpy_backend import feature_input_grads, feature_penalty  # noqa: F401
 
 NAME = "cuda"
 SIMULATED = bool(config.ENABLE_CUDASIM)
@@ -390,6 +391,12 @@ def random_features(X, A, b, activation: str, scale: float):
         kern = make_feature_kernel(np.dtype(dt).name, activation == "cos")
         kern[grid, FEATURE_BLOCK](_dev(X, dt), _dev(A, dt), _dev(b, dt), dt(scale), psi, dpsi)
     return psi.copy_to_host(), dpsi.copy_to_host()
+
+
+def feature_mean_and_dpsi(X, A, b, activation: str, scale: float):
+    """(mean_i psi_i (K,), dpsi (n, K)): the features from the GPU, averaged on the host."""
+    psi, dpsi = random_features(X, A, b, activation, scale)
+    return psi.mean(axis=0), dpsi
 
 
 def ntk_apply(Z, F, kind: str, sigma_w: float = 1.0, sigma_b: float = 0.0) -> np.ndarray:

@@ -141,6 +141,20 @@ def random_features(X, A, b, activation: str, scale: float):
     return s * np.maximum(H, 0), s * (H > 0).astype(dt)
 
 
+def feature_mean_and_dpsi(X, A, b, activation: str, scale: float):
+    """(mean_i psi_i (K,), dpsi (n, K)) of :func:`random_features`: what a critic whose objective
+    is linear in f (the IPM loss) reads of the particles' features. The fast backends form it
+    without writing psi; here it is the plain composition."""
+    psi, dpsi = random_features(X, A, b, activation, scale)
+    return psi.mean(axis=0), dpsi
+
+
+def feature_input_grads(dpsi, A, w):
+    """Input gradients grad f(x_i) = A^T (dpsi_i * w) (n, d) of f = psi w: one skinny GEMM
+    over dpsi, dpsi (w[:, None] A), in dpsi's float dtype."""
+    return dpsi @ (w[:, None] * A.astype(w.dtype, copy=False))
+
+
 def feature_penalty(dpsi, A, w, form: str):
     """Input-gradient norms of a random-feature critic f = psi w and their pull-back to w.
 

@@ -16,7 +16,6 @@ for the interpolate-noise generator held by the model (its state is checkpointed
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -142,7 +141,7 @@ def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
     if n_steps == 0:
         return state
     ctx = critic.prepare(state.x) if ctx is None else ctx
-    opt = copy.deepcopy(state.critic_opt)  # the optimizer steps a copy: the input state stays as it was
+    opt = state.critic_opt.copy()  # the optimizer steps a copy: the input state stays as it was
     scale_optimizer_lr(opt, model.params.eta_d, state.lr_scale)
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
     w, finite = cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx))

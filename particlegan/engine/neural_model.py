@@ -49,7 +49,6 @@ checkpointed: fresh minibatches resume exactly), interpolates from ``noise``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -240,7 +239,7 @@ def outer_step(model: NeuralModel, state: NeuralState):
     else:
         state = train_critic(model, state, par.critic_steps)
         forces, grad = particle_forces(model, state)
-    gopt = copy.deepcopy(state.gen_opt)
+    gopt = state.gen_opt.copy()
     scale_optimizer_lr(gopt, par.eta_g, state.lr_scale)
     gopt.begin_outer_step()
     theta = gopt.step(state.theta_g, generator_param_grad(model, state, forces))

@@ -145,20 +145,25 @@ def build_feature_critic(ccfg: dict, y: np.ndarray, backend, rng: np.random.Gene
             np.zeros(ccfg["features"], dtype=dtype))
 
 
-def feature_batch(fm: FeatureMap, X: np.ndarray, backend) -> FeatureBatch:
-    """Evaluate the feature map on X (n, d) with the chosen backend."""
+def feature_batch(fm: FeatureMap, X: np.ndarray, backend, keep_psi: bool = True) -> FeatureBatch:
+    """Evaluate the feature map on X (n, d) with the chosen backend; with ``keep_psi = False``
+    the batch holds only dpsi and the mean of psi (``backend.feature_mean_and_dpsi``)."""
     A = fm.A.astype(X.dtype, copy=False)
     b = fm.b.astype(X.dtype, copy=False)
+    if not keep_psi:
+        mean_psi, dpsi = backend.feature_mean_and_dpsi(X, A, b, fm.activation, fm.scale)
+        return FeatureBatch(None, dpsi, mean_psi)
     psi, dpsi = backend.random_features(X, A, b, fm.activation, fm.scale)
     return FeatureBatch(psi, dpsi, psi.mean(axis=0))
 
 
-def feature_values_and_grads(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray):
-    """f(x) = psi w  (n,) and grad f(x) = (dpsi * w) A = dpsi (w[:, None] * A)  (n, d).
-
-    The second form is one skinny GEMM over dpsi, without an (n, K) temporary.
-    """
-    return fb.psi @ w, fb.dpsi @ (w[:, None] * fm.A.astype(w.dtype, copy=False))
+def feature_values_and_grads(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, backend=None):
+    """f(x) = psi w  (n,; None when the batch holds no psi) and
+    grad f(x) = (dpsi * w) A  (n, d) (``backend.feature_input_grads``, default numpy: one skinny
+    GEMM over dpsi, without an (n, K) temporary)."""
+    values = None if fb.psi is None else fb.psi @ w
+    backend = backend or _numpy_backend()
+    return values, backend.feature_input_grads(fb.dpsi, fm.A.astype(w.dtype, copy=False), w)
 
 
 def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam: float, form: str, backend):

@@ -61,17 +61,22 @@ class FeatureCritic:
     trainable = True
 
     def prepare(self, x):
-        return cr.feature_batch(self.feature_map, x, self.backend)
+        # the IPM objective and its forces read only the mean of psi(x): the fast backends then
+        # never write the (N, K) psi
+        return cr.feature_batch(self.feature_map, x, self.backend, keep_psi=self.loss.objective.name != "ipm")
 
     def objective_grad(self, w, x, ctx):
         L = self.loss
         xhat = L.interpolates(x)
-        pen_batch = None if xhat is None else cr.feature_batch(self.feature_map, xhat, self.backend)
+        pen_batch = None if xhat is None else cr.feature_batch(self.feature_map, xhat, self.backend,
+                                                               keep_psi=False)
         return cr.feature_critic_objective(self.feature_map, w, self.real, ctx, L.objective, L.penalty, L.lam,
                                            pen_batch, L.weight_decay, self.backend)[1]
 
     def values_and_grads(self, state, ctx, need_values):
-        return cr.feature_values_and_grads(self.feature_map, ctx, state.w)
+        if need_values and ctx.psi is None:  # values asked of an IPM critic (prepare kept no psi)
+            ctx = cr.feature_batch(self.feature_map, state.x, self.backend)
+        return cr.feature_values_and_grads(self.feature_map, ctx, state.w, self.backend)
 
 
 @dataclass(frozen=True)
