@@ -562,12 +562,33 @@ def feature_mean_and_dpsi(X, A, b, activation: str, scale: float):
     return (parts.sum(axis=0) * (scale / n)).astype(dt), dpsi
 
 
-def _phase_bound(X, A, b) -> float:
-    """An upper bound of |a_k . x_i + b_k| over all i, k (NaN when an input is not finite)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        nx = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64).max())
-        na = np.sqrt(np.einsum("ij,ij->i", A, A, dtype=np.float64).max())
-        return float(nx * na + np.abs(b).max(initial=0.0))
+@njit
+def _phase_bound(X, A, b):
+    """An upper bound of |a_k . x_i + b_k| over all i, k, max|x_i| max|a_k| + max|b_k|
+    (Cauchy-Schwarz; NaN when an input is NaN, inf when one is infinite)."""
+    nx = 0.0
+    for i in range(X.shape[0]):
+        s = 0.0
+        for c in range(X.shape[1]):
+            s += np.float64(X[i, c]) * np.float64(X[i, c])
+        if s != s:
+            return s
+        nx = max(nx, s)
+    na = 0.0
+    for k in range(A.shape[0]):
+        s = 0.0
+        for c in range(A.shape[1]):
+            s += np.float64(A[k, c]) * np.float64(A[k, c])
+        if s != s:
+            return s
+        na = max(na, s)
+    nb = 0.0
+    for k in range(b.shape[0]):
+        v = abs(np.float64(b[k]))
+        if v != v:
+            return v
+        nb = max(nb, v)
+    return math.sqrt(nx) * math.sqrt(na) + nb
 
 
 # ---------------------------------------------------- feature critic gradients, penalty --
@@ -587,18 +608,26 @@ def _row_input_grad(di, wAt, zero, g):
 
 
 @_driver(fastmath=_FM)
-def _feature_input_grads(dpsi, wAt, zero, out):
+def _feature_input_grads(dpsi, A, w, zero, out):
     """out[i] = grad f(x_i) (n, d), row-parallel (each row's sums in one thread: the same on
     any number of threads)."""
+    _, wAt = _weighted_directions(A, w, dpsi)
     for i in prange(dpsi.shape[0]):
         _row_input_grad(dpsi[i], wAt, zero, out[i])
 
 
-def _weighted_directions(A, w, dt):
-    """(A^T, (w[:, None] A)^T), each (d, K) contiguous in dtype dt (formed in float64)."""
-    A64 = np.asarray(A, dtype=np.float64)
-    return (np.ascontiguousarray(A64.T, dtype=dt),
-            np.ascontiguousarray((np.asarray(w, dtype=np.float64)[:, None] * A64).T, dtype=dt))
+@njit
+def _weighted_directions(A, w, dtype_of):
+    """(A^T, (w[:, None] A)^T), each (d, K) contiguous in the dtype of ``dtype_of``, the
+    products formed in float64 and rounded once (as numpy's float64 product then astype)."""
+    K, d = A.shape
+    At = np.empty((d, K), dtype=dtype_of.dtype)
+    wAt = np.empty((d, K), dtype=dtype_of.dtype)
+    for c in range(d):
+        for k in range(K):
+            At[c, k] = A[k, c]
+            wAt[c, k] = np.float64(w[k]) * np.float64(A[k, c])
+    return At, wAt
 
 
 def feature_input_grads(dpsi, A, w):
@@ -608,21 +637,22 @@ def feature_input_grads(dpsi, A, w):
     dpsi = np.ascontiguousarray(dpsi)
     dt = out_dtype(dpsi)
     dpsi = dpsi.astype(dt, copy=False)
-    _, wAt = _weighted_directions(A, w, dt)
-    out = np.empty((dpsi.shape[0], wAt.shape[0]), dtype=dt)
-    _feature_input_grads(dpsi, wAt, dt(0), out)
+    A = np.ascontiguousarray(A)
+    out = np.empty((dpsi.shape[0], A.shape[1]), dtype=dt)
+    _feature_input_grads(dpsi, A, np.ascontiguousarray(w), dt(0), out)
     return out
 
 
 @_driver(fastmath=_FM)
-def _feature_penalty(dpsi, At, wAt, gp, zero, sq, parts):
+def _feature_penalty(dpsi, A, w, gp, zero, sq, parts):
     """sq_i = ||G_i||^2, G_i = sum_k dpsi_ik w_k a_k, and parts[t] = sum over the rows of work
     item t of c_i dpsi_i * (A G_i): one read of each row of dpsi (it stays in L1 for the second
-    loop), where the numpy form reads dpsi twice. At, wAt are (d, K) in dpsi's dtype (zero: 0 in
-    it), and each row's sums run in that dtype (float32 rows vectorise 8 wide), as a BLAS GEMM's
+    loop), where the numpy form reads dpsi twice. A is (K, d), zero is 0 in dpsi's dtype, and
+    each row's sums run in that dtype (float32 rows vectorise 8 wide), as a BLAS GEMM's
     would; rows are added into the float64 parts (n_items, K) every FLUSH_ROWS rows."""
     n, K = dpsi.shape
-    d = At.shape[0]
+    d = A.shape[1]
+    At, wAt = _weighted_directions(A, w, dpsi)
     n_items = parts.shape[0]
     per = (n + n_items - 1) // n_items
     for t in prange(n_items):
@@ -673,12 +703,11 @@ def feature_penalty(dpsi, A, w, form: str):
     dpsi = np.ascontiguousarray(dpsi)
     dt = out_dtype(dpsi)
     dpsi = dpsi.astype(dt, copy=False)
-    At, wAt = _weighted_directions(A, w, dt)
     n, K = dpsi.shape
     items = _n_items(n)
     sq = np.empty(n)
     parts = np.empty((items, K))
-    _feature_penalty(dpsi, At, wAt, form == "gp", dt(0), sq, parts)
+    _feature_penalty(dpsi, np.ascontiguousarray(A), np.ascontiguousarray(w), form == "gp", dt(0), sq, parts)
     return sq.astype(dt), parts.sum(axis=0).astype(dt)
 
 
