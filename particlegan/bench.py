@@ -505,6 +505,76 @@ def format_mnist_steps(rows) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------ sweep-scale runs ------------
+PAPER_GRID_RUNS = 26 * 26 * 3  # the paper-resolution mode-collapse grid (phi x eta_D x seeds)
+
+# run in a fresh process with the sweep workers' thread settings; prints one JSON line
+_SWEEP_RUN_SCRIPT = """
+import json, sys, time, tomllib
+import numpy as np
+from numba import njit
+from particlegan.store.config import resolve_config
+from particlegan.engine.simulate import simulate
+from particlegan.maths import pairmath as pm
+path, backend, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(path, "rb") as fh:
+    user = tomllib.load(fh)
+cells = [("0.0", "0.001"), ("0.3", "0.01"), ("0.1", "0.003"), ("0.98", "0.001")]
+times = []
+for i in range(runs + 1):  # the first run compiles (cpu) and is not counted
+    phi, eta = cells[i % len(cells)]
+    cfg = resolve_config(user, [f"run.backend={backend}", f"generator.phi={phi}", f"dynamics.eta_d={eta}"], seed=i)
+    t = time.perf_counter(); simulate(cfg); times.append(time.perf_counter() - t)
+@njit
+def sweep_sincos(x, out):
+    for i in range(x.shape[0]):
+        s, c = pm.sincos_in_dtype(x[i])
+        out[i] = s + c
+x = np.random.default_rng(0).uniform(-20, 20, 1 << 20); out = np.empty_like(x); sweep_sincos(x, out)
+t = time.perf_counter(); sweep_sincos(x, out); per_sincos = (time.perf_counter() - t) / x.size
+print(json.dumps({"times": times[1:], "steps": cfg["run"]["steps"], "n": cfg["particles"]["n"],
+                  "features": cfg["critic"]["features"], "per_sincos": per_sincos}))
+"""
+
+
+def sweep_run_times(config_path: str, backends=("numpy", "cpu"), runs: int = 3) -> list[dict]:
+    """Whole runs of a study config (build, start-up critic steps, every outer step, the
+    observables) as a sweep worker runs them: a fresh process per backend with one numba and one
+    BLAS thread. Returns per backend: seconds per run (``times``), ``steps``, N, features K and
+    the machine's time for one float64 (sin, cos) pair of the vectorised polynomial
+    (``per_sincos``; the features of one outer step need N K of them)."""
+    import json
+    import subprocess
+    import sys
+
+    from particlegan.sweeps.sweep import WORKER_THREAD_ENV
+
+    env = {**os.environ, **WORKER_THREAD_ENV, "PARTICLEGAN_QUIET": "1"}
+    out = []
+    for backend in backends:
+        proc = subprocess.run([sys.executable, "-c", _SWEEP_RUN_SCRIPT, str(config_path), backend, str(runs)],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ConfigError(f"sweep-run measurement failed: {proc.stderr.strip().splitlines()[-1:]}")
+        out.append({"backend": backend, **json.loads(proc.stdout.strip().splitlines()[-1])})
+    return out
+
+
+def format_sweep_runs(rows, config_path: str, grid_runs: int = PAPER_GRID_RUNS, workers: int = 2) -> str:
+    """The text of :func:`sweep_run_times`: seconds per run and per run-step, the projected wall
+    time of ``grid_runs`` runs on ``workers`` workers, and the features' floor (N K sin/cos pairs
+    per outer step at the measured polynomial rate) as a fraction of the measured run-step."""
+    lines = [f"whole runs of {config_path} (1 thread, as a sweep worker; {grid_runs} runs on {workers} workers):"]
+    for r in rows:
+        per_run = sum(r["times"]) / len(r["times"])
+        per_step = per_run / r["steps"]
+        floor = r["n"] * r["features"] * r["per_sincos"]
+        lines.append(f"  {r['backend']:<6} {per_run:6.2f} s per run  {per_step * 1e3:6.3f} ms per run-step  "
+                     f"grid {grid_runs * per_run / workers / 60:6.1f} min  "
+                     f"sin/cos floor {floor * 1e3:.3f} ms = {floor / per_step:4.0%} of the run-step")
+    return "\n".join(lines)
+
+
 def format_side_measurements(startup, records) -> str:
     """The text of :func:`startup_times` and :func:`record_times` printed below the table."""
     lines = []

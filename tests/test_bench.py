@@ -177,3 +177,22 @@ def test_mnist_step_rows_and_text(monkeypatch):
     assert dt == "float32" and t > 0 and flops > 0 and peak > 0
     text = bench.format_mnist_steps(rows)
     assert "float32" in text and "GFLOP/s" in text and "of the" in text
+
+
+def test_sweep_run_times_time_whole_runs_in_a_worker_like_process(tmp_path):
+    cfg = tmp_path / "tiny.toml"  # a few steps of a small run: the machinery, not the numbers
+    cfg.write_text("[particles]\nn = 16\n[target]\nn_samples = 64\n[critic]\nfeatures = 32\n"
+                   "[dynamics]\ncritic_steps_startup = 2\n[run]\nsteps = 4\nrecord_every = 2\n")
+    rows = bench.sweep_run_times(str(cfg), backends=("numpy",), runs=1)
+    (row,) = rows
+    assert row["backend"] == "numpy" and len(row["times"]) == 1 and row["times"][0] > 0
+    assert (row["steps"], row["n"], row["features"]) == (4, 16, 32) and 0 < row["per_sincos"] < 1e-6
+
+
+def test_sweep_run_text_projects_the_grid_from_the_mean_run():
+    rows = [{"backend": "cpu", "times": [2.0, 4.0], "steps": 1000, "n": 128, "features": 512,
+             "per_sincos": 1e-8}]
+    text = bench.format_sweep_runs(rows, "x.toml", grid_runs=600, workers=2)
+    # mean run 3 s -> 3 ms per run-step; 600 runs / 2 workers * 3 s = 15 min; floor 128*512*1e-8 s
+    assert "3.00 s per run" in text and "3.000 ms per run-step" in text and "grid   15.0 min" in text
+    assert "sin/cos floor 0.655 ms =  22% of the run-step" in text

@@ -2,12 +2,15 @@
 
 Usage: python sims/bench/run_bench.py [--quick] [--csv PATH] [--sizes 1000,10000] [--dims 2,3]
        [--dtypes float64,float32] [--methods cpu,scipy_cdist] [--step-n 10000] [--table-only]
+       [--mnist-only] [--sweep-only]
 """
 import argparse
 import sys
+from pathlib import Path
 
-from particlegan.bench import (STEP_N, format_mnist_steps, format_side_measurements, format_table,
-                               mnist_step_times, record_times, run_benchmark, startup_times, write_csv)
+from particlegan.bench import (STEP_N, format_mnist_steps, format_side_measurements, format_sweep_runs,
+                               format_table, mnist_step_times, record_times, run_benchmark, startup_times,
+                               sweep_run_times, write_csv)
 from particlegan.errors import ParticleGANError
 
 
@@ -32,7 +35,13 @@ def main(argv=None):
                         help="skip the run start-up, results.csv bookkeeping and MNIST-step measurements")
     parser.add_argument("--mnist-only", action="store_true",
                         help="only the MNIST outer step against the machine's matmul peak")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only whole sims/mode_collapse runs per backend and the paper grid's projected time")
     args = parser.parse_args(argv)
+    study = str(Path(__file__).resolve().parents[1] / "mode_collapse" / "config.toml")
+    if args.sweep_only:
+        print(format_sweep_runs(sweep_run_times(study), "sims/mode_collapse/config.toml"))
+        return 0
     if args.mnist_only:
         print(format_mnist_steps(mnist_step_times(args.dtypes if args.dtypes != ("float64",) else
                                                   ("float32", "float64"))))
@@ -49,6 +58,7 @@ def main(argv=None):
     if not args.table_only:
         print(format_side_measurements(startup_times(), record_times()))
         print(format_mnist_steps(mnist_step_times()))
+        print(format_sweep_runs(sweep_run_times(study), "sims/mode_collapse/config.toml"))
     return 0
 
 
