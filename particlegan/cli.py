@@ -36,11 +36,12 @@ def main():
     import shlex
 
     from particlegan.numba_setup import configure
+
+    configure()  # process settings (numba, idle OpenMP / OpenBLAS threads), before numpy or numba load
     from particlegan.store.storage import COMMAND_ENV
 
     # recorded in every run's meta.json, also by sweep workers (they inherit the environment)
     os.environ[COMMAND_ENV] = shlex.join(["particlegan", *sys.argv[1:]])
-    configure()  # numba process settings, before any command imports numba
 
 
 # ---- commands are added below; each parses its arguments and calls one library function ----

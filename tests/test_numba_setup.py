@@ -58,6 +58,44 @@ def test_idle_threads_sleep_unless_the_user_chose_otherwise():
     assert _probe({"PARTICLEGAN_OMP_WAIT": "default"})["wait"] is None
 
 
+BLAS_PROBE = """
+import json, os
+{pre}
+from particlegan.numba_setup import configure
+done = configure()
+import numpy
+print(json.dumps({{"env": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "done": done["openblas_thread_timeout"]}}))
+"""
+
+
+def _blas_probe(env_extra=None, pre=""):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "PARTICLEGAN_OMP_WAIT")}
+    env.update(env_extra or {})
+    res = subprocess.run([sys.executable, "-c", BLAS_PROBE.format(pre=pre)], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_idle_blas_threads_sleep_when_set_before_numpy_loads():
+    assert _blas_probe() == {"env": "4", "done": "4"}
+    assert _blas_probe({"OPENBLAS_THREAD_TIMEOUT": "10"}) == {"env": "10", "done": "10"}
+    assert _blas_probe({"PARTICLEGAN_OMP_WAIT": "default"}) == {"env": None, "done": "default"}
+    assert _blas_probe(pre="import numpy") == {"env": None, "done": "default"}  # too late: left alone
+
+
+def test_the_cli_applies_it_before_numpy_loads(tmp_path):
+    code = ("import sys, os; from particlegan.cli import main; assert 'numpy' not in sys.modules; "
+            "sys.argv = ['particlegan', 'ls', sys.argv[1]]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "PARTICLEGAN_OMP_WAIT")}
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "4"
+
+
 def test_importing_particlegan_touches_no_matplotlib_backend():
     code = ("import matplotlib; before = matplotlib.rcParams['backend']; "
             "import particlegan.plots.plotting, particlegan.plots.plotting_movie, particlegan.plots.plotting_stability; "

@@ -180,7 +180,7 @@ def provenance() -> dict:
 
     threads = {k: os.environ.get(k) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                                "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                               "OMP_WAIT_POLICY")}
+                                               "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
     threads["numba_threads"] = numba.get_num_threads()
     return {"versions": versions(), "git": git_state(), "host": socket.gethostname(),
             "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,

@@ -8,6 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from particlegan.numba_setup import configure
+
+configure()  # as the particlegan command does: before numpy (OpenBLAS) and numba load
+
 from particlegan.bench import (STEP_N, format_mnist_steps, format_side_measurements, format_sweep_runs,
                                format_table, mnist_step_times, record_times, run_benchmark, startup_times,
                                sweep_run_times, write_csv)
