@@ -563,32 +563,25 @@ def feature_mean_and_dpsi(X, A, b, activation: str, scale: float):
 
 
 @njit
+def _max_row_norm2(M):
+    """max_i ||m_i||^2 over the rows of M in float64 (NaN as soon as a row's is NaN)."""
+    best = 0.0
+    for i in range(M.shape[0]):
+        s = 0.0
+        for c in range(M.shape[1]):
+            s += np.float64(M[i, c]) * np.float64(M[i, c])
+        if s != s:
+            return s
+        best = max(best, s)
+    return best
+
+
+@njit
 def _phase_bound(X, A, b):
     """An upper bound of |a_k . x_i + b_k| over all i, k, max|x_i| max|a_k| + max|b_k|
     (Cauchy-Schwarz; NaN when an input is NaN, inf when one is infinite)."""
-    nx = 0.0
-    for i in range(X.shape[0]):
-        s = 0.0
-        for c in range(X.shape[1]):
-            s += np.float64(X[i, c]) * np.float64(X[i, c])
-        if s != s:
-            return s
-        nx = max(nx, s)
-    na = 0.0
-    for k in range(A.shape[0]):
-        s = 0.0
-        for c in range(A.shape[1]):
-            s += np.float64(A[k, c]) * np.float64(A[k, c])
-        if s != s:
-            return s
-        na = max(na, s)
-    nb = 0.0
-    for k in range(b.shape[0]):
-        v = abs(np.float64(b[k]))
-        if v != v:
-            return v
-        nb = max(nb, v)
-    return math.sqrt(nx) * math.sqrt(na) + nb
+    nb = _max_row_norm2(b.reshape((b.shape[0], 1)))
+    return math.sqrt(_max_row_norm2(X)) * math.sqrt(_max_row_norm2(A)) + math.sqrt(nb)
 
 
 # ---------------------------------------------------- feature critic gradients, penalty --
