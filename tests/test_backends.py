@@ -393,3 +393,54 @@ def test_every_backend_exposes_the_same_functions():
     for module in (numpy_backend, cpu_backend, cuda_backend):
         missing = [f for f in api if not callable(getattr(module, f, None))]
         assert not missing, (module.NAME, missing)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("act", ["cos", "relu"])
+@pytest.mark.parametrize("n,d", [(70, 2), (33, 3), (20, 40)])  # 40: the BLAS (high-d) path
+def test_member_ops_are_each_members_own_call(backend, dtype, act, n, d):
+    """backends.members: the ensemble form of the feature ops, member m bitwise its own call
+    (the cpu backend's one program over (member, row group); numpy's loop); a member with a
+    NaN particle sends the group to the looped form without changing the others."""
+    from particlegan.backends import members
+
+    be, mb = get_backend(backend), members(get_backend(backend))
+    rng = np.random.default_rng(n + d)
+    B, K = 4, 40
+    X = rng.standard_normal((B, n, d)).astype(dtype)
+    A = (rng.standard_normal((B, K, d)) / 0.3).astype(dtype)
+    b = rng.uniform(-3, 3, (B, K)).astype(dtype)
+    w = rng.standard_normal((B, K)).astype(dtype)
+    scale = float(np.sqrt(2 / K))
+    for nan_member in (False, True):
+        if nan_member:
+            X[2, 5, 0] = np.nan
+        mean, dpsi = mb.feature_mean_and_dpsi(X, A, b, act, scale)
+        psi_all, dpsi_all = mb.random_features(X, A, b, act, scale)
+        grads = mb.feature_input_grads(dpsi, A, w)
+        pens = {form: mb.feature_penalty(dpsi, A, w, form) for form in ("sq", "gp")}
+        for m in range(B):
+            own_mean, own_dpsi = be.feature_mean_and_dpsi(X[m], A[m], b[m], act, scale)
+            np.testing.assert_array_equal(mean[m], own_mean)
+            np.testing.assert_array_equal(dpsi[m], own_dpsi)
+            np.testing.assert_array_equal(psi_all[m], be.random_features(X[m], A[m], b[m], act, scale)[0])
+            np.testing.assert_array_equal(grads[m], be.feature_input_grads(own_dpsi, A[m], w[m]))
+            for form, (sq, back) in pens.items():
+                own_sq, own_back = be.feature_penalty(own_dpsi, A[m], w[m], form)
+                np.testing.assert_array_equal(sq[m], own_sq)
+                np.testing.assert_array_equal(back[m], own_back)
+        assert mean.dtype == dpsi.dtype == grads.dtype == pens["sq"][1].dtype == dtype
+    # and the member forms agree with the numpy reference (to the dtype's rounding)
+    ref = members(get_backend("numpy")).feature_mean_and_dpsi(X[:2], A[:2], b[:2], act, scale)
+    np.testing.assert_allclose(mean[:2], ref[0], rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+
+
+def test_member_ops_check_their_shapes():
+    from particlegan.backends import members
+
+    mb = members(get_backend("cpu"))
+    with pytest.raises(DataError, match="agree in B"):
+        mb.feature_mean_and_dpsi(np.zeros((2, 5, 2)), np.zeros((3, 4, 2)), np.zeros((3, 4)), "cos", 1.0)
+    with pytest.raises(DataError, match="b must have shape"):
+        mb.feature_mean_and_dpsi(np.zeros((2, 5, 2)), np.zeros((2, 4, 2)), np.zeros((2, 3)), "cos", 1.0)

@@ -654,3 +654,40 @@ def test_particle_critic_uses_the_configured_optimizer():
     sched = simulate(resolve_config(overrides=tiny + ["critic.lr_schedule=inv"])).final_state
     assert isinstance(mom.critic_opt, opt.Momentum)
     assert not np.array_equal(base.w, mom.w) and not np.array_equal(base.w, sched.w)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name,options", [("sgd", {}), ("momentum", {"nesterov": True}),
+                                          ("adam", {"amsgrad": True}), ("adam", {"reset_each_outer_step": True})])
+def test_step_members_is_each_row_stepped_alone(name, options, dtype):
+    """An ensemble's optimizer steps row b exactly as an optimizer of its own with rate lrs[b]."""
+    from particlegan.model.optimizers import make_optimizer
+
+    rng = np.random.default_rng(3)
+    lrs = np.array([0.1, 0.013, 0.7])
+    x = rng.standard_normal((3, 11)).astype(dtype)
+    group = make_optimizer(name, 1.0, **options)
+    alone = [make_optimizer(name, float(lr), **options) for lr in lrs]
+    rows = [x[b].copy() for b in range(3)]
+    for step in range(4):
+        g = rng.standard_normal((3, 11)).astype(dtype)
+        if step == 2:
+            group.begin_outer_step()
+            for o in alone:
+                o.begin_outer_step()
+        x = group.step_members(x, g, lrs, maximize=step % 2 == 1)
+        rows = [o.step(r, g[b], maximize=step % 2 == 1) for b, (o, r) in enumerate(zip(alone, rows))]
+        assert x.dtype == dtype
+        for b in range(3):
+            np.testing.assert_array_equal(x[b], rows[b])
+
+
+def test_step_members_refuses_cg_and_bad_shapes():
+    from particlegan.model.optimizers import make_optimizer
+
+    with pytest.raises(ValueError, match="cannot step ensemble members"):
+        make_optimizer("cg", 0.1).step_members(np.zeros((2, 3)), np.zeros((2, 3)), [0.1, 0.1])
+    with pytest.raises(ValueError, match="learning rates"):
+        make_optimizer("sgd", 0.1).step_members(np.zeros((2, 3)), np.zeros((2, 3)), [0.1])
+    with pytest.raises(ValueError, match=r"\(B, P\)"):
+        make_optimizer("sgd", 0.1).step_members(np.zeros(3), np.zeros(3), [0.1])

@@ -14,6 +14,12 @@
   and their pull-back to w (the gradient penalty of the random-feature critics)
 * ``ntk_apply(Z, F, kind, sigma_w, sigma_b) -> (N, d)``  out_i = sum_j Theta(z_i, z_j) F_j
 
+Ensembles (:mod:`particlegan.engine.ensemble`) call the feature ops through
+:func:`members`: the same ops with a leading member axis B on their array arguments, each
+member bitwise as its own call; a backend may define ``<op>_members`` running all members as
+one program (the cpu backend does, over (member, row group) work items), otherwise the members
+are looped.
+
 Backends: ``numpy`` (chunked reference oracle), ``cpu`` (numba parallel drivers),
 ``cuda`` (numba.cuda tiled kernels; needs a GPU, or the simulator with NUMBA_ENABLE_CUDASIM=1).
 Inputs may be float32 or float64; results come back as numpy arrays in the input's float dtype.
@@ -67,3 +73,28 @@ def get_backend(name: str):
         from particlegan.backends import cuda_backend
         return cuda_backend
     raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+#: feature ops with an ensemble form, and how many leading arguments carry the member axis
+MEMBER_OPS = {"random_features": 3, "feature_mean_and_dpsi": 3, "feature_input_grads": 3,
+              "feature_penalty": 3}
+
+
+class MemberOps:
+    """The feature ops of ``backend`` taking a leading ensemble axis B (see :func:`members`)."""
+
+    def __init__(self, backend):
+        from particlegan.backends.numpy_backend import loop_members
+
+        self.backend = backend
+        self.NAME = backend.NAME
+        for name, n_arrays in MEMBER_OPS.items():
+            fast = getattr(backend, f"{name}_members", None)
+            setattr(self, name, fast if fast is not None else loop_members(getattr(backend, name), n_arrays))
+
+
+def members(backend) -> MemberOps:
+    """The ensemble form of ``backend``'s feature ops (:data:`MEMBER_OPS`): array arguments
+    with a leading member axis B, results stacked along it, member m bitwise as ``backend``'s
+    own op on member m's arrays."""
+    return MemberOps(backend)

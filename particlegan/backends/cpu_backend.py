@@ -31,7 +31,8 @@ from numba import njit, prange
 from particlegan.maths import pairmath as pm
 from particlegan.backends import jit_cache
 from particlegan.maths.kernels import KernelSpec, anchor
-from particlegan.backends.numpy_backend import check_features, check_ntk, check_points, out_dtype
+from particlegan.backends.numpy_backend import (check_features, check_members, check_ntk, check_points,
+                                                loop_members, out_dtype)
 
 NAME = "cpu"
 HIGH_D = 32          # from this dimension on, pair products come from BLAS
@@ -463,40 +464,52 @@ def _n_items(n: int) -> int:
     return max(1, min(FEATURE_ITEMS, -(-n // ITEM_ROWS_MIN)))
 
 
+@njit(inline="always")
+def _feature_grads_item(X, At, b, scale, is_cos, dpsi, acc, lo, hi):
+    """Rows lo..hi-1 of :func:`_feature_grads_lowd` for one member: their dpsi rows, and into
+    acc (K,) the sum of their activations (input-dtype row sums flushed into float64)."""
+    K = At.shape[1]
+    zero = scale - scale  # 0 in the features' dtype (scale is a scalar of that dtype)
+    acc[:] = 0.0
+    part = np.zeros(K, dtype=dpsi.dtype)
+    rows = 0
+    for i in range(lo, hi):
+        di = dpsi[i]
+        _phases_row(X[i], At, b, di)
+        if is_cos:
+            for k in range(K):
+                s, co = pm.sincos_in_dtype(di[k])
+                part[k] += co
+                di[k] = -scale * s
+        else:
+            for k in range(K):
+                h = di[k]
+                part[k] += zero if h <= zero else h  # NaN phases give NaN sums, as numpy's
+                di[k] = scale if h > zero else zero
+        rows += 1
+        if rows == FLUSH_ROWS:
+            _flush(part, acc)
+            rows = 0
+    _flush(part, acc)
+
+
 @_driver()
 def _feature_grads_lowd(X, At, b, scale, is_cos, dpsi, parts):
-    """dpsi = scale act'(X A^T + b) (n, K) and parts[t] = sum over the rows of work item t of
-    act(X A^T + b) (n_items, K, float64), act = cos (act' = -sin) or relu (act' = step): psi
-    itself is never written. Each row's phases are formed in its dpsi row and overwritten there.
-    Items are fixed (not per thread), so the sums are bitwise the same on any number of threads."""
-    n = X.shape[0]
-    K = At.shape[1]
-    n_items = parts.shape[0]
+    """For each member m of an ensemble (leading axis; a single run is one member):
+    dpsi[m] = scale act'(X[m] A[m]^T + b[m]) (n, K) and parts[m, t] = sum over the rows of work
+    item t of act(X[m] A[m]^T + b[m]) (float64), act = cos (act' = -sin) or relu (act' = step):
+    psi itself is never written. Each row's phases are formed in its dpsi row and overwritten
+    there. Items are fixed (not per thread), and each (member, item) runs the same code
+    whatever the ensemble's size, so the sums are bitwise the same on any number of threads
+    and in or out of an ensemble. X (B, n, d), At (B, d, K), b (B, K), parts (B, n_items, K)."""
+    n_mem, n = X.shape[0], X.shape[1]
+    n_items = parts.shape[1]
     per = (n + n_items - 1) // n_items
-    zero = scale - scale  # 0 in the features' dtype (scale is a scalar of that dtype)
-    for t in prange(n_items):
-        acc = parts[t]
-        acc[:] = 0.0
-        part = np.zeros(K, dtype=dpsi.dtype)
-        rows = 0
-        for i in range(t * per, min(n, (t + 1) * per)):
-            di = dpsi[i]
-            _phases_row(X[i], At, b, di)
-            if is_cos:
-                for k in range(K):
-                    s, co = pm.sincos_in_dtype(di[k])
-                    part[k] += co
-                    di[k] = -scale * s
-            else:
-                for k in range(K):
-                    h = di[k]
-                    part[k] += zero if h <= zero else h  # NaN phases give NaN sums, as numpy's
-                    di[k] = scale if h > zero else zero
-            rows += 1
-            if rows == FLUSH_ROWS:
-                _flush(part, acc)
-                rows = 0
-        _flush(part, acc)
+    for q in prange(n_mem * n_items):
+        m = q // n_items
+        t = q - m * n_items
+        _feature_grads_item(X[m], At[m], b[m], scale, is_cos, dpsi[m], parts[m, t], t * per,
+                            min(n, (t + 1) * per))
 
 
 @njit
@@ -547,19 +560,49 @@ def feature_mean_and_dpsi(X, A, b, activation: str, scale: float):
     limit) one fused pass sums the activations per fixed row group (float64 sums, the same order
     on any number of threads); otherwise the features are built whole and averaged."""
     X, A, b = check_features(X, A, b, activation)
-    dt = out_dtype(X)
-    Xd = np.ascontiguousarray(X, dtype=dt)
-    Ad = np.ascontiguousarray(A, dtype=dt)
-    bd = np.ascontiguousarray(b, dtype=dt)
-    n, d = Xd.shape
-    is_cos = activation == "cos"
-    if not (0 < d < HIGH_D and (not is_cos or _cos_poly_ok(Xd, Ad, bd, dt))):
+    Xd, Ad, bd, dt = _in_dtype(X, A, b)
+    if not _fused_features_ok(Xd[None], Ad[None], bd[None], activation, dt):
         psi, dpsi = random_features(Xd, Ad, bd, activation, scale)
         return psi.mean(axis=0), dpsi
-    dpsi = np.empty((n, Ad.shape[0]), dtype=dt)
-    parts = np.empty((_n_items(n), Ad.shape[0]))
-    _feature_grads_lowd(Xd, np.ascontiguousarray(Ad.T), bd, dt(scale), is_cos, dpsi, parts)
-    return (parts.sum(axis=0) * (scale / n)).astype(dt), dpsi
+    mean, dpsi = _fused_mean_and_dpsi(Xd[None], Ad[None], bd[None], activation, scale, dt)
+    return mean[0], dpsi[0]
+
+
+def feature_mean_and_dpsi_members(X, A, b, activation: str, scale: float):
+    """:func:`feature_mean_and_dpsi` of B ensemble members at once: X (B, n, d), A (B, K, d),
+    b (B, K) -> (B, K), (B, n, K); member m bitwise as its own call (the fused pass runs each
+    (member, row group) with the same code). Members outside the fused pass's range are
+    looped."""
+    X, A, b = check_members(X, A, b, activation)
+    Xd, Ad, bd, dt = _in_dtype(X, A, b)
+    if not _fused_features_ok(Xd, Ad, bd, activation, dt):
+        return loop_members(feature_mean_and_dpsi, 3)(Xd, Ad, bd, activation, scale)
+    return _fused_mean_and_dpsi(Xd, Ad, bd, activation, scale, dt)
+
+
+def _in_dtype(X, A, b):
+    dt = out_dtype(X)
+    return (np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(A, dtype=dt),
+            np.ascontiguousarray(b, dtype=dt), dt)
+
+
+def _fused_features_ok(X, A, b, activation, dt) -> bool:
+    """The fused low-d pass applies to members X (B, n, d): d < HIGH_D and, for cos features,
+    every member's phases within the polynomial sin/cos's limit."""
+    d = X.shape[2]
+    if not 0 < d < HIGH_D:
+        return False
+    return activation != "cos" or (X.size > 0 and A.size > 0 and _max_phase_bound(X, A, b) <= pm.sincos_limit(dt))
+
+
+def _fused_mean_and_dpsi(X, A, b, activation, scale, dt):
+    n_mem, n, _ = X.shape
+    K = A.shape[1]
+    dpsi = np.empty((n_mem, n, K), dtype=dt)
+    parts = np.empty((n_mem, _n_items(n), K))
+    _feature_grads_lowd(X, np.ascontiguousarray(A.transpose(0, 2, 1)), b, dt(scale), activation == "cos",
+                        dpsi, parts)
+    return (parts.sum(axis=1) * (scale / n)).astype(dt), dpsi
 
 
 @njit
@@ -584,6 +627,18 @@ def _phase_bound(X, A, b):
     return math.sqrt(_max_row_norm2(X)) * math.sqrt(_max_row_norm2(A)) + math.sqrt(nb)
 
 
+@njit
+def _max_phase_bound(X, A, b):
+    """max over members m of :func:`_phase_bound` (X[m], A[m], b[m]) (NaN as soon as one is)."""
+    best = 0.0
+    for m in range(X.shape[0]):
+        v = _phase_bound(X[m], A[m], b[m])
+        if v != v:
+            return v
+        best = max(best, v)
+    return best
+
+
 # ---------------------------------------------------- feature critic gradients, penalty --
 @njit(fastmath=_FM)
 def _row_input_grad(di, wAt, zero, g):
@@ -602,24 +657,30 @@ def _row_input_grad(di, wAt, zero, g):
 
 @_driver(fastmath=_FM)
 def _feature_input_grads(dpsi, A, w, zero, out):
-    """out[i] = grad f(x_i) (n, d), row-parallel (each row's sums in one thread: the same on
-    any number of threads)."""
+    """out[m, i] = grad f_m(x_i) for each member m (dpsi (B, n, K), A (B, K, d), w (B, K),
+    out (B, n, d)), parallel over (member, row); each row's sums in one thread, with the same
+    code in or out of an ensemble and on any number of threads."""
+    n_mem, n, _ = dpsi.shape
     _, wAt = _weighted_directions(A, w, dpsi)
-    for i in prange(dpsi.shape[0]):
-        _row_input_grad(dpsi[i], wAt, zero, out[i])
+    for q in prange(n_mem * n):
+        m = q // n
+        i = q - m * n
+        _row_input_grad(dpsi[m, i], wAt[m], zero, out[m, i])
 
 
 @njit
 def _weighted_directions(A, w, dtype_of):
-    """(A^T, (w[:, None] A)^T), each (d, K) contiguous in the dtype of ``dtype_of``, the
-    products formed in float64 and rounded once (as numpy's float64 product then astype)."""
-    K, d = A.shape
-    At = np.empty((d, K), dtype=dtype_of.dtype)
-    wAt = np.empty((d, K), dtype=dtype_of.dtype)
-    for c in range(d):
-        for k in range(K):
-            At[c, k] = A[k, c]
-            wAt[c, k] = np.float64(w[k]) * np.float64(A[k, c])
+    """Per member m: (A[m]^T, (w[m][:, None] A[m])^T), each (B, d, K) contiguous in the dtype
+    of ``dtype_of``, the products formed in float64 and rounded once (as numpy's float64
+    product then astype)."""
+    n_mem, K, d = A.shape
+    At = np.empty((n_mem, d, K), dtype=dtype_of.dtype)
+    wAt = np.empty((n_mem, d, K), dtype=dtype_of.dtype)
+    for m in range(n_mem):
+        for c in range(d):
+            for k in range(K):
+                At[m, c, k] = A[m, k, c]
+                wAt[m, c, k] = np.float64(w[m, k]) * np.float64(A[m, k, c])
     return At, wAt
 
 
@@ -627,81 +688,101 @@ def feature_input_grads(dpsi, A, w):
     """grad f(x_i) = A^T (dpsi_i * w) (n, d) of f = psi w, in dpsi's dtype: a row-parallel
     numba pass (no BLAS call: OpenBLAS's threads spin after a GEMM and slowed the next numba
     pass of an outer step down by 1.8x)."""
-    dpsi = np.ascontiguousarray(dpsi)
+    return feature_input_grads_members(np.asarray(dpsi)[None], np.asarray(A)[None], np.asarray(w)[None])[0]
+
+
+def feature_input_grads_members(dpsi, A, w):
+    """:func:`feature_input_grads` of B members at once: dpsi (B, n, K), A (B, K, d), w (B, K)
+    -> (B, n, d), member m bitwise as its own call."""
     dt = out_dtype(dpsi)
-    dpsi = dpsi.astype(dt, copy=False)
+    dpsi = np.ascontiguousarray(dpsi, dtype=dt)
     A = np.ascontiguousarray(A)
-    out = np.empty((dpsi.shape[0], A.shape[1]), dtype=dt)
+    out = np.empty((dpsi.shape[0], dpsi.shape[1], A.shape[2]), dtype=dt)
     _feature_input_grads(dpsi, A, np.ascontiguousarray(w), dt(0), out)
     return out
 
 
+@njit(fastmath=_FM, inline="always")
+def _penalty_item(dpsi, At, wAt, gp, zero, sq, acc, lo, hi):
+    """Rows lo..hi-1 of :func:`_feature_penalty` for one member (At, wAt (d, K))."""
+    K = dpsi.shape[1]
+    d = At.shape[0]
+    acc[:] = 0.0
+    part = np.zeros(K, dtype=dpsi.dtype)
+    g = np.empty(d, dtype=dpsi.dtype)
+    ag = np.empty(K, dtype=dpsi.dtype)
+    rows = 0
+    for i in range(lo, hi):
+        di = dpsi[i]
+        s2 = _row_input_grad(di, wAt, zero, g)
+        sq[i] = s2
+        coef = 1.0
+        if gp:
+            norm = math.sqrt(s2 + 1e-12)
+            coef = 2.0 * (norm - 1.0) / norm
+        for c in range(d):
+            g[c] = g[c] * coef
+        if d == 2:  # the plane (the common case): A G_i in the same pass, no ag buffer
+            g0 = g[0]
+            g1 = g[1]
+            a0 = At[0]
+            a1 = At[1]
+            for k in range(K):
+                part[k] += di[k] * (g0 * a0[k] + g1 * a1[k])
+        else:
+            for k in range(K):
+                ag[k] = 0.0
+            for c in range(d):
+                ac = At[c]
+                gc = g[c]
+                for k in range(K):
+                    ag[k] += gc * ac[k]
+            for k in range(K):
+                part[k] += di[k] * ag[k]
+        rows += 1
+        if rows == FLUSH_ROWS:
+            _flush(part, acc)
+            rows = 0
+    _flush(part, acc)
+
+
 @_driver(fastmath=_FM)
 def _feature_penalty(dpsi, A, w, gp, zero, sq, parts):
-    """sq_i = ||G_i||^2, G_i = sum_k dpsi_ik w_k a_k, and parts[t] = sum over the rows of work
-    item t of c_i dpsi_i * (A G_i): one read of each row of dpsi (it stays in L1 for the second
-    loop), where the numpy form reads dpsi twice. A is (K, d), zero is 0 in dpsi's dtype, and
-    each row's sums run in that dtype (float32 rows vectorise 8 wide), as a BLAS GEMM's
-    would; rows are added into the float64 parts (n_items, K) every FLUSH_ROWS rows."""
-    n, K = dpsi.shape
-    d = A.shape[1]
+    """For each member m: sq[m, i] = ||G_i||^2, G_i = sum_k dpsi_ik w_k a_k, and parts[m, t] =
+    sum over the rows of work item t of c_i dpsi_i * (A G_i): one read of each row of dpsi (it
+    stays in L1 for the second loop), where the numpy form reads dpsi twice. dpsi (B, n, K),
+    A (B, K, d), w (B, K); zero is 0 in dpsi's dtype, and each row's sums run in that dtype
+    (float32 rows vectorise 8 wide), as a BLAS GEMM's would; rows are added into the float64
+    parts (B, n_items, K) every FLUSH_ROWS rows. Parallel over (member, item), each with the
+    same code in or out of an ensemble."""
+    n_mem, n, _ = dpsi.shape
     At, wAt = _weighted_directions(A, w, dpsi)
-    n_items = parts.shape[0]
+    n_items = parts.shape[1]
     per = (n + n_items - 1) // n_items
-    for t in prange(n_items):
-        acc = parts[t]
-        acc[:] = 0.0
-        part = np.zeros(K, dtype=dpsi.dtype)
-        g = np.empty(d, dtype=dpsi.dtype)
-        ag = np.empty(K, dtype=dpsi.dtype)
-        rows = 0
-        for i in range(t * per, min(n, (t + 1) * per)):
-            di = dpsi[i]
-            s2 = _row_input_grad(di, wAt, zero, g)
-            sq[i] = s2
-            coef = 1.0
-            if gp:
-                norm = math.sqrt(s2 + 1e-12)
-                coef = 2.0 * (norm - 1.0) / norm
-            for c in range(d):
-                g[c] = g[c] * coef
-            if d == 2:  # the plane (the common case): A G_i in the same pass, no ag buffer
-                g0 = g[0]
-                g1 = g[1]
-                a0 = At[0]
-                a1 = At[1]
-                for k in range(K):
-                    part[k] += di[k] * (g0 * a0[k] + g1 * a1[k])
-            else:
-                for k in range(K):
-                    ag[k] = 0.0
-                for c in range(d):
-                    ac = At[c]
-                    gc = g[c]
-                    for k in range(K):
-                        ag[k] += gc * ac[k]
-                for k in range(K):
-                    part[k] += di[k] * ag[k]
-            rows += 1
-            if rows == FLUSH_ROWS:
-                _flush(part, acc)
-                rows = 0
-        _flush(part, acc)
+    for q in prange(n_mem * n_items):
+        m = q // n_items
+        t = q - m * n_items
+        _penalty_item(dpsi[m], At[m], wAt[m], gp, zero, sq[m], parts[m, t], t * per, min(n, (t + 1) * per))
 
 
 def feature_penalty(dpsi, A, w, form: str):
     """Input-gradient norms sq (n,) of f = psi w and their pull-back back (K,) to w
     (see numpy_backend.feature_penalty for the formulas): one fused parallel pass over dpsi.
     Per-row sums in dpsi's float dtype, row sums and sq in float64; returned in dpsi's dtype."""
-    dpsi = np.ascontiguousarray(dpsi)
+    sq, back = feature_penalty_members(np.asarray(dpsi)[None], np.asarray(A)[None], np.asarray(w)[None], form)
+    return sq[0], back[0]
+
+
+def feature_penalty_members(dpsi, A, w, form: str):
+    """:func:`feature_penalty` of B members at once: dpsi (B, n, K), A (B, K, d), w (B, K) ->
+    sq (B, n), back (B, K), member m bitwise as its own call."""
     dt = out_dtype(dpsi)
-    dpsi = dpsi.astype(dt, copy=False)
-    n, K = dpsi.shape
-    items = _n_items(n)
-    sq = np.empty(n)
-    parts = np.empty((items, K))
+    dpsi = np.ascontiguousarray(dpsi, dtype=dt)
+    n_mem, n, K = dpsi.shape
+    sq = np.empty((n_mem, n))
+    parts = np.empty((n_mem, _n_items(n), K))
     _feature_penalty(dpsi, np.ascontiguousarray(A), np.ascontiguousarray(w), form == "gp", dt(0), sq, parts)
-    return sq.astype(dt), parts.sum(axis=0).astype(dt)
+    return sq.astype(dt), parts.sum(axis=1).astype(dt)
 
 
 # ---------------------------------------------------------------------------- NTK ----------

@@ -192,6 +192,36 @@ def check_features(X, A, b, activation):
     return X, A, b
 
 
+def check_members(X, A, b, activation):
+    """Validate the random-feature arguments of B ensemble members: X (B, n, d), A (B, K, d),
+    b (B, K). Returns them as arrays."""
+    if activation not in ("cos", "relu"):
+        raise ConfigError(f"unknown feature activation '{activation}'; choose cos or relu")
+    X, A, b = np.asarray(X), np.asarray(A), np.asarray(b)
+    if X.ndim != 3 or A.ndim != 3 or X.shape[2] != A.shape[2] or X.shape[0] != A.shape[0]:
+        raise DataError(f"random features of an ensemble: X (B, n, d) and A (B, K, d) must agree in B "
+                        f"and d, got {X.shape} and {A.shape}")
+    if b.shape != A.shape[:2]:
+        raise DataError(f"random features of an ensemble: b must have shape {A.shape[:2]}, got {b.shape}")
+    return X, A, b
+
+
+def loop_members(op, n_arrays: int):
+    """``op`` applied to each member of an ensemble: its first ``n_arrays`` arguments carry a
+    leading member axis B, the others are shared; the results are stacked along B (a tuple
+    result element-wise). The reference form of every ``*_members`` op: bitwise each member's
+    own call."""
+    def members(*args):
+        arrays, rest = args[:n_arrays], args[n_arrays:]
+        outs = [op(*(a[m] for a in arrays), *rest) for m in range(len(arrays[0]))]
+        if isinstance(outs[0], tuple):
+            return tuple(np.stack(part) for part in zip(*outs))
+        return np.stack(outs)
+    members.__name__ = f"{op.__name__}_members"
+    members.__doc__ = f":func:`{op.__name__}` of each ensemble member (leading axis B), looped."
+    return members
+
+
 def ntk_apply(Z, F, kind: str, sigma_w: float = 1.0, sigma_b: float = 0.0) -> np.ndarray:
     """Apply the closed-form NTK: out_i = sum_j Theta(z_i, z_j) F_j.
 

@@ -150,6 +150,87 @@ def snapshot_schedule(steps: int, n_snapshots: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, steps, n_snapshots)).astype(np.int64))
 
 
+class RunRecorder:
+    """The bookkeeping of one run's loop, shared by :func:`simulate` and the ensembles of
+    :mod:`particlegan.engine.ensemble`: observable rows every ``run.record_every`` steps,
+    particle snapshots, the divergence checks and the final row.
+
+    Built after the model (it draws the MMD reference from the ``observables`` stream, then the
+    KID subsets of every row, in that order).
+    """
+
+    def __init__(self, cfg: dict, model, obs_rng: np.random.Generator):
+        self.cfg, self.model, self.obs_rng = cfg, model, obs_rng
+        self.ocfg = ocfg = cfg["observables"]
+        self.mmd_ref = make_mmd_reference(model.y, ocfg["mmd_sigma"], ocfg["mmd_samples"], obs_rng, model.backend)
+        self.target_mean = model.target.samples.mean(axis=0)
+        self.every = cfg["run"]["record_every"]
+        self.snap_steps = snapshot_schedule(cfg["run"]["steps"], cfg["run"]["snapshots"])
+        self.optional = optional_series_keys(cfg)
+        self.series: dict[str, list] = {k: [] for k in ("step", *SERIES_KEYS, *self.optional)}
+        self.snapshots, self.snapshot_taken = [], []
+        self.status, self.diverged_step, self.diverged_reason = "ok", None, None
+        self.bound = cfg["run"]["divergence_bound"] * (1.0 + float(np.max(np.abs(model.y))))
+
+    def record(self, st, grad: np.ndarray) -> None:
+        """Append the observables of state ``st`` (critic gradients ``grad`` (N, d) at st.x)."""
+        m, ocfg = self.model, self.ocfg
+        with np.errstate(over="ignore", invalid="ignore"):  # a last good state may be huge: inf, no warning
+            obs = measure(st.x, m.target.centres, m.target.sigma, ocfg["hq_sigmas"], self.mmd_ref,
+                          m.backend, self.target_mean)
+            obs["critic_grad_norm"] = rms_norm(grad)
+            if ocfg["kid"]:
+                obs.update(kid_observable(st.x, m.y, ocfg["kid_subsets"], ocfg["kid_subset_size"], self.obs_rng))
+            if ocfg["cosine"]:
+                obs.update(cosine_observables(st.x, m.target.centres))
+        obs["lr_scale"] = float(st.lr_scale)
+        self.series["step"].append(st.step)
+        for k in (*SERIES_KEYS, *self.optional):
+            self.series[k].append(obs[k])
+
+    def diverge(self, step: int, reason: str) -> None:
+        self.status, self.diverged_step, self.diverged_reason = "diverged", step, reason
+
+    def before_step(self, st) -> None:
+        """Take the snapshot of state ``st`` when its step is on the schedule."""
+        if st.step in self.snap_steps:
+            self.snapshots.append(st.x.copy())
+            self.snapshot_taken.append(st.step)
+
+    def after_step(self, st, new_x: np.ndarray, grad: np.ndarray, new_finite: bool) -> bool:
+        """Record the row of ``st`` when due and check the step st -> (particles ``new_x``;
+        ``new_finite``: the new state is finite). Returns True when the run goes on, False once
+        it diverged (non-finite observable, non-finite state or gradients, runaway)."""
+        if st.step % self.every == 0:
+            self.record(st, grad)
+            bad = [k for k in SERIES_KEYS if not math.isfinite(self.series[k][-1])]
+            if bad:  # e.g. targets so large that a distance overflows: the numbers are meaningless
+                self.diverge(st.step, f"non-finite observable {', '.join(bad)}")
+                return False
+        if not new_finite or not np.all(np.isfinite(grad)):
+            self.diverge(st.step, "non-finite")
+            return False
+        if self.bound > 0 and float(np.max(np.abs(new_x))) > self.bound:
+            self.diverge(st.step, "runaway")
+            return False
+        return True
+
+    def result(self, state, grad: np.ndarray, t0: float, started_at: str) -> SimResult:
+        """The run's :class:`SimResult`, ending on the last finite ``state`` (its row and
+        snapshot added when not yet taken; ``grad``: the critic gradients at that state)."""
+        if not self.series["step"] or self.series["step"][-1] != state.step:
+            self.record(state, grad)
+        if not self.snapshot_taken or self.snapshot_taken[-1] != state.step:
+            self.snapshots.append(state.x.copy())
+            self.snapshot_taken.append(state.step)
+        arrays = {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in self.series.items()}
+        return SimResult(series=arrays, snapshots=np.stack(self.snapshots),
+                         snapshot_steps=np.asarray(self.snapshot_taken), status=self.status, steps=state.step,
+                         final_state=state, model=self.model, diverged_step=self.diverged_step,
+                         diverged_reason=self.diverged_reason, wall_time=time.perf_counter() - t0,
+                         started_at=started_at)
+
+
 def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str | Path | None = None,
              resume: bool = False) -> SimResult:
     """Run the particle model described by the resolved config ``cfg``.
@@ -180,95 +261,49 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     streams = dyn.seed_streams(cfg["run"]["seed"])
     engine = simulation_engine(cfg)
     model, state = engine.build_model(cfg, streams)
-    ocfg = cfg["observables"]
-    obs_rng = streams["observables"]
-    mmd_ref = make_mmd_reference(model.y, ocfg["mmd_sigma"], ocfg["mmd_samples"], obs_rng, model.backend)
+    rec = RunRecorder(cfg, model, streams["observables"])
     schedule = make_lr_schedule(cfg)
-    target_mean = model.target.samples.mean(axis=0)
-    steps, every = cfg["run"]["steps"], cfg["run"]["record_every"]
+    steps = cfg["run"]["steps"]
     ckpt_every = cfg["run"]["checkpoint_every"] if checkpoint_path is not None else 0
     run_id = config_hash(cfg)
-    snap_steps = snapshot_schedule(steps, cfg["run"]["snapshots"])
-    optional = optional_series_keys(cfg)
-    series: dict[str, list] = {k: [] for k in ("step", *SERIES_KEYS, *optional)}
-    snapshots, snapshot_taken = [], []
     if resume:
         ck = load_checkpoint(checkpoint_path, run_id)
         check_checkpoint(ck, state, steps, checkpoint_path)
         state = restore_state(model, state, ck)
         state = dataclasses.replace(state, lr_scale=ck["lr_scale"])
         if ck["observables_rng"] is not None:
-            obs_rng.bit_generator.state = ck["observables_rng"]
+            rec.obs_rng.bit_generator.state = ck["observables_rng"]
         if schedule is not None:
             schedule.load_state_dict(ck["schedule"])
-        series.update(ck["series"])
-        snapshots, snapshot_taken = ck["snapshots"], ck["snapshot_taken"]
+        rec.series.update(ck["series"])
+        rec.snapshots, rec.snapshot_taken = ck["snapshots"], ck["snapshot_taken"]
 
-    def record(st: dyn.State, grad: np.ndarray) -> None:
-        with np.errstate(over="ignore", invalid="ignore"):  # a last good state may be huge: inf, no warning
-            obs = measure(st.x, model.target.centres, model.target.sigma, ocfg["hq_sigmas"], mmd_ref,
-                          model.backend, target_mean)
-            obs["critic_grad_norm"] = rms_norm(grad)
-            if ocfg["kid"]:
-                obs.update(kid_observable(st.x, model.y, ocfg["kid_subsets"], ocfg["kid_subset_size"],
-                                          obs_rng))
-            if ocfg["cosine"]:
-                obs.update(cosine_observables(st.x, model.target.centres))
-        obs["lr_scale"] = float(st.lr_scale)
-        series["step"].append(st.step)
-        for k in (*SERIES_KEYS, *optional):
-            series[k].append(obs[k])
-
-    status, diverged_step, diverged_reason = "ok", None, None
-    bound = cfg["run"]["divergence_bound"] * (1.0 + float(np.max(np.abs(model.y))))
     if not engine.state_is_finite(state):  # the start-up critic steps diverged
-        status, diverged_step, diverged_reason = "diverged", state.step, "non-finite"
+        rec.diverge(state.step, "non-finite")
     reporter.start(total=steps, label="run")
     reporter.advance(state.step)
-    while status == "ok" and state.step < steps:
+    while rec.status == "ok" and state.step < steps:
         if ckpt_every and state.step % ckpt_every == 0 and state.step > 0 and not (
                 resume and state.step == ck["step"]):
-            save_checkpoint(checkpoint_path, run_id, state, model.noise_rng, series, snapshots,
-                            snapshot_taken,
+            save_checkpoint(checkpoint_path, run_id, state, model.noise_rng, rec.series, rec.snapshots,
+                            rec.snapshot_taken,
                             extra=(engine.checkpoint_payload(model, state)
                                    if hasattr(engine, "checkpoint_payload") else None),
                             schedule=schedule.state_dict() if schedule is not None else None,
-                            observables_rng=obs_rng)
+                            observables_rng=rec.obs_rng)
         if schedule is not None and schedule.due(state.step):
             schedule.update(state.step, model.y, state.x)
             state = dataclasses.replace(state, lr_scale=schedule.lr_ratio)
-        if state.step in snap_steps:
-            snapshots.append(state.x.copy())
-            snapshot_taken.append(state.step)
+        rec.before_step(state)
         new_state, grad = engine.outer_step(model, state)
-        if state.step % every == 0:
-            record(state, grad)
-            bad = [k for k in SERIES_KEYS if not math.isfinite(series[k][-1])]
-            if bad:  # e.g. targets so large that a distance overflows: the numbers are meaningless
-                status, diverged_step = "diverged", state.step
-                diverged_reason = f"non-finite observable {', '.join(bad)}"
-                break
-        if not engine.state_is_finite(new_state) or not np.all(np.isfinite(grad)):
-            status, diverged_step, diverged_reason = "diverged", state.step, "non-finite"
-            break
-        if bound > 0 and float(np.max(np.abs(new_state.x))) > bound:
-            status, diverged_step, diverged_reason = "diverged", state.step, "runaway"
+        if not rec.after_step(state, new_state.x, grad, engine.state_is_finite(new_state)):
             break
         state = new_state
         reporter.advance(1)
     reporter.finish()
     # final row: the last finite state, with the critic gradient at that state
     _, grad = engine.particle_forces(model, state)
-    if not series["step"] or series["step"][-1] != state.step:
-        record(state, grad)
-    if not snapshot_taken or snapshot_taken[-1] != state.step:
-        snapshots.append(state.x.copy())
-        snapshot_taken.append(state.step)
-    arrays = {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in series.items()}
-    return SimResult(series=arrays, snapshots=np.stack(snapshots), snapshot_steps=np.asarray(snapshot_taken),
-                     status=status, steps=state.step, final_state=state, model=model,
-                     diverged_step=diverged_step, diverged_reason=diverged_reason,
-                     wall_time=time.perf_counter() - t0, started_at=started_at)
+    return rec.result(state, grad, t0, started_at)
 
 
 def simulation_engine(cfg: dict):
@@ -363,6 +398,7 @@ def write_run(res: SimResult, cfg: dict, out_dir: str | Path, figures=None) -> d
     if res.diverged_step is not None:
         meta["diverged_step"] = res.diverged_step
         meta["diverged_reason"] = res.diverged_reason
+    meta.update(res.extra)  # e.g. ensemble_size of a run computed in a batched ensemble
     atomic_write_json(out / "meta.json", meta)  # written last: its presence marks a finished run
     return summary
 
@@ -416,13 +452,7 @@ def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None,
     """
     from particlegan.errors import ParticleGANError
 
-    if not resume:
-        prepare_run_dir(out_dir, cfg, force)
-    new_dirs = [p for p in (Path(out_dir), *Path(out_dir).parents) if not p.exists()]
-    out = ensure_dir(out_dir)
-    remove_stale_temp_files(out)  # left by a killed earlier attempt of this same run
-    if not resume:
-        atomic_write_bytes(out / "config.json", (canonical_json(cfg) + "\n").encode())
+    out, new_dirs = _open_run_dir(cfg, out_dir, resume, force)
     ckpt = out / "checkpoint.npz"
     try:
         # divergence is detected explicitly (NaN/inf, runaway): numpy's overflow warnings would be noise
@@ -443,6 +473,40 @@ def run_to_dir(cfg: dict, out_dir: str | Path, reporter: Reporter | None = None,
     if ckpt.exists():
         ckpt.unlink()
     return summary
+
+
+def _open_run_dir(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = False):
+    """Make ``out_dir`` ready for the run ``cfg`` (:func:`prepare_run_dir`, stale temporary
+    files removed, config.json written unless resuming); returns (the directory, the folders
+    created for it, deepest first)."""
+    if not resume:
+        prepare_run_dir(out_dir, cfg, force)
+    new_dirs = [p for p in (Path(out_dir), *Path(out_dir).parents) if not p.exists()]
+    out = ensure_dir(out_dir)
+    remove_stale_temp_files(out)  # left by a killed earlier attempt of this same run
+    if not resume:
+        atomic_write_bytes(out / "config.json", (canonical_json(cfg) + "\n").encode())
+    return out, new_dirs
+
+
+def run_ensemble_to_dirs(cfgs: list[dict], out_dirs: list[str | Path], reporter: Reporter | None = None,
+                         figures=None) -> list[dict]:
+    """Simulate ``cfgs`` as one batched ensemble (:mod:`particlegan.engine.ensemble`) and store
+    each member in its directory exactly as :func:`run_to_dir` stores a run (the same files;
+    meta.json also names the ``ensemble_size``). Returns the summaries. A failure while
+    building or running the ensemble leaves the members' directories without results (the
+    caller runs them alone) and is raised."""
+    from particlegan.engine.ensemble import simulate_ensemble
+
+    opened = [_open_run_dir(cfg, d) for cfg, d in zip(cfgs, out_dirs)]
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            results = simulate_ensemble(cfgs, reporter)
+    except BaseException:
+        for out, new_dirs in reversed(opened):  # the last opened first: shared parents go last
+            _remove_partial_run(out, new_dirs)
+        raise
+    return [write_run(res, cfg, out, figures=figures) for res, cfg, (out, _) in zip(results, cfgs, opened)]
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:

@@ -166,25 +166,73 @@ def feature_values_and_grads(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, ba
     return values, backend.feature_input_grads(fb.dpsi, fm.A.astype(w.dtype, copy=False), w)
 
 
-def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam: float, form: str, backend):
+def member_constant(v, like: np.ndarray):
+    """A per-run constant in the arrays' arithmetic: a Python number stays a scalar (numpy
+    rounds it to ``like``'s dtype); a (B,) array of per-member values of an ensemble (one
+    value per leading row of ``like``) becomes a (B, 1, ...) array in ``like``'s dtype, so
+    that each member's row is computed exactly as the scalar case computes it."""
+    if np.ndim(v) == 0:
+        return v
+    return np.asarray(v, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _any_positive(v) -> bool:
+    return bool(np.any(np.asarray(v) > 0))
+
+
+def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam, form: str, backend):
     """Penalty value and its gradient in w for f = w^T psi.
 
     With G_i = grad f(x_i) = A^T (dpsi_i * w):  d||G_i||^2/dw = 2 dpsi_i * (A G_i).
     form 'sq': P = lam mean ||G_i||^2;  'gp': P = lam mean (||G_i|| - 1)^2.
     The per-sample sums come from ``backend.feature_penalty`` (numpy: two skinny GEMMs over
-    dpsi; cpu: one fused pass).
+    dpsi; cpu: one fused pass). With an ensemble axis (w (B, K), dpsi (B, n, K), lam (B,))
+    the value is (B,) and the gradient (B, K).
     """
     sq, back = backend.feature_penalty(fb.dpsi, fm.A.astype(w.dtype, copy=False), w, form)
+    n = sq.shape[-1]
+    lam_b = np.asarray(lam, dtype=np.float64)  # () or (B,)
     if form == "sq":
-        return lam * sq.mean(), (2.0 * lam / len(sq)) * back
-    return lam * np.mean((np.sqrt(sq + 1e-12) - 1.0) ** 2), (lam / len(sq)) * back
+        value, coef = lam_b * sq.mean(axis=-1), 2.0 * lam_b / n
+    else:
+        value, coef = lam_b * np.mean((np.sqrt(sq + 1e-12) - 1.0) ** 2, axis=-1), lam_b / n
+    return value, member_constant(coef if np.ndim(lam) else float(coef), back) * back
+
+
+def feature_critic_gradient(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, fake: FeatureBatch,
+                            objective: Objective, penalty: str, lam, penalty_batch: FeatureBatch | None,
+                            weight_decay=0.0, backend=None) -> np.ndarray:
+    """dJ/dw (K,) of the critic objective J of :func:`feature_critic_objective`, or, with a
+    leading ensemble axis, (B, K) for B independent members: w (B, K), the feature batches
+    and the feature map stacked per member, ``lam`` and ``weight_decay`` scalars or (B,)
+    arrays (each member's row bitwise as its own run computes it; ``backend`` then takes the
+    ensemble axis, see :func:`particlegan.backends.members`). The ensemble form supports the
+    IPM objective (the others read psi w per sample)."""
+    if objective.name == "ipm":
+        grad = real.mean_psi - fake.mean_psi  # J is linear in f: no per-sample products needed
+    else:
+        if w.ndim != 1:
+            raise ValueError(f"the {objective.name!r} objective has no ensemble form")
+        grad = real.psi.T @ objective.real_term(real.psi @ w)[1] / len(real.psi) \
+            + fake.psi.T @ objective.fake_term(fake.psi @ w)[1] / len(fake.psi)
+    if penalty != "none" and _any_positive(lam):
+        batch = {"fake": fake, "real": real, "interpolates": penalty_batch}[penalty]
+        grad = grad - _penalty_grad(fm, batch, w, lam, "gp" if penalty == "interpolates" else "sq",
+                                    backend or _numpy_backend())[1]
+    if _any_positive(weight_decay):
+        grad = grad - member_constant(weight_decay, w) * w
+    return grad
 
 
 def feature_critic_objective(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, fake: FeatureBatch,
                              objective: Objective, penalty: str, lam: float,
                              penalty_batch: FeatureBatch | None, weight_decay: float = 0.0,
                              backend=None):
-    """Critic objective J(w) (maximised) and its gradient dJ/dw, shape (K,).
+    """Critic objective J(w) (maximised) and its gradient dJ/dw, shape (K,)
+    (:func:`feature_critic_gradient`).
+
+    J = mean_m a(psi_m w) + mean_i b(psi_i w) - P(w) - (wd/2) |w|^2 (the IPM objective:
+    (mean psi_r - mean psi_f) w - P - (wd/2) |w|^2).
 
     Parameters
     ----------
@@ -194,26 +242,18 @@ def feature_critic_objective(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, 
     backend : compute backend of the penalty's per-sample sums (default numpy).
     """
     if objective.name == "ipm":
-        # linear in f: J = (mean psi_r - mean psi_f) w, so no per-sample products are needed
-        diff = real.mean_psi - fake.mean_psi
-        value, grad = float(diff @ w), diff.copy()
+        value = float((real.mean_psi - fake.mean_psi) @ w)
     else:
-        s_r = real.psi @ w
-        s_f = fake.psi @ w
-        va, da = objective.real_term(s_r)
-        vb, db = objective.fake_term(s_f)
-        value = va.mean() + vb.mean()
-        grad = real.psi.T @ da / len(s_r) + fake.psi.T @ db / len(s_f)
+        value = float(objective.real_term(real.psi @ w)[0].mean() + objective.fake_term(fake.psi @ w)[0].mean())
     if penalty != "none" and lam > 0:
         batch = {"fake": fake, "real": real, "interpolates": penalty_batch}[penalty]
-        pv, pg = _penalty_grad(fm, batch, w, lam, "gp" if penalty == "interpolates" else "sq",
-                               backend or _numpy_backend())
-        value -= pv
-        grad = grad - pg
+        value -= float(_penalty_grad(fm, batch, w, lam, "gp" if penalty == "interpolates" else "sq",
+                                     backend or _numpy_backend())[0])
     if weight_decay > 0:
         value -= 0.5 * weight_decay * float(w @ w)
-        grad = grad - weight_decay * w
-    return float(value), grad
+    grad = feature_critic_gradient(fm, w, real, fake, objective, penalty, lam, penalty_batch,
+                                   weight_decay, backend)
+    return value, grad
 
 
 def _numpy_backend():

@@ -132,6 +132,12 @@ def make_lr_schedule(kind: str, lr0: float, power: float = 0.5, decay: float = 0
                       every=int(every))
 
 
+def _rate(lr, x: np.ndarray):
+    """The learning rate in x's dtype: a Python float (rounded by numpy as a weak scalar) or a
+    (B, 1) column of per-member rates (rounded the same way, element by element)."""
+    return np.asarray(lr, dtype=x.dtype) if isinstance(lr, np.ndarray) else lr
+
+
 # ----------------------------------------------------------------------- base class ----
 class Optimizer:
     """Common machinery: schedule, maximisation, weight decay, step counter, reset.
@@ -185,6 +191,34 @@ class Optimizer:
         new = self._update(x.ravel(), g, self.lr)
         self.step_count += 1
         return new.astype(x.dtype, copy=False).reshape(x.shape)
+
+    #: True when ``_update`` is element-wise in (x, g), so that :meth:`step_members` can advance
+    #: an ensemble of independent parameter vectors (rows) at once; CG's beta is a global dot
+    #: product and is not.
+    elementwise = True
+
+    def step_members(self, params: np.ndarray, grad: np.ndarray, lrs: np.ndarray,
+                     maximize: bool = False) -> np.ndarray:
+        """One step of B independent members at once (an ensemble's batched program).
+
+        Row b of ``params`` (B, P) is stepped exactly as :meth:`step` steps that row alone with
+        learning rate ``lrs[b]`` (bitwise: the update is element-wise and the rate is rounded
+        to the parameters' dtype as a scalar rate is); the moments of this optimizer are then
+        (B, P) arrays. ``lrs`` : (B,) learning rates alpha_n of this step, one per member.
+        """
+        if not self.elementwise:
+            raise ValueError(f"the {self.name!r} optimizer couples the parameters (dot products): "
+                             "it cannot step ensemble members side by side")
+        x = np.asarray(params)
+        if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
+            raise ValueError(f"step_members needs (B, P) float parameters, got {x.shape} {x.dtype}")
+        lr = np.asarray(lrs, dtype=np.float64).reshape(-1, 1)
+        if lr.shape[0] != x.shape[0]:
+            raise ValueError(f"{lr.shape[0]} learning rates for {x.shape[0]} members")
+        g = self._effective_grad(x, grad, maximize).reshape(x.shape)
+        new = self._update(x, g, lr)
+        self.step_count += 1
+        return new.astype(x.dtype, copy=False)
 
     def reset(self) -> None:
         """Forget moments/directions (as if re-created); the schedule counter is kept."""
@@ -255,7 +289,7 @@ class SGD(Optimizer):
         pass
 
     def _update(self, x, g, lr):
-        return x - lr * g
+        return x - _rate(lr, x) * g
 
 
 class Momentum(Optimizer):
@@ -287,7 +321,7 @@ class Momentum(Optimizer):
         else:
             self.buf = x.dtype.type(self.momentum) * self.buf + g
         upd = g + x.dtype.type(self.momentum) * self.buf if self.nesterov else self.buf
-        return x - lr * upd
+        return x - _rate(lr, x) * upd
 
 
 class Adam(Optimizer):
@@ -348,7 +382,7 @@ class Adam(Optimizer):
         np.sqrt(tmp, out=tmp)
         tmp += t(self.eps)                      # denom = sqrt(second / bc2) + eps
         np.divide(self.m, tmp, out=tmp)
-        tmp *= t(lr / bc1)
+        tmp *= _rate(lr / bc1, x)
         return x - tmp
 
 
@@ -434,6 +468,7 @@ class ConjugateGradient(Optimizer):
     """
 
     name = "cg"
+    elementwise = False
 
     def __init__(self, schedule, rule: str = "FR", beta_scale: float = 1.0,
                  beta_clip: str = "default", mu: float = 2.0, per_tensor: bool = False,

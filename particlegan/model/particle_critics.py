@@ -70,8 +70,8 @@ class FeatureCritic:
         xhat = L.interpolates(x)
         pen_batch = None if xhat is None else cr.feature_batch(self.feature_map, xhat, self.backend,
                                                                keep_psi=False)
-        return cr.feature_critic_objective(self.feature_map, w, self.real, ctx, L.objective, L.penalty, L.lam,
-                                           pen_batch, L.weight_decay, self.backend)[1]
+        return cr.feature_critic_gradient(self.feature_map, w, self.real, ctx, L.objective, L.penalty, L.lam,
+                                          pen_batch, L.weight_decay, self.backend)
 
     def values_and_grads(self, state, ctx, need_values):
         if need_values and ctx.psi is None:  # values asked of an IPM critic (prepare kept no psi)
