@@ -230,9 +230,13 @@ def _default_jobs() -> int:
 @click.option("--in-process", is_flag=True,
               help="Run one at a time in this process, with its thread settings (debugging; no "
                    "protection against crashes).")
+@click.option("--batch", default="1", show_default=True, metavar="N|auto",
+              help="Advance up to N runs that share array shapes as one batched ensemble (each run "
+                   "stored as if run alone, bitwise the same results); 'auto' sizes the groups from "
+                   "cache and memory; 1 runs every point alone.")
 @user_errors_to_exit
 def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_address, force, max_runs,
-          no_plot, replace, dry_run, in_process):
+          no_plot, replace, dry_run, in_process, batch):
     """Run every combination of the grids x seeds, starting from CONFIG (TOML or a stored
     config.json; default: built-in defaults).
 
@@ -243,9 +247,10 @@ def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_addres
     Exit status: 0 no run failed (diverged runs are results), 1 some runs failed, 2 bad input.
     """
     from particlegan.progress import Reporter
-    from particlegan.sweeps.sweep import (describe_plan, load_base, parse_grid, parse_logspace, parse_seeds, plan_sweep,
-                        run_sweep)
+    from particlegan.sweeps.sweep import (describe_plan, load_base, parse_batch, parse_grid, parse_logspace, parse_seeds,
+                        plan_sweep, run_sweep)
 
+    batch = parse_batch(batch)
     axes = [parse_grid(g) for g in grids] + [parse_logspace(item) for item in logspaces]
     fixed = [item.split("=", 1)[0].strip() for item in overrides]
     plan = plan_sweep(load_base(config, overrides), axes, parse_seeds(seeds), max_runs=max_runs,
@@ -259,7 +264,7 @@ def sweep(config, grids, logspaces, overrides, seeds, jobs, out_dir, dask_addres
         from particlegan.plots.plotting import write_run_figures as figures
     report = run_sweep(plan, out_dir, jobs=n_jobs,
                        dask=dask_address, in_process=in_process, figures=figures, reporter=Reporter(),
-                       replace=replace)
+                       replace=replace, batch=batch)
     click.echo(report.describe())
     if report.n_failed:
         sys.exit(1)

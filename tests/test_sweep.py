@@ -575,3 +575,123 @@ def test_probe_file_tells_whether_a_worker_sees_the_directory(tmp_path):
     (tmp_path / "p").write_text("abc")
     assert probe_file(str(tmp_path / "p"), "abc")
     assert not probe_file(str(tmp_path / "p"), "xyz") and not probe_file(str(tmp_path / "none"), "abc")
+
+
+# ---------------------------------------------------------------------------------------------
+# batched ensembles (--batch)
+# ---------------------------------------------------------------------------------------------
+def result_bytes(out):
+    return {r["run_id"]: (out / "runs" / r["run_id"] / "result.npz").read_bytes()
+            for r in read_csv(out / "results.csv")}
+
+
+def test_batched_sweep_stores_every_run_bitwise_as_alone(pool_sweep, tmp_path):
+    # 4 runs in groups of up to 3 on 2 workers: the groups are capped at ceil(4 / 2) = 2 members
+    out, _ = pool_sweep
+    batched = tmp_path / "batched"
+    res = CliRunner().invoke(main, ["sweep", "--grid", "generator.phi=0,0.5", "--seeds", "2", "--jobs", "2",
+                                    "--batch", "3", "--no-plot", "--out", str(batched)] + TINY_ARGS)
+    assert res.exit_code == 0, res.output
+    assert "4 runs: 4 ok, 0 diverged, 0 failed" in res.output
+    assert without_wall_time(read_csv(batched / "results.csv")) == without_wall_time(read_csv(out / "results.csv"))
+    assert result_bytes(batched) == result_bytes(out)
+    for row in read_csv(batched / "results.csv"):
+        run_dir = batched / "runs" / row["run_id"]
+        assert sorted(os.listdir(run_dir)) == RUN_FILES
+        assert json.loads((run_dir / "meta.json").read_text())["ensemble_size"] == 2
+        assert (run_dir / "config.json").read_bytes() == (out / "runs" / row["run_id"] / "config.json").read_bytes()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "x", "2.5"])
+def test_bad_batch_is_one_line_exit_2(tmp_path, value):
+    res = CliRunner().invoke(main, ["sweep", "--grid", "generator.phi=0,0.5", "--batch", value, "--in-process",
+                                    "--no-plot", "--out", str(tmp_path / "sw")] + TINY_ARGS)
+    assert res.exit_code == 2 and "--batch" in res.output and value in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "sw").exists()
+
+
+def test_parse_batch():
+    from particlegan.sweeps.sweep import parse_batch
+
+    assert parse_batch("auto") == "auto" and parse_batch("7") == 7 and parse_batch(1) == 1
+    for bad in (0, "0", True, "1.0", None):
+        with pytest.raises(ConfigError, match="--batch"):
+            parse_batch(bad)
+
+
+def test_groups_share_array_shapes_and_checkpointed_runs_stay_single(tmp_path):
+    from particlegan.sweeps.sweep import _Task, group_tasks
+
+    plan = tiny_plan("generator.phi=0,0.5", "particles.n=16,24", seeds=[0, 1, 2])
+    tasks = [_Task(r) for r in plan.runs]
+    (tmp_path / plan.runs[0].run_id).mkdir()
+    (tmp_path / plan.runs[0].run_id / "checkpoint.npz").write_bytes(b"")
+    grouped = group_tasks(tasks, 6, 1, tmp_path)  # groups of 5 (n = 16, one checkpointed) and 6
+    assert sorted(r.run_id for t in grouped for r in (t.group or [t.run])) == sorted(r.run_id for r in plan.runs)
+    singles = [t for t in grouped if t.group is None]
+    assert [t.run.run_id for t in singles] == [plan.runs[0].run_id]
+    for t in grouped:
+        if t.group is not None:
+            assert len(t.group) in (5, 6) and t.run is t.group[0]
+            assert len({r.cfg["particles"]["n"] for r in t.group}) == 1  # one shape per group
+    # two workers: no group larger than half its runs, so that neither worker idles
+    assert max(len(t.group or [t.run]) for t in group_tasks(tasks, 64, 2, tmp_path)) == 3
+    assert max(len(t.group or [t.run]) for t in group_tasks(tasks, 2, 1, tmp_path)) == 2
+    assert group_tasks(tasks, 1, 1, tmp_path) == tasks
+
+
+def test_auto_group_size_fits_the_features_in_cache():
+    from particlegan.sweeps.sweep import ENSEMBLE_CACHE_BYTES, auto_group_size
+
+    cfg = resolve_config(overrides=["particles.n=128", "critic.features=512"])
+    assert auto_group_size(cfg) == ENSEMBLE_CACHE_BYTES // (128 * 512 * 8) == 8
+    cfg32 = resolve_config(overrides=["particles.n=128", "critic.features=512", "run.dtype=float32"])
+    assert auto_group_size(cfg32) == 16
+    small = resolve_config(overrides=["particles.n=16", "critic.features=32"])
+    assert auto_group_size(small) == 64  # capped
+
+
+def test_a_failing_ensemble_reruns_its_members_alone(tmp_path, monkeypatch):
+    import particlegan.engine.simulate as simulate_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ensemble broke")
+
+    monkeypatch.setattr(simulate_mod, "run_ensemble_to_dirs", broken)
+    plan = tiny_plan("generator.phi=0,0.5", seeds=[0, 1])
+    report = run_sweep(plan, tmp_path / "sw", in_process=True, batch=4)
+    assert report.n_ok == 4 and report.n_failed == 0
+    for row in read_csv(tmp_path / "sw" / "results.csv"):
+        assert row["status"] == "ok"
+        assert "ensemble_size" not in json.loads((tmp_path / "sw" / "runs" / row["run_id"] / "meta.json").read_text())
+    clean = run_sweep(plan, tmp_path / "clean", in_process=True)
+    assert clean.n_ok == 4 and result_bytes(tmp_path / "sw") == result_bytes(tmp_path / "clean")
+
+
+def test_a_group_task_that_raises_is_retried_member_by_member(tmp_path, monkeypatch):
+    import particlegan.sweeps.sweep as sweep_mod
+
+    calls = []
+
+    def broken(cfgs, run_dirs, figures, in_worker):
+        calls.append(len(cfgs))
+        raise MemoryError("no room for the group")
+
+    monkeypatch.setattr(sweep_mod, "_execute_group_attempt", broken)
+    plan = tiny_plan("generator.phi=0,0.5", seeds=[0])
+    report = run_sweep(plan, tmp_path / "sw", in_process=True, batch=2)
+    assert calls == [2] and report.n_ok == 2 and report.n_retried == 2
+    assert [r["status"] for r in read_csv(tmp_path / "sw" / "results.csv")] == ["ok", "ok"]
+
+
+def test_a_diverging_member_is_recorded_while_its_group_finishes(tmp_path):
+    out = tmp_path / "sw"
+    with np.errstate(over="ignore", invalid="ignore"):
+        res = CliRunner().invoke(main, ["sweep", "--grid", "dynamics.eta_d=0.01,1e6", "--batch", "2",
+                                        "--in-process", "--no-plot", "--out", str(out)] + TINY_ARGS)
+    assert res.exit_code == 0, res.output
+    assert "2 runs: 1 ok, 1 diverged, 0 failed" in res.output
+    rows = read_csv(out / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "diverged"] and int(rows[0]["steps"]) == 20
+    assert int(rows[1]["steps"]) < 20 and math.isfinite(float(rows[1]["collapse"]))
+    assert json.loads((out / "runs" / rows[1]["run_id"] / "meta.json").read_text())["ensemble_size"] == 2

@@ -553,6 +553,41 @@ def execute_run(cfg: dict, run_dir: str, figures=None, reporter: Reporter | None
     return outcome
 
 
+def execute_group(cfgs: list[dict], run_dirs: list[str], figures=None, in_worker: bool = True) -> list[dict]:
+    """Run sweep points as one batched ensemble
+    (:func:`particlegan.engine.simulate.run_ensemble_to_dirs`); never raises for failing runs.
+
+    Members already finished are read back; if the ensemble cannot be built or fails, every
+    unfinished member is run alone (:func:`execute_run`), so that a failure is attributed to
+    exactly the run that causes it. Returns one outcome per member, as :func:`execute_run`'s.
+    """
+    if in_worker:
+        limit_worker_threads()
+    t0 = time.perf_counter()
+    outcomes = [finished_outcome(d) for d in run_dirs]
+    todo = [i for i, o in enumerate(outcomes) if o is None]
+    if len(todo) > 1:
+        from particlegan.engine.simulate import run_ensemble_to_dirs
+
+        try:
+            run_ensemble_to_dirs([cfgs[i] for i in todo], [run_dirs[i] for i in todo], figures=figures)
+        except Exception:  # run the members alone below: each reports its own failure
+            pass
+        else:
+            for i in todo:
+                outcomes[i] = finished_outcome(run_dirs[i]) or {
+                    "status": "failed", "summary": None, "wall_time_s": time.perf_counter() - t0,
+                    "error": f"ensemble finished but '{run_dirs[i]}' holds no readable meta.json/summary.json"}
+    for i, o in enumerate(outcomes):
+        if o is None:
+            outcomes[i] = execute_run(cfgs[i], run_dirs[i], figures, None, in_worker=False)
+    return outcomes
+
+
+def _execute_group_attempt(cfgs, run_dirs, figures, in_worker):
+    return execute_group(cfgs, run_dirs, figures, in_worker)
+
+
 # ---------------------------------------------------------------------------------------------
 # results table
 # ---------------------------------------------------------------------------------------------
@@ -691,6 +726,67 @@ class _Task:
     run: PlannedRun
     attempts: int = 0
     crashes: int = 0
+    group: list[PlannedRun] | None = None  # the members of a batched ensemble (run: the first)
+
+
+ENSEMBLE_CACHE_BYTES = 4 << 20  # auto group size: the members' particle features fit in this
+
+
+def auto_group_size(cfg: dict) -> int:
+    """Members per ensemble for ``--batch auto``: as many as keep the members' per-step
+    feature arrays (dpsi: N x K per member, plus the targets' M x K with the real-sample
+    penalty) within :data:`ENSEMBLE_CACHE_BYTES` (measured: at N = 128, K = 512 in float64 a
+    group of 16 sweeps 8 MB per critic step and its penalty pass ran 1.6x slower per member
+    than alone), at most 64, and as many as the free memory holds."""
+    from particlegan.engine.resources import available_memory, estimate_memory
+
+    item = 4 if cfg["run"]["dtype"] == "float32" else 8
+    rows = cfg["particles"]["n"] + (cfg["target"]["n_samples"] if cfg["loss"]["penalty"] == "real" else 0)
+    size = max(1, min(64, ENSEMBLE_CACHE_BYTES // max(1, rows * cfg["critic"]["features"] * item)))
+    free = available_memory()
+    if free is not None:
+        size = max(1, min(size, int(0.5 * free // max(1, sum(estimate_memory(cfg).values())))))
+    return size
+
+
+def parse_batch(value) -> int | str:
+    """``--batch``: a positive integer (members per ensemble; 1 runs every point alone) or
+    "auto" (:func:`auto_group_size`)."""
+    if value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or str(n) != str(value).strip():
+        raise ConfigError(f"--batch must be a positive integer or 'auto', got {value!r}")
+    return n
+
+
+def group_tasks(tasks: list[_Task], batch: int | str, workers: int, runs_dir: Path) -> list[_Task]:
+    """Gather the runs that can share a batched ensemble
+    (:func:`particlegan.engine.ensemble.ensemble_key`) into group tasks of at most ``batch``
+    members (``"auto"``: :func:`auto_group_size`), and never so few groups that a worker
+    idles; runs that cannot, and runs with a checkpoint to resume, stay single tasks."""
+    from particlegan.engine.ensemble import ensemble_key
+
+    if batch == 1:
+        return tasks
+    singles, by_key = [], {}
+    for task in tasks:
+        key = None if (runs_dir / task.run.run_id / "checkpoint.npz").exists() else ensemble_key(task.run.cfg)
+        if key is None:
+            singles.append(task)
+        else:
+            by_key.setdefault(key, []).append(task.run)
+    grouped = []
+    for runs in by_key.values():
+        size = auto_group_size(runs[0].cfg) if batch == "auto" else batch
+        size = max(1, min(size, -(-len(runs) // workers)))
+        for start in range(0, len(runs), size):
+            part = runs[start:start + size]
+            grouped.append(_Task(part[0]) if len(part) == 1 else _Task(part[0], group=part))
+    return grouped + singles
 
 
 class _InlineExecutor(cf.Executor):
@@ -852,7 +948,7 @@ def _check_same_sweep(out: Path, plan: SweepPlan, replace: bool) -> None:
 def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | None = None,
               in_process: bool = False, figures=None,
               reporter: Reporter | None = None, replace: bool = False,
-              run_reporter=None) -> SweepReport:
+              run_reporter=None, batch: int | str = 1) -> SweepReport:
     """Execute the unfinished runs of ``plan`` into ``out_dir`` and write results.csv.
 
     Parameters
@@ -872,6 +968,11 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
     run_reporter : None, or a picklable ``f(run_id, attempt) -> Reporter | None`` called where
         each attempt of a run executes (attempt 1, then 2 for a retry); the run reports its
         progress to what it returns.
+    batch : members per batched ensemble (:mod:`particlegan.engine.ensemble`): 1 (default) runs
+        every point alone; n > 1 or ``"auto"`` (:func:`auto_group_size`) advances the runs that
+        share array shapes (:func:`particlegan.engine.ensemble.ensemble_key`) as groups of up to
+        n, each member stored exactly as its own run (bitwise the same results). A group whose
+        worker dies is rerun member by member. Runs in a group report no per-run progress.
 
     Returns
     -------
@@ -916,6 +1017,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
                               "skipping them")
             if todo:
                 reporter.start(total=len(todo), label="sweep")
+                todo = group_tasks(todo, parse_batch(batch), 1 if in_process else jobs, out / "runs")
 
                 def record(task: _Task, outcome: dict) -> None:
                     outcomes[task.run.run_id] = outcome
@@ -967,8 +1069,12 @@ def _drive(tasks: list[_Task], out: Path, figures, record, report: SweepReport, 
             executor = pools[kind]
             task.attempts += 1
             try:
-                fut = executor.submit(_execute_attempt, task.run.cfg, str(out / "runs" / task.run.run_id),
-                                      figures, run_reporter, task.run.run_id, task.attempts, in_worker)
+                if task.group is not None:
+                    fut = executor.submit(_execute_group_attempt, [r.cfg for r in task.group],
+                                          [str(out / "runs" / r.run_id) for r in task.group], figures, in_worker)
+                else:
+                    fut = executor.submit(_execute_attempt, task.run.cfg, str(out / "runs" / task.run.run_id),
+                                          figures, run_reporter, task.run.run_id, task.attempts, in_worker)
             except lost_worker:  # the pool broke before we saw it: start a new one
                 task.attempts -= 1
                 pools[kind] = None
@@ -1003,7 +1109,18 @@ def _drive(tasks: list[_Task], out: Path, figures, record, report: SweepReport, 
             for fut in done:
                 task, kind, executor = inflight.pop(fut)
                 exc = fut.exception()
-                if exc is None:
+                if task.group is not None and exc is not None:
+                    # the ensemble's worker died (or the call failed): its members go on alone,
+                    # so that a second crash is attributed to exactly one run
+                    if lost_worker and isinstance(exc, lost_worker):
+                        drop_pool(kind, executor)
+                    lost = bool(lost_worker) and isinstance(exc, lost_worker)
+                    report.n_retried += len(task.group)
+                    retry.extend(_Task(r, crashes=int(lost)) for r in task.group)
+                elif task.group is not None:
+                    for run, outcome in zip(task.group, fut.result()):
+                        record(_Task(run), outcome)
+                elif exc is None:
                     record(task, fut.result())
                 elif lost_worker and isinstance(exc, lost_worker):
                     task.crashes += 1
