@@ -575,6 +575,68 @@ def format_sweep_runs(rows, config_path: str, grid_runs: int = PAPER_GRID_RUNS, 
     return "\n".join(lines)
 
 
+_ENSEMBLE_SCRIPT = """
+import json, sys, time, tomllib
+from particlegan.store.config import resolve_config
+from particlegan.engine.simulate import simulate
+from particlegan.engine.ensemble import simulate_ensemble
+path, backend, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sizes = [int(v) for v in sys.argv[4].split(",")]
+with open(path, "rb") as fh:
+    user = tomllib.load(fh)
+cells = [("0.0", "0.001"), ("0.3", "0.01"), ("0.1", "0.003"), ("0.98", "0.001")]
+def cfgs(n):
+    return [resolve_config(user, [f"run.backend={backend}", f"run.steps={steps}", f"generator.phi={cells[i % 4][0]}",
+                                  f"dynamics.eta_d={cells[i % 4][1]}"], seed=i) for i in range(n)]
+simulate(cfgs(1)[0]); simulate_ensemble(cfgs(1)); simulate_ensemble(cfgs(2))  # compile, warm up: not counted
+group = cfgs(4)
+t = time.perf_counter()
+for cfg in group:
+    simulate(cfg)
+rows = [{"size": 0, "seconds": (time.perf_counter() - t) / len(group)}]  # unbatched, per run
+for n in sizes:
+    group = cfgs(n)
+    t = time.perf_counter(); simulate_ensemble(group); rows.append({"size": n, "seconds": (time.perf_counter() - t) / n})
+print(json.dumps({"steps": steps, "rows": rows}))
+"""
+
+
+def ensemble_run_times(config_path: str, backend: str = "cpu", steps: int = 100,
+                       sizes=(1, 16, 64, 256)) -> dict:
+    """Seconds per run of a study config advanced as batched ensembles of each size in
+    ``sizes`` (:func:`particlegan.engine.ensemble.simulate_ensemble`), and unbatched (size 0 in
+    the rows: :func:`particlegan.engine.simulate.simulate`, one run after another), with
+    ``steps`` outer steps, in a fresh process with one numba and one BLAS thread as a sweep
+    worker. Returns {"steps", "backend", "rows": [{"size", "seconds"}, ...]}."""
+    import json
+    import subprocess
+    import sys
+
+    from particlegan.sweeps.sweep import WORKER_THREAD_ENV
+
+    env = {**os.environ, **WORKER_THREAD_ENV, "PARTICLEGAN_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-c", _ENSEMBLE_SCRIPT, str(config_path), backend, str(steps),
+                           ",".join(str(n) for n in sizes)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"ensemble measurement failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return {"backend": backend, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def format_ensemble_runs(res: dict, config_path: str) -> str:
+    """The text of :func:`ensemble_run_times`: ms per run-step per group size and its ratio to
+    the unbatched path measured in the same process."""
+    steps = res["steps"]
+    base = next(r["seconds"] for r in res["rows"] if r["size"] == 0) / steps
+    lines = [f"batched ensembles of {config_path} ({res['backend']}, {steps} steps, 1 thread):",
+             f"  unbatched   {base * 1e3:6.3f} ms per run-step"]
+    for r in res["rows"]:
+        if r["size"]:
+            per = r["seconds"] / steps
+            lines.append(f"  group {r['size']:<5} {per * 1e3:6.3f} ms per run-step  "
+                         f"{base / per:5.2f}x the unbatched speed")
+    return "\n".join(lines)
+
+
 def format_side_measurements(startup, records) -> str:
     """The text of :func:`startup_times` and :func:`record_times` printed below the table."""
     lines = []

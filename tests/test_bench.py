@@ -196,3 +196,19 @@ def test_sweep_run_text_projects_the_grid_from_the_mean_run():
     # mean run 3 s -> 3 ms per run-step; 600 runs / 2 workers * 3 s = 15 min; floor 128*512*1e-8 s
     assert "3.00 s per run" in text and "3.000 ms per run-step" in text and "grid   15.0 min" in text
     assert "sin/cos floor 0.655 ms =  22% of the run-step" in text
+
+
+def test_ensemble_run_times_measure_groups_against_the_unbatched_path(tmp_path):
+    cfg = tmp_path / "tiny.toml"  # the machinery, not the numbers
+    cfg.write_text("[particles]\nn = 16\n[target]\nn_samples = 64\n[critic]\nfeatures = 32\n"
+                   "[dynamics]\ncritic_steps_startup = 2\n[run]\nrecord_every = 2\n")
+    res = bench.ensemble_run_times(str(cfg), backend="numpy", steps=4, sizes=(1, 3))
+    assert res["steps"] == 4 and [r["size"] for r in res["rows"]] == [0, 1, 3]
+    assert all(r["seconds"] > 0 for r in res["rows"])
+
+
+def test_ensemble_text_gives_ms_per_run_step_and_the_ratio_to_unbatched():
+    res = {"backend": "cpu", "steps": 100, "rows": [{"size": 0, "seconds": 0.2}, {"size": 16, "seconds": 0.1}]}
+    text = bench.format_ensemble_runs(res, "x.toml")
+    # 0.2 s / 100 steps = 2 ms unbatched; 1 ms in a group of 16 -> 2x
+    assert " 2.000 ms per run-step" in text and "group 16     1.000 ms per run-step   2.00x" in text

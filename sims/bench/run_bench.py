@@ -12,9 +12,9 @@ from particlegan.numba_setup import configure
 
 configure()  # as the particlegan command does: before numpy (OpenBLAS) and numba load
 
-from particlegan.bench import (STEP_N, format_mnist_steps, format_side_measurements, format_sweep_runs,
-                               format_table, mnist_step_times, record_times, run_benchmark, startup_times,
-                               sweep_run_times, write_csv)
+from particlegan.bench import (STEP_N, ensemble_run_times, format_ensemble_runs, format_mnist_steps,
+                               format_side_measurements, format_sweep_runs, format_table, mnist_step_times,
+                               record_times, run_benchmark, startup_times, sweep_run_times, write_csv)
 from particlegan.errors import ParticleGANError
 
 
@@ -40,11 +40,13 @@ def main(argv=None):
     parser.add_argument("--mnist-only", action="store_true",
                         help="only the MNIST outer step against the machine's matmul peak")
     parser.add_argument("--sweep-only", action="store_true",
-                        help="only whole sims/mode_collapse runs per backend and the paper grid's projected time")
+                        help="only whole sims/mode_collapse runs per backend, the paper grid's projected time "
+                             "and the time per run-step of batched ensembles (group sizes 1, 16, 64, 256)")
     args = parser.parse_args(argv)
     study = str(Path(__file__).resolve().parents[1] / "mode_collapse" / "config.toml")
     if args.sweep_only:
         print(format_sweep_runs(sweep_run_times(study), "sims/mode_collapse/config.toml"))
+        print(format_ensemble_runs(ensemble_run_times(study), "sims/mode_collapse/config.toml"))
         return 0
     if args.mnist_only:
         print(format_mnist_steps(mnist_step_times(args.dtypes if args.dtypes != ("float64",) else
@@ -63,6 +65,7 @@ def main(argv=None):
         print(format_side_measurements(startup_times(), record_times()))
         print(format_mnist_steps(mnist_step_times()))
         print(format_sweep_runs(sweep_run_times(study), "sims/mode_collapse/config.toml"))
+        print(format_ensemble_runs(ensemble_run_times(study), "sims/mode_collapse/config.toml"))
     return 0
 
 
