@@ -73,7 +73,7 @@ def _format_summary(summary: dict, out_dir) -> str:
               help="Override any config key (repeatable), e.g. --set generator.phi=0.99.")
 @click.option("--seed", type=int, default=None, help="Override run.seed.")
 @click.option("--backend", type=click.Choice(["numpy", "cpu", "cuda"]), default=None,
-              help="Override run.backend.")
+              help="Override run.backend (default 'auto': cpu when numba is installed, else numpy).")
 @click.option("--out", "out_dir", default=None, help="Run directory (default: runs/<run id>).")
 @click.option("--no-plot", is_flag=True, help="Skip particles.png.")
 @click.option("--resume", "resume_dir", default=None, metavar="RUN_DIR",

@@ -50,6 +50,18 @@ def configure() -> dict:
             "openblas_thread_timeout": configure_blas_wait()}
 
 
+def default_backend() -> str:
+    """The backend ``run.backend = "auto"`` resolves to: "cpu" (numba's parallel kernels, the
+    fastest correct CPU backend) when numba and llvmlite are installed, else "numpy" (the
+    reference). Looks the packages up without importing them (importing numba here would fix
+    its settings before :func:`configure`)."""
+    import importlib.util
+
+    if all(importlib.util.find_spec(name) is not None for name in ("numba", "llvmlite")):
+        return "cpu"
+    return "numpy"
+
+
 def _numba_threads_started() -> bool:
     if "numba" not in sys.modules:
         return False

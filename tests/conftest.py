@@ -1,5 +1,12 @@
 import pytest
 
+from particlegan.numba_setup import configure
+
+# numba set up as the particlegan command sets it up, before anything imports numba: runs made in
+# this process then use the code generation (vector width) of the CLI and sweep-worker processes
+# the tests compare them with (cpu-backend results differ to rounding between vector widths).
+configure()
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run study-scale tests marked slow")

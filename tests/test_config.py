@@ -294,3 +294,20 @@ def test_data_paths_are_absolute_and_hashed(tmp_path, monkeypatch):
     cfg2 = resolve_config(json.loads(stored.read_text())["config"], ["target.path=z.npy"])
     assert cfg2["target"]["path"] == str(other / "z.npy")
     assert cfg2["target"]["path_sha256"] == hashlib.sha256((other / "z.npy").read_bytes()).hexdigest()
+
+
+def test_backend_auto_resolves_to_cpu_when_numba_is_installed_and_is_stored_resolved(monkeypatch):
+    import importlib.util
+
+    from particlegan import numba_setup
+    from particlegan.store.config import config_hash
+
+    assert importlib.util.find_spec("numba") is not None  # a test dependency
+    assert resolve_config()["run"]["backend"] == "cpu"
+    assert resolve_config(overrides=["run.backend=auto"]) == resolve_config()
+    assert resolve_config(overrides=["run.backend=numpy"])["run"]["backend"] == "numpy"
+    assert config_hash(resolve_config()) == config_hash(resolve_config(overrides=["run.backend=cpu"]))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real_find_spec(name, *a))
+    assert numba_setup.default_backend() == "numpy"
+    assert resolve_config()["run"]["backend"] == "numpy"

@@ -20,10 +20,14 @@ SHORT = ["run.steps=3", "run.record_every=1", "dynamics.critic_steps_startup=2"]
     ["particles.n=100", "target.dim=2000", "target.n_samples=2000", "critic.features=64",
      "observables.mmd_samples=200"],                                          # high dimension
 ])
-def test_estimate_is_within_a_factor_two_of_the_measured_peak(extra):
+@pytest.mark.parametrize("backend,upper", [("numpy", 2.0), ("cpu", 6.0)])
+def test_estimate_is_within_a_factor_two_of_the_measured_peak(extra, backend, upper):
     """The estimate is meant to catch orders of magnitude: it lands within [0.5, 2] x the peak of
-    numpy allocations traced during a short run (measured ratios 1.0, 1.06, 1.56)."""
-    cfg = resolve_config(overrides=extra + SHORT)
+    numpy allocations traced during a short run on the numpy backend, whose row blocks and
+    feature temporaries it models (measured ratios 1.0, 1.06, 1.56); the cpu backend's fused
+    passes need less, so there it errs on the safe side (measured 2.1-4.5x), never below 0.5x."""
+    cfg = resolve_config(overrides=extra + SHORT + [f"run.backend={backend}"])
+    simulate(cfg)  # compiled (cpu) before the measurement: numba's own memory is not the run's
     tracemalloc.start()
     try:
         simulate(cfg)
@@ -31,7 +35,7 @@ def test_estimate_is_within_a_factor_two_of_the_measured_peak(extra):
     finally:
         tracemalloc.stop()
     est = sum(estimate_memory(cfg).values())
-    assert 0.5 < est / peak < 2.0
+    assert 0.5 < est / peak < upper
 
 
 @pytest.mark.parametrize("key,part", [("particles.n=1000000000", "features"),

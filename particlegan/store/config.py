@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from particlegan.errors import ConfigError
+from particlegan.numba_setup import default_backend
 
 SCHEMA_VERSION = 1
 
@@ -310,7 +311,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "snapshots": Key(6, "int", "particle snapshots stored (evenly spaced, incl. start and end)",
                          check=_at_least(2)),
         "seed": Key(0, "int", "master seed", check=_nonneg),
-        "backend": Key("numpy", "str", "compute backend", choices=("numpy", "cpu", "cuda")),
+        "backend": Key("auto", "str", "compute backend; 'auto': cpu when numba is installed, else "
+                       "numpy (resolved, and stored as the one chosen)", choices=("auto", "numpy", "cpu", "cuda")),
         "dtype": Key("float64", "str", "floating point type", choices=("float64", "float32")),
         "checkpoint_every": Key(0, "int", "write a checkpoint every this many steps (0: never)",
                                 check=_nonneg),
@@ -323,9 +325,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 # --------------------------------------------------------------------------------------------
 def default_config() -> dict:
-    """Return the full default config as a fresh nested dict."""
-    return {sec: {k: copy.deepcopy(spec.default) for k, spec in keys.items()}
-            for sec, keys in SCHEMA.items()}
+    """Return the full default config as a fresh nested dict (``run.backend``'s "auto"
+    resolved to this machine's choice, :func:`particlegan.numba_setup.default_backend`)."""
+    cfg = {sec: {k: copy.deepcopy(spec.default) for k, spec in keys.items()} for sec, keys in SCHEMA.items()}
+    cfg["run"]["backend"] = default_backend()
+    return cfg
 
 
 def _suggest(word: str, options) -> str:
@@ -628,6 +632,8 @@ def resolve_config(user: Mapping | None = None, overrides: list[str] | None = No
              if cfg[sec][key] != given[(sec, key)] and (sec, f"{key}_sha256") not in overridden}
     if seed is not None:
         _set(cfg, "run", "seed", seed)
+    if cfg["run"]["backend"] == "auto":  # stored resolved: a rerun uses the same backend anywhere
+        cfg["run"]["backend"] = default_backend()
     _check_cross(cfg)
     _attach_data_hashes(cfg, stale)
     return cfg
