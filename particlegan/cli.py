@@ -72,7 +72,7 @@ def _format_summary(summary: dict, out_dir) -> str:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override any config key (repeatable), e.g. --set generator.phi=0.99.")
 @click.option("--seed", type=int, default=None, help="Override run.seed.")
-@click.option("--backend", type=click.Choice(["numpy", "cpu", "cuda"]), default=None,
+@click.option("--backend", type=click.Choice(["auto", "numpy", "cpu", "cuda"]), default=None,
               help="Override run.backend (default 'auto': cpu when numba is installed, else numpy).")
 @click.option("--out", "out_dir", default=None, help="Run directory (default: runs/<run id>).")
 @click.option("--no-plot", is_flag=True, help="Skip particles.png.")

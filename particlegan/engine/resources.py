@@ -21,8 +21,8 @@ step (in bytes, ``dtype`` itemsize per number; float64 for the reference-backend
 
 The blocks and feature temporaries are those of the numpy backend (the reference); the cpu
 backend's fused passes need less (measured 2-4.5x below the estimate), so there the estimate
-errs on the safe side. It is an estimate, meant to catch configs that are off by orders of magnitude, not to
-predict the peak to the byte; runs that pass it can still run out of memory (a MemoryError
+errs on the safe side. It is an estimate, meant to catch configs that are off by orders of
+magnitude, not to predict the peak to the byte; runs that pass it can still run out of memory (a MemoryError
 is then reported in one line as well).
 """
 from __future__ import annotations
