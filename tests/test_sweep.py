@@ -677,7 +677,7 @@ def test_a_group_task_that_raises_is_retried_member_by_member(tmp_path, monkeypa
         calls.append(len(cfgs))
         raise MemoryError("no room for the group")
 
-    monkeypatch.setattr(sweep_mod, "_execute_group_attempt", broken)
+    monkeypatch.setattr(sweep_mod, "execute_group", broken)
     plan = tiny_plan("generator.phi=0,0.5", seeds=[0])
     report = run_sweep(plan, tmp_path / "sw", in_process=True, batch=2)
     assert calls == [2] and report.n_ok == 2 and report.n_retried == 2

@@ -177,7 +177,9 @@ def member_constant(v, like: np.ndarray):
 
 
 def _any_positive(v) -> bool:
-    return bool(np.any(np.asarray(v) > 0))
+    """v > 0 for a per-run number, any member's v > 0 for a (B,) array (cheap on the
+    critic step's hot path: no array is made from a scalar)."""
+    return bool((v > 0).any() if isinstance(v, np.ndarray) else v > 0)
 
 
 def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam, form: str, backend):

@@ -584,10 +584,6 @@ def execute_group(cfgs: list[dict], run_dirs: list[str], figures=None, in_worker
     return outcomes
 
 
-def _execute_group_attempt(cfgs, run_dirs, figures, in_worker):
-    return execute_group(cfgs, run_dirs, figures, in_worker)
-
-
 # ---------------------------------------------------------------------------------------------
 # results table
 # ---------------------------------------------------------------------------------------------
@@ -1070,7 +1066,7 @@ def _drive(tasks: list[_Task], out: Path, figures, record, report: SweepReport, 
             task.attempts += 1
             try:
                 if task.group is not None:
-                    fut = executor.submit(_execute_group_attempt, [r.cfg for r in task.group],
+                    fut = executor.submit(execute_group, [r.cfg for r in task.group],
                                           [str(out / "runs" / r.run_id) for r in task.group], figures, in_worker)
                 else:
                     fut = executor.submit(_execute_attempt, task.run.cfg, str(out / "runs" / task.run.run_id),
@@ -1112,9 +1108,9 @@ def _drive(tasks: list[_Task], out: Path, figures, record, report: SweepReport, 
                 if task.group is not None and exc is not None:
                     # the ensemble's worker died (or the call failed): its members go on alone,
                     # so that a second crash is attributed to exactly one run
-                    if lost_worker and isinstance(exc, lost_worker):
-                        drop_pool(kind, executor)
                     lost = bool(lost_worker) and isinstance(exc, lost_worker)
+                    if lost:
+                        drop_pool(kind, executor)
                     report.n_retried += len(task.group)
                     retry.extend(_Task(r, crashes=int(lost)) for r in task.group)
                 elif task.group is not None:
