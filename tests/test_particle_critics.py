@@ -180,3 +180,78 @@ def test_outer_step_reads_no_config(critic, model_type):
     b, gb = engine.outer_step(dataclasses.replace(model2, cfg={}), state2)
     np.testing.assert_array_equal(a.x, b.x)
     np.testing.assert_array_equal(ga, gb)
+
+
+# ------------------------------------------------------ fused critic steps (cpu backend) --
+def _critic_and_state(*extra):
+    cfg = tiny("run.backend=cpu", "dynamics.critic_steps_startup=3", *extra, seed=2)
+    model, state = dyn.build_model(cfg, dyn.seed_streams(2))
+    return model.critic, state
+
+
+def _both_loops(critic, state, n_steps, calls=2):
+    """The backend's one-call loop and the engine's Python loop from the same state, ``calls``
+    times in a row (moments carried over); returns ((w, finite, opt), (w, finite, opt))."""
+    from particlegan.model import critics as cr
+
+    ctx = critic.prepare(state.x)
+    out = []
+    for fused in (True, False):
+        opt, w, finite = state.critic_opt.copy(), state.w, True
+        for _ in range(calls):
+            opt.begin_outer_step()
+            if fused:
+                w, ok = critic.fused_ascent(opt, w, ctx, cr.step_rates([opt.schedule], opt.step_count, n_steps))
+            else:
+                w, ok = cr.ascend_critic(opt, w, n_steps, lambda v: critic.objective_grad(v, state.x, ctx))
+            finite = finite and ok
+        out.append((w, finite, opt.state_dict()))
+    return out
+
+
+def _same_state_dicts(a, b):
+    return a.keys() == b.keys() and all(
+        (x is None and y is None) or (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y)
+        for x, y in zip(a.values(), b.values()))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("ctype", FEATURE_CRITICS)
+@pytest.mark.parametrize("penalty", ["none", "fake", "real"])
+@pytest.mark.parametrize("opt", [["critic.optimizer=sgd"], ["critic.optimizer=momentum"],
+                                 ["critic.optimizer=momentum", "critic.nesterov=true", "critic.weight_decay=0.05"],
+                                 ["critic.optimizer=adam"],
+                                 ["critic.optimizer=adam", "critic.amsgrad=true", "critic.adam_reset=true",
+                                  "critic.weight_decay=0.01"],
+                                 ["critic.optimizer=sgd", "loss.penalty_weight=0", "critic.lr_schedule=inv_sqrt"]])
+def test_fused_critic_steps_are_bitwise_the_engine_loop(dtype, ctype, penalty, opt):
+    """The cpu backend's one-call critic loop computes, op by op, what the engine's loop over
+    objective_grad and the optimizer computes: same weights and optimizer state, bitwise."""
+    critic, state = _critic_and_state(f"run.dtype={dtype}", f"critic.type={ctype}", f"loss.penalty={penalty}", *opt)
+    (w1, f1, s1), (w2, f2, s2) = _both_loops(critic, state, n_steps=4)
+    assert f1 and f2 and w1.dtype == w2.dtype == np.dtype(dtype)
+    assert np.array_equal(w1, w2) and not np.array_equal(w1, state.w)
+    assert _same_state_dicts(s1, s2)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum"])  # (Adam's normalised steps stay finite)
+def test_fused_critic_steps_stop_at_the_first_non_finite_step_like_the_loop(opt):
+    critic, state = _critic_and_state(f"critic.optimizer={opt}", "dynamics.eta_d=1e300")
+    with np.errstate(over="ignore", invalid="ignore"):  # the loops run into inf on purpose
+        (w1, f1, s1), (w2, f2, s2) = _both_loops(critic, state, n_steps=5, calls=1)
+    assert not f1 and not f2
+    assert np.all(np.isfinite(w1)) and np.array_equal(w1, w2)  # the last finite weights
+    assert s1["step_count"] == s2["step_count"] < state.critic_opt.step_count + 5
+
+
+@pytest.mark.parametrize("extra", [["run.backend=numpy"], ["run.backend=cpu", "loss.penalty=interpolates"],
+                                   ["run.backend=cpu", "critic.optimizer=cg"]])
+def test_fused_critic_steps_are_declined_where_the_loop_does_not_exist(extra):
+    from particlegan.model import critics as cr
+
+    cfg = tiny(*extra)
+    model, state = dyn.build_model(cfg, dyn.seed_streams(0))
+    opt = state.critic_opt.copy()
+    rates = cr.step_rates([opt.schedule], opt.step_count, 3)
+    assert model.critic.fused_ascent(opt, state.w, model.critic.prepare(state.x), rates) is None
+    assert opt.step_count == state.critic_opt.step_count  # nothing was stepped

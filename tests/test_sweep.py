@@ -449,13 +449,14 @@ def _alive(pid):
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 def test_workers_exit_when_the_sweep_is_killed_and_the_rerun_completes(tmp_path):
     """kill -9 of `particlegan sweep --jobs 2`: no worker is alive 10 s later, and rerunning the
-    sweep skips the runs that had finished and completes the others."""
+    sweep skips the runs that had finished and completes the others. (The long run must outlast
+    the two short ones and the workers' start-up: 20000 steps of this tiny run take seconds.)"""
     import signal
     import time
 
     out = tmp_path / "sw"
     fixed = [a for item in TINY if not item.startswith("run.steps") for a in ("--set", item)]
-    args = [sys.executable, "-m", "particlegan", "sweep", *fixed, "--grid", "run.steps=4,5,4000",
+    args = [sys.executable, "-m", "particlegan", "sweep", *fixed, "--grid", "run.steps=4,5,20000",
             "--jobs", "2", "--no-plot", "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

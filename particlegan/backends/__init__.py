@@ -18,7 +18,10 @@ Ensembles (:mod:`particlegan.engine.ensemble`) call the feature ops through
 :func:`members`: the same ops with a leading member axis B on their array arguments, each
 member bitwise as its own call; a backend may define ``<op>_members`` running all members as
 one program (the cpu backend does, over (member, row group) work items), otherwise the members
-are looped.
+are looped. A backend may also define ``feature_ascent_members`` (the cpu backend does): the
+critic steps of an IPM random-feature critic with an element-wise optimizer in one call
+(:meth:`particlegan.model.particle_critics.FeatureCritic.fused_ascent`), for single runs
+(one member) and ensembles alike.
 
 Backends: ``numpy`` (chunked reference oracle), ``cpu`` (numba parallel drivers),
 ``cuda`` (numba.cuda tiled kernels; needs a GPU, or the simulator with NUMBA_ENABLE_CUDASIM=1).
@@ -91,6 +94,8 @@ class MemberOps:
         for name, n_arrays in MEMBER_OPS.items():
             fast = getattr(backend, f"{name}_members", None)
             setattr(self, name, fast if fast is not None else loop_members(getattr(backend, name), n_arrays))
+        # the fused critic steps exist in member form only (a single run is one member)
+        self.feature_ascent_members = getattr(backend, "feature_ascent_members", None)
 
 
 def members(backend) -> MemberOps:

@@ -676,12 +676,19 @@ def _weighted_directions(A, w, dtype_of):
     n_mem, K, d = A.shape
     At = np.empty((n_mem, d, K), dtype=dtype_of.dtype)
     wAt = np.empty((n_mem, d, K), dtype=dtype_of.dtype)
+    _weighted_directions_into(A, w, At, wAt)
+    return At, wAt
+
+
+@njit
+def _weighted_directions_into(A, w, At, wAt):
+    """:func:`_weighted_directions` into given (B, d, K) arrays."""
+    n_mem, K, d = A.shape
     for m in range(n_mem):
         for c in range(d):
             for k in range(K):
                 At[m, c, k] = A[m, k, c]
                 wAt[m, c, k] = np.float64(w[m, k]) * np.float64(A[m, k, c])
-    return At, wAt
 
 
 def feature_input_grads(dpsi, A, w):
@@ -783,6 +790,142 @@ def feature_penalty_members(dpsi, A, w, form: str):
     parts = np.empty((n_mem, _n_items(n), K))
     _feature_penalty(dpsi, np.ascontiguousarray(A), np.ascontiguousarray(w), form == "gp", dt(0), sq, parts)
     return sq.astype(dt), parts.sum(axis=1).astype(dt)
+
+
+# ------------------------------------------------- fused critic ascent (feature critics) --
+OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
+
+
+@njit  # no fast-math: numpy's element-wise operations one by one, in the same order
+def _ascent_member_step(w, base, back, coef, wdg, pen_on, kind, h, nesterov, amsgrad, fresh, rate, bc2,
+                        m, v, vmax, g, w_new):
+    """One critic step of one member, as the numpy path computes it: the IPM gradient
+    grad = base - coef * back - wdg * w (critics.feature_critic_gradient), then the optimizer
+    (optimizers.py, ``maximize=True``) on g = -grad (+ its coupled weight decay h[6] * w):
+    sgd w - rate g; momentum buf <- g (first step) or h[0] buf + g, w - rate (buf or
+    g + h[0] buf with Nesterov); adam m <- h[2] m + h[1] g, v <- h[4] v + h[3] g^2 (amsgrad:
+    vmax <- max(vmax, v)), w - rate m / (sqrt(v / bc2) + h[5]). All constants arrive rounded to
+    w's dtype (h = mu, 1 - b1, b1, 1 - b2, b2, eps, weight decay). Writes w_new; returns True
+    when it is finite."""
+    K = w.shape[0]
+    for k in range(K):
+        gk = base[k]
+        if pen_on:
+            gk = gk - coef * back[k]
+        if wdg != 0:
+            gk = gk - wdg * w[k]
+        gk = -gk
+        if h[6] != 0:
+            gk = gk + h[6] * w[k]
+        g[k] = gk
+    ok = True
+    for k in range(K):
+        gk = g[k]
+        if kind == 0:
+            upd = gk
+        elif kind == 1:
+            if fresh:
+                m[k] = gk
+            else:
+                m[k] = h[0] * m[k] + gk
+            upd = gk + h[0] * m[k] if nesterov else m[k]
+        else:
+            m[k] = m[k] * h[2] + gk * h[1]
+            v[k] = v[k] * h[4] + (gk * gk) * h[3]
+            second = v[k]
+            if amsgrad:
+                a = vmax[k]
+                vmax[k] = a if (a >= second or a != a) else second  # np.maximum: NaN wins
+                second = vmax[k]
+            upd = m[k] / (np.sqrt(second / bc2) + h[5])
+        wk = w[k] - upd * rate if kind == 2 else w[k] - rate * upd
+        w_new[k] = wk
+        if not np.isfinite(wk):
+            ok = False
+    return ok
+
+
+@njit
+def _feature_ascent(dpsi, A, w, base, coef, wdg, pen_on, kind, h, nesterov, amsgrad, fresh, rates, bc2,
+                    m, v, vmax, zero, parts, done, alive):
+    """``rates.shape[0]`` critic steps of each member m of an IPM random-feature critic with the
+    squared gradient penalty on the fixed batch dpsi (B, n, K) and an element-wise optimizer,
+    in one call: per step the penalty's pull-back (:func:`_feature_penalty` itself, the
+    parallel pass the numpy-side loop calls) and then each member's update
+    (:func:`_ascent_member_step`). w (B, K) is updated in place and so are the moments m, v,
+    vmax; a member whose step is not finite keeps its last finite weights and stops
+    (alive[m] <- False; done[m] = steps taken, the failing one included).
+
+    No fast-math here: LLVM would otherwise be free to contract the optimizer's products and
+    sums into FMAs, which the numpy path does not do."""
+    n_mem, n, K = dpsi.shape
+    n_items = parts.shape[1]
+    sq = np.empty((n_mem, n))  # the norms: not needed by the gradient
+    g = np.empty((n_mem, K), dtype=w.dtype)
+    w_new = np.empty((n_mem, K), dtype=w.dtype)
+    back = np.empty((n_mem, K), dtype=w.dtype)
+    any_pen = False
+    for b in range(n_mem):
+        any_pen = any_pen or pen_on[b]
+    for s in range(rates.shape[0]):
+        if any_pen:
+            _feature_penalty(dpsi, A, w, False, zero, sq, parts)
+        for b in range(n_mem):
+            if not alive[b]:
+                continue
+            if pen_on[b]:
+                for k in range(K):
+                    acc = parts[b, 0, k]
+                    for t in range(1, n_items):  # in item order, as numpy's sum over the items
+                        acc += parts[b, t, k]
+                    back[b, k] = acc
+            done[b] = s + 1
+            if _ascent_member_step(w[b], base[b], back[b], coef[b], wdg[b], pen_on[b], kind, h, nesterov,
+                                   amsgrad, fresh and s == 0, rates[s, b], bc2[s], m[b], v[b], vmax[b], g[b],
+                                   w_new[b]):
+                for k in range(K):
+                    w[b, k] = w_new[b, k]
+            else:
+                alive[b] = False
+
+
+jit_cache.attach(_feature_ascent)  # a serial entry point: cached like the parallel drivers
+
+
+def feature_ascent_members(dpsi, A, w, base, coef, wd, steps):
+    """Critic steps of B members of an IPM random-feature critic in one fused loop (dpsi stays
+    in cache between the steps and no Python runs between them): the loop of
+    ``critics.ascend_critic`` over ``critics.feature_critic_gradient`` with the squared penalty
+    on the fixed batch and an element-wise optimizer, bitwise as that loop on this backend.
+
+    Parameters
+    ----------
+    dpsi : (B, n, K) activation derivatives of the penalty's batch.  A : (B, K, d) directions.
+    w : (B, K) weights (not modified).  base : (B, K) mean psi(y) - mean psi(x) (the IPM gradient).
+    coef : (B,) float64 2 lam / n, the penalty's factor (0: no penalty for that member).
+    wd : (B,) float64 critic weight decays.  steps : :class:`particlegan.model.optimizers.FusedSteps`
+        (its moments are updated in place).
+
+    Returns
+    -------
+    w : (B, K) new weights (the last finite ones).  finite : (B,) False for a member whose step
+    was not finite (it stopped there).  done : (B,) steps taken per member (the failing one
+    counted).
+    """
+    dt = out_dtype(w)
+    dpsi = np.ascontiguousarray(dpsi, dtype=dt)
+    n_mem, n, K = dpsi.shape
+    w = np.array(w, dtype=dt)
+    coef = np.asarray(coef, dtype=np.float64)
+    h = np.array([steps.mu, 1 - steps.b1, steps.b1, 1 - steps.b2, steps.b2, steps.eps, steps.weight_decay], dtype=dt)
+    done = np.zeros(n_mem, dtype=np.int64)
+    alive = np.ones(n_mem, dtype=np.bool_)
+    parts = np.zeros((n_mem, _n_items(n), K))
+    _feature_ascent(dpsi, np.ascontiguousarray(A), w, np.ascontiguousarray(base, dtype=dt), coef.astype(dt),
+                    np.asarray(wd, dtype=dt), coef > 0, OPTIMIZER_CODES[steps.kind], h, steps.nesterov,
+                    steps.amsgrad, steps.fresh, steps.rates.astype(dt), steps.bc2.astype(dt), steps.m, steps.v,
+                    steps.v_max, dt(0), parts, done, alive)
+    return w, alive, done
 
 
 # ---------------------------------------------------------------------------- NTK ----------

@@ -133,7 +133,10 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
 
 def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
     """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the particles
-    frozen at ``state.x``; ``ctx``: the critic's ``prepare(state.x)`` when already at hand."""
+    frozen at ``state.x``; ``ctx``: the critic's ``prepare(state.x)`` when already at hand.
+
+    A critic whose backend runs the whole loop in one call (``fused_ascent``: random-feature
+    critics on cpu) does so, bitwise as :func:`particlegan.model.critics.ascend_critic`'s loop."""
     critic = model.critic
     if not critic.trainable:
         ks = critic.train(state.kernel_state, state.x, n_steps, model.params.eta_d * state.lr_scale)
@@ -144,7 +147,10 @@ def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
     opt = state.critic_opt.copy()  # the optimizer steps a copy: the input state stays as it was
     scale_optimizer_lr(opt, model.params.eta_d, state.lr_scale)
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
-    w, finite = cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx))
+    fused = getattr(critic, "fused_ascent", None)  # the backend's one-call loop, where it has one
+    out = None if fused is None else fused(opt, state.w, ctx, cr.step_rates([opt.schedule], opt.step_count, n_steps))
+    w, finite = out if out is not None else \
+        cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx))
     return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite)
 
 

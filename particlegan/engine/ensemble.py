@@ -9,7 +9,9 @@ one parallel numba program over (member, row group) work items; on numpy the mem
 Each member is computed with the same code, in the same order, as its own run, so its result
 is bitwise the result of :func:`particlegan.engine.simulate.simulate` (tested over mixed
 grids); the Python and dispatch overhead of one outer step is paid once per group instead of
-once per run.
+once per run. On the cpu backend the critic steps of every member run in one numba call
+(:meth:`particlegan.model.particle_critics.FeatureCritic.fused_ascent`), as they do in a single
+run.
 
 What may differ between the members of one group: the keys of :data:`ENSEMBLE_VARYING`
 (seed, phi, g1, g2, eta_G, eta_D, penalty weight, critic weight decay and width, target and
@@ -189,6 +191,9 @@ def train_ensemble_critic(em: EnsembleModel, es: EnsembleState, ctx) -> Ensemble
         return es
     opt = es.critic_opt.copy()  # the input state stays as it was
     opt.begin_outer_step()
+    out = em.critic.fused_ascent(opt, es.w, ctx, cr.step_rates(em.schedules, opt.step_count, em.critic_steps))
+    if out is not None:  # the backend's one-call loop (cpu)
+        return dataclasses.replace(es, w=out[0], critic_opt=opt, critic_finite=es.critic_finite & out[1])
     w, finite = es.w, es.critic_finite.copy()
     for _ in range(em.critic_steps):
         lrs = [s(opt.step_count) for s in em.schedules]

@@ -283,6 +283,12 @@ def ascend_critic(opt, w: np.ndarray, n_steps: int, grad_fn) -> tuple[np.ndarray
     return w, True
 
 
+def step_rates(schedules, start: int, n_steps: int) -> np.ndarray:
+    """(n_steps, B) learning rates of the next ``n_steps`` optimizer steps of B members with the
+    rules ``schedules`` (one per member), from step count ``start``."""
+    return np.array([[sch(start + s) for sch in schedules] for s in range(n_steps)], dtype=np.float64)
+
+
 def interpolates(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """WGAN-GP points xhat_i = (1 - u_i) y_{m_i} + u_i x_i, m_i uniform, u_i ~ U(0, 1). Shape (N, d)."""
     idx = rng.integers(0, len(y), size=len(x))

@@ -138,6 +138,62 @@ def _rate(lr, x: np.ndarray):
     return np.asarray(lr, dtype=x.dtype) if isinstance(lr, np.ndarray) else lr
 
 
+@dataclass
+class FusedSteps:
+    """n element-wise optimizer steps of B members, as a backend loop runs them
+    (:meth:`Optimizer.fused_steps`): the loop must compute, op by op, what ``_update`` computes.
+
+    Attributes
+    ----------
+    kind : "sgd" | "momentum" | "adam".
+    rates : (n_steps, B) float64 step factors: alpha_n (sgd, momentum) or alpha_n / (1 - b1^t)
+        (adam, the bias correction of step t folded in as ``_update`` does).
+    bc2 : (n_steps,) float64 Adam's 1 - b2^t of each step (ones otherwise).
+    mu, nesterov : momentum.  b1, b2, eps, amsgrad : Adam.  weight_decay : coupled L2 (added to
+        the negated gradient).
+    m, v, v_max : (B, P) moments in the parameters' dtype (momentum: m is the buffer; unused
+        ones are empty (B, 0) arrays).  fresh : True when the moments are not set yet (the
+        momentum buffer starts as the first gradient, Adam's moments as zeros).
+    """
+
+    kind: str
+    rates: np.ndarray
+    bc2: np.ndarray
+    mu: float
+    nesterov: bool
+    b1: float
+    b2: float
+    eps: float
+    amsgrad: bool
+    weight_decay: float
+    m: np.ndarray
+    v: np.ndarray
+    v_max: np.ndarray
+    fresh: bool
+
+
+def _moments(arr, shape, dtype):
+    """A (B, P) copy of optimizer moments (a single run's (P,) gets the member axis), or zeros."""
+    if arr is None:
+        return np.zeros(shape, dtype=dtype)
+    return np.array(arr, dtype=dtype).reshape(shape)
+
+
+def _fused(opt, kind, lrs, shape, dtype, **kw) -> FusedSteps:
+    """:class:`FusedSteps` of ``opt`` with the options ``kw`` of its kind (the others neutral)."""
+    none = np.zeros((shape[0], 0), dtype=dtype)
+    base = dict(mu=0.0, nesterov=False, b1=0.0, b2=0.0, eps=0.0, amsgrad=False, m=none, v=none,
+                v_max=none, fresh=False, bc2=np.ones(len(lrs)))
+    base.update(kw)
+    return FusedSteps(kind=kind, rates=np.asarray(lrs, dtype=np.float64), weight_decay=opt.weight_decay, **base)
+
+
+def _unstack(arr: np.ndarray, members: bool) -> np.ndarray:
+    """Moments (B, P) of a fused loop in the optimizer's layout: (B, P) for an ensemble's
+    optimizer, (P,) for a single run's."""
+    return arr if members else arr[0]
+
+
 # ----------------------------------------------------------------------- base class ----
 class Optimizer:
     """Common machinery: schedule, maximisation, weight decay, step counter, reset.
@@ -220,6 +276,22 @@ class Optimizer:
         self.step_count += 1
         return new.astype(x.dtype, copy=False)
 
+    def fused_steps(self, lrs: np.ndarray, shape: tuple, dtype) -> "FusedSteps | None":
+        """What a backend loop needs to run ``len(lrs)`` steps of this optimizer itself (the cpu
+        backend's fused critic ascent), or None when the update is not element-wise (CG).
+
+        ``lrs`` : (n_steps, B) float64 learning rates alpha_n of each step for each member
+        (B = 1 for a single run); ``shape`` : (B, P) and ``dtype`` of the parameters. The
+        moments are copies: :meth:`absorb_fused` stores the loop's results back.
+        """
+        return None
+
+    def absorb_fused(self, steps: "FusedSteps", n_done: int, members: bool) -> None:
+        """Take the moments of ``steps`` after a backend loop ran ``n_done`` of its steps
+        (:meth:`fused_steps`): (B, P) moments for an ensemble's optimizer (``members``), (P,)
+        for a single run's."""
+        raise NotImplementedError
+
     def reset(self) -> None:
         """Forget moments/directions (as if re-created); the schedule counter is kept."""
         self._clear()
@@ -291,6 +363,12 @@ class SGD(Optimizer):
     def _update(self, x, g, lr):
         return x - _rate(lr, x) * g
 
+    def fused_steps(self, lrs, shape, dtype):
+        return _fused(self, "sgd", lrs, shape, dtype)
+
+    def absorb_fused(self, steps, n_done, members):
+        self.step_count += n_done
+
 
 class Momentum(Optimizer):
     """Heavy-ball momentum (torch SGD convention): v_n = mu v_{n-1} + g_n, v_0 = g_0;
@@ -322,6 +400,15 @@ class Momentum(Optimizer):
             self.buf = x.dtype.type(self.momentum) * self.buf + g
         upd = g + x.dtype.type(self.momentum) * self.buf if self.nesterov else self.buf
         return x - _rate(lr, x) * upd
+
+    def fused_steps(self, lrs, shape, dtype):
+        return _fused(self, "momentum", lrs, shape, dtype, mu=self.momentum, nesterov=self.nesterov,
+                      m=_moments(self.buf, shape, dtype), fresh=self.buf is None)
+
+    def absorb_fused(self, steps, n_done, members):
+        if n_done:
+            self.buf = _unstack(steps.m, members)
+        self.step_count += n_done
 
 
 class Adam(Optimizer):
@@ -384,6 +471,25 @@ class Adam(Optimizer):
         np.divide(self.m, tmp, out=tmp)
         tmp *= _rate(lr / bc1, x)
         return x - tmp
+
+    def fused_steps(self, lrs, shape, dtype):
+        b1, b2 = self.betas
+        ts = self.t + 1 + np.arange(len(lrs))
+        bc1 = np.array([1 - b1 ** int(t) for t in ts])  # Python's float power, as _update takes it
+        bc2 = np.array([1 - b2 ** int(t) for t in ts])
+        return _fused(self, "adam", np.asarray(lrs, dtype=np.float64) / bc1[:, None], shape, dtype,
+                      b1=b1, b2=b2, eps=self.eps, amsgrad=self.amsgrad, bc2=bc2,
+                      m=_moments(self.m, shape, dtype), v=_moments(self.v, shape, dtype),
+                      v_max=_moments(self.v_max, shape, dtype) if self.amsgrad else np.zeros((shape[0], 0), dtype),
+                      fresh=self.m is None)
+
+    def absorb_fused(self, steps, n_done, members):
+        if n_done:
+            self.m, self.v = _unstack(steps.m, members), _unstack(steps.v, members)
+            if self.amsgrad:
+                self.v_max = _unstack(steps.v_max, members)
+            self.t += n_done
+        self.step_count += n_done
 
 
 # ------------------------------------------------------------------ conjugate gradient ----

@@ -73,6 +73,47 @@ class FeatureCritic:
         return cr.feature_critic_gradient(self.feature_map, w, self.real, ctx, L.objective, L.penalty, L.lam,
                                           pen_batch, L.weight_decay, self.backend)
 
+    def fused_ascent(self, opt, w, ctx, rates):
+        """All critic steps of an outer step in one backend call, or None where that loop does not
+        exist (the engine then runs :func:`particlegan.model.critics.ascend_critic`).
+
+        The loop exists on backends with ``feature_ascent_members`` (cpu) for the IPM objective,
+        a penalty on the particles, on the targets or none, and an element-wise optimizer; its
+        result is bitwise the engine's loop on that backend (tests/test_particle_critics.py).
+
+        Parameters
+        ----------
+        opt : the critic optimizer (its moments and counters are advanced).
+        w : (K,) weights, or (B, K) for an ensemble (then the feature map and batches are stacked).
+        ctx : :meth:`prepare` of the particles.  rates : (n_steps, B) learning rates of the steps.
+
+        Returns
+        -------
+        (w, finite) with finite a bool (single run) or (B,) bool array; or None.
+        """
+        L = self.loss
+        fused = getattr(self.backend, "feature_ascent_members", None)
+        if fused is None or L.objective.name != "ipm" or L.penalty == "interpolates":
+            return None
+        members = w.ndim == 2
+        as_members = (lambda a: a) if members else (lambda a: a[None])
+        steps = opt.fused_steps(rates, as_members(w).shape, w.dtype)
+        if steps is None:
+            return None
+        lam = np.zeros(len(w)) + L.lam if members else np.array([L.lam], dtype=np.float64)
+        penalised = L.penalty != "none" and bool((lam > 0).any())
+        batch = self.real if penalised and L.penalty == "real" else ctx
+        coef = 2.0 * lam / batch.dpsi.shape[-2] if penalised else np.zeros_like(lam)
+        base = self.real.mean_psi - ctx.mean_psi  # the IPM gradient, as feature_critic_gradient forms it
+        wd = np.zeros(len(coef)) + L.weight_decay
+        w_new, finite, done = fused(as_members(batch.dpsi), as_members(self.feature_map.A.astype(w.dtype, copy=False)),
+                                    as_members(w), as_members(base), coef, wd, steps)
+        if members:
+            opt.absorb_fused(steps, len(rates), True)
+            return w_new, finite
+        opt.absorb_fused(steps, int(done[0]), False)
+        return w_new[0], bool(finite[0])
+
     def values_and_grads(self, state, ctx, need_values):
         if need_values and ctx.psi is None:  # values asked of an IPM critic (prepare kept no psi)
             ctx = cr.feature_batch(self.feature_map, state.x, self.backend)
