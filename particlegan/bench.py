@@ -516,6 +516,7 @@ from numba import njit
 from particlegan.store.config import resolve_config
 from particlegan.engine.simulate import simulate
 from particlegan.maths import pairmath as pm
+from particlegan.bench import matmul_peak_flops
 path, backend, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(path, "rb") as fh:
     user = tomllib.load(fh)
@@ -525,24 +526,32 @@ for i in range(runs + 1):  # the first run compiles (cpu) and is not counted
     phi, eta = cells[i % len(cells)]
     cfg = resolve_config(user, [f"run.backend={backend}", f"generator.phi={phi}", f"dynamics.eta_d={eta}"], seed=i)
     t = time.perf_counter(); simulate(cfg); times.append(time.perf_counter() - t)
-@njit
+@njit(fastmath={"contract", "reassoc", "arcp", "nsz", "afn"})  # the cpu backend's flags
 def sweep_sincos(x, out):
     for i in range(x.shape[0]):
         s, c = pm.sincos_in_dtype(x[i])
         out[i] = s + c
-x = np.random.default_rng(0).uniform(-20, 20, 1 << 20); out = np.empty_like(x); sweep_sincos(x, out)
-t = time.perf_counter(); sweep_sincos(x, out); per_sincos = (time.perf_counter() - t) / x.size
-print(json.dumps({"times": times[1:], "steps": cfg["run"]["steps"], "n": cfg["particles"]["n"],
-                  "features": cfg["critic"]["features"], "per_sincos": per_sincos}))
+n, K = cfg["particles"]["n"], cfg["critic"]["features"]
+x = np.random.default_rng(0).uniform(-20, 20, n * K); out = np.empty_like(x); sweep_sincos(x, out)
+best = float("inf")  # one outer step's phases (N K, in cache as in the run), best of 50
+for _ in range(50):
+    t = time.perf_counter(); sweep_sincos(x, out); best = min(best, time.perf_counter() - t)
+peak = matmul_peak_flops("float64", n=512, min_time=0.2)  # the worker's one BLAS thread
+print(json.dumps({"times": times[1:], "steps": cfg["run"]["steps"], "n": n, "features": K,
+                  "dim": cfg["target"]["dim"], "critic_steps": cfg["dynamics"]["critic_steps"],
+                  "penalty": cfg["loss"]["penalty"] != "none", "per_sincos": best / x.size,
+                  "matmul_flops": peak}))
 """
 
 
 def sweep_run_times(config_path: str, backends=("numpy", "cpu"), runs: int = 3) -> list[dict]:
     """Whole runs of a study config (build, start-up critic steps, every outer step, the
     observables) as a sweep worker runs them: a fresh process per backend with one numba and one
-    BLAS thread. Returns per backend: seconds per run (``times``), ``steps``, N, features K and
-    the machine's time for one float64 (sin, cos) pair of the vectorised polynomial
-    (``per_sincos``; the features of one outer step need N K of them)."""
+    BLAS thread. Returns per backend: seconds per run (``times``), ``steps``, N, features K,
+    ``dim``, ``critic_steps``, ``penalty`` (bool), and the worker's machine rates measured in the
+    same process: seconds per float64 (sin, cos) pair of the vectorised polynomial over one
+    step's N K phases (``per_sincos``, best of 50) and the one-thread float64 matmul FLOP/s
+    (``matmul_flops``), from which :func:`outer_step_limit` forms the run-step's floor."""
     import json
     import subprocess
     import sys
@@ -560,18 +569,51 @@ def sweep_run_times(config_path: str, backends=("numpy", "cpu"), runs: int = 3) 
     return out
 
 
+def outer_step_work(n: int, features: int, dim: int, critic_steps: int, penalty: bool = True) -> tuple[int, float]:
+    """Transcendentals and FLOPs of one outer step of N particles against a random-feature critic
+    (K features in d dimensions, IPM objective, n_c critic steps) as the cpu backend computes it.
+
+    * (sin, cos) pairs: N K (the particles' features; the targets' are computed once).
+    * FLOPs: phases 2 N K d; the feature mean N K; per critic step with the gradient penalty the
+      input gradients 2 N K d, their pull-back 2 N K d + 2 N K (without a penalty a critic step
+      is O(K)); the forces 2 N K d. Total N K (4 d + 1 + n_c (4 d + 2)) with the penalty.
+    The O(K) optimizer updates and the O(N d) coupling are left out (under 1% here), and so are
+    the observables (every ``record_every`` steps). The setting has no exp in its outer step.
+
+    Returns
+    -------
+    (sincos pairs, FLOPs) per outer step.
+    """
+    nk = n * features
+    per_critic_step = nk * (4 * dim + 2) if penalty else 0
+    return nk, float(nk * (4 * dim + 1) + critic_steps * per_critic_step)
+
+
+def outer_step_limit(row: dict) -> float:
+    """Seconds one outer step of a :func:`sweep_run_times` row costs at the machine's measured
+    rates: N K (sin, cos) pairs at ``per_sincos`` plus :func:`outer_step_work`'s FLOPs at the
+    one-thread matmul rate (optimistic: the d = 2 passes are vector- and load-bound, not GEMMs)."""
+    pairs, flops = outer_step_work(row["n"], row["features"], row["dim"], row["critic_steps"], row["penalty"])
+    return pairs * row["per_sincos"] + flops / row["matmul_flops"]
+
+
 def format_sweep_runs(rows, config_path: str, grid_runs: int = PAPER_GRID_RUNS, workers: int = 2) -> str:
     """The text of :func:`sweep_run_times`: seconds per run and per run-step, the projected wall
-    time of ``grid_runs`` runs on ``workers`` workers, and the features' floor (N K sin/cos pairs
-    per outer step at the measured polynomial rate) as a fraction of the measured run-step."""
+    time of ``grid_runs`` runs on ``workers`` workers, and the run-step against the machine's
+    limit for its work (:func:`outer_step_limit`, with the sin/cos and FLOP parts)."""
     lines = [f"whole runs of {config_path} (1 thread, as a sweep worker; {grid_runs} runs on {workers} workers):"]
     for r in rows:
         per_run = sum(r["times"]) / len(r["times"])
         per_step = per_run / r["steps"]
-        floor = r["n"] * r["features"] * r["per_sincos"]
+        pairs, flops = outer_step_work(r["n"], r["features"], r["dim"], r["critic_steps"], r["penalty"])
+        limit = outer_step_limit(r)
         lines.append(f"  {r['backend']:<6} {per_run:6.2f} s per run  {per_step * 1e3:6.3f} ms per run-step  "
                      f"grid {grid_runs * per_run / workers / 60:6.1f} min  "
-                     f"sin/cos floor {floor * 1e3:.3f} ms = {floor / per_step:4.0%} of the run-step")
+                     f"{per_step / limit:5.1f}x the machine limit")
+    r = rows[-1]
+    lines.append(f"  machine limit of one outer step: {outer_step_limit(r) * 1e3:.3f} ms = {pairs} sin/cos pairs at "
+                 f"{r['per_sincos'] * 1e9:.2f} ns + {flops / 1e6:.2f} MFLOP at {r['matmul_flops'] / 1e9:.1f} GFLOP/s "
+                 "(1-thread matmul); start-up critic steps and observables add to the run-step, not to the limit")
     return "\n".join(lines)
 
 

@@ -186,16 +186,26 @@ def test_sweep_run_times_time_whole_runs_in_a_worker_like_process(tmp_path):
     rows = bench.sweep_run_times(str(cfg), backends=("numpy",), runs=1)
     (row,) = rows
     assert row["backend"] == "numpy" and len(row["times"]) == 1 and row["times"][0] > 0
-    assert (row["steps"], row["n"], row["features"]) == (4, 16, 32) and 0 < row["per_sincos"] < 1e-6
+    assert (row["steps"], row["n"], row["features"], row["dim"], row["critic_steps"]) == (4, 16, 32, 2, 5)
+    assert row["penalty"] is True and 0 < row["per_sincos"] < 1e-6 and row["matmul_flops"] > 1e6
 
 
 def test_sweep_run_text_projects_the_grid_from_the_mean_run():
-    rows = [{"backend": "cpu", "times": [2.0, 4.0], "steps": 1000, "n": 128, "features": 512,
-             "per_sincos": 1e-8}]
+    rows = [{"backend": "cpu", "times": [2.0, 4.0], "steps": 1000, "n": 128, "features": 512, "dim": 2,
+             "critic_steps": 5, "penalty": True, "per_sincos": 1e-8, "matmul_flops": 1e10}]
     text = bench.format_sweep_runs(rows, "x.toml", grid_runs=600, workers=2)
-    # mean run 3 s -> 3 ms per run-step; 600 runs / 2 workers * 3 s = 15 min; floor 128*512*1e-8 s
+    # mean run 3 s -> 3 ms per run-step; 600 runs / 2 workers * 3 s = 15 min
     assert "3.00 s per run" in text and "3.000 ms per run-step" in text and "grid   15.0 min" in text
-    assert "sin/cos floor 0.655 ms =  22% of the run-step" in text
+    # limit by hand: 128*512 = 65536 pairs * 10 ns = 0.65536 ms; FLOPs 65536 * (4*2 + 1 + 5*(4*2 + 2))
+    # = 3.866624e6 at 1e10/s = 0.3866624 ms; 1.0420224 ms in all; 3 ms / 1.042 ms = 2.88
+    assert "2.9x the machine limit" in text
+    assert "1.042 ms = 65536 sin/cos pairs at 10.00 ns + 3.87 MFLOP at 10.0 GFLOP/s" in text
+
+
+def test_outer_step_work_counts_the_penalty_passes_only_with_a_penalty():
+    # N K = 10 * 20 = 200; d = 3: phases + mean + forces 200 * 13, a penalised critic step 200 * 14
+    assert bench.outer_step_work(10, 20, 3, 4, penalty=True) == (200, 200.0 * (13 + 4 * 14))
+    assert bench.outer_step_work(10, 20, 3, 4, penalty=False) == (200, 200.0 * 13)
 
 
 def test_ensemble_run_times_measure_groups_against_the_unbatched_path(tmp_path):
