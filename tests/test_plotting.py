@@ -226,6 +226,14 @@ def test_phase_cells_stop_at_the_physical_range_and_ticks_sit_at_the_grid():
     matplotlib.pyplot.close(fig)
 
 
+def test_tick_labels_of_a_log_grid_have_three_significant_digits():
+    etas = list(np.logspace(-3, -2, 4))  # 0.001, 0.00215443..., 0.00464158..., 0.01
+    cells = [{"generator.phi": p, "dynamics.eta_d": e, "mean": p, "n": 1} for p in (0.1, 0.2) for e in etas]
+    fig = plot_phase_diagram(cells, "generator.phi", "dynamics.eta_d", "collapse", log_y=True)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["0.001", "0.00215", "0.00464", "0.01"]
+    matplotlib.pyplot.close(fig)
+
+
 def test_side_by_side_panels_have_one_colour_bar(sweep_dir, tmp_path):
     from particlegan.plots.plotting import phase_plot
 

@@ -267,7 +267,7 @@ def _grid_ticks(ax, which: str, pos: np.ndarray, values: list) -> None:
     order = np.argsort(pos)
     step = max(1, int(np.ceil(len(pos) / MAX_TICK_LABELS)))
     shown = order[::step]
-    labels = [_fmt_value(values[i]) for i in shown]
+    labels = [_fmt_value(values[i], 3) for i in shown]  # 3 digits: log grids have long values
     if which == "x":
         ax.set_xticks(pos[shown], labels, rotation=45 if len(shown) > 6 else 0)
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -297,11 +297,11 @@ def _setup_axis(ax, which: str, values: list, key: str, log: bool):
     return pos, edges
 
 
-def _fmt_value(v) -> str:
+def _fmt_value(v, digits: int = 6) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (float, np.floating)):
-        return f"{v:g}"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
