@@ -92,8 +92,10 @@ def test_mlp_critic_steps_draw_fresh_dropout_masks_and_forces_use_none():
     from particlegan.maths import nn
 
     model, state = dyn.build_model(tiny("critic.type=mlp", "critic.widths=[6, 6]", "critic.dropout=[0.5, 0]"))
-    g1 = model.critic.objective_grad(state.w, state.x, None)
-    g2 = model.critic.objective_grad(state.w, state.x, None)
+    assert model.critic.draws_noise
+    rng = np.random.default_rng(0)
+    g1 = model.critic.objective_grad(state.w, state.x, None, rng)
+    g2 = model.critic.objective_grad(state.w, state.x, None, rng)
     assert not np.array_equal(g1, g2)  # a new mask per step
     values, grads = model.critic.values_and_grads(state, None, True)
     v_ref, g_ref = nn.critic_values_and_input_grads(model.critic.net.with_theta(state.w), state.x)
@@ -157,6 +159,31 @@ def test_outer_step_leaves_its_input_state_unchanged(optimizer, model_type):
     np.testing.assert_array_equal(a.w, b.w)
     c, _ = engine.outer_step(model, a)  # and the chain continues from the returned state
     assert c.step == a.step + 1
+
+
+@pytest.mark.parametrize("model_type", ["particle", "neural"])
+@pytest.mark.parametrize("noise", [["loss.penalty=interpolates"], ["critic.dropout=[0.3, 0]"]])
+def test_outer_step_is_pure_with_noise_drawn_in_the_step(model_type, noise):
+    """Interpolates, dropout masks and fresh latents draw from streams in the state: two calls
+    on one state agree bitwise, the input's streams are not advanced, the output's are."""
+    from particlegan.engine import neural_model as nm
+
+    extra = ["critic.type=mlp", f"model.type={model_type}", *noise]
+    if model_type == "neural":
+        extra += ["generator.width=8", "generator.fresh_latents=true"]
+    engine = nm if model_type == "neural" else dyn
+    model, state = engine.build_model(tiny(*extra))
+    before = state.noise.bit_generator.state
+    a, _ = engine.outer_step(model, state)
+    b, _ = engine.outer_step(model, state)
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.w, b.w)
+    assert state.noise.bit_generator.state == before != a.noise.bit_generator.state
+    if model_type == "neural":
+        assert not np.array_equal(a.z, state.z)  # a fresh minibatch, drawn from a copy
+        assert a.latents.bit_generator.state != state.latents.bit_generator.state
+    c, _ = engine.outer_step(model, a)  # the next step draws new noise
+    assert not np.array_equal(c.w, engine.outer_step(model, dataclasses.replace(a, noise=state.noise))[0].w)
 
 
 @pytest.mark.parametrize("critic", ["mlp", "rff", "kernel"])

@@ -33,11 +33,11 @@ def _split_state_dict(prefix: str, sd: dict, arrays: dict, scalars: dict) -> Non
             scalars[f"{prefix}{k}"] = v.item() if isinstance(v, np.generic) else v
 
 
-def save_checkpoint(path: str | Path, run_id: str, state, noise_rng: np.random.Generator,
-                    series: dict[str, list], snapshots: list, snapshot_taken: list,
+def save_checkpoint(path: str | Path, run_id: str, state, series: dict[str, list], snapshots: list, snapshot_taken: list,
                     extra: tuple[dict, dict] | None = None, schedule: dict | None = None,
                     observables_rng: np.random.Generator | None = None) -> None:
-    """Atomically write the checkpoint of ``state`` (a :class:`particlegan.engine.dynamics.State`).
+    """Atomically write the checkpoint of ``state`` (a :class:`particlegan.engine.dynamics.State`
+    or a neural state; its noise stream ``state.noise`` is stored as ``noise_rng``).
 
     ``extra`` = (arrays, JSON scalars) of an engine's own state (the neural model's generator
     parameters, latents, generator optimizer ``gopt__*`` and latent RNG state; see
@@ -47,7 +47,7 @@ def save_checkpoint(path: str | Path, run_id: str, state, noise_rng: np.random.G
     """
     arrays: dict[str, np.ndarray] = {"x": state.x}
     scalars: dict = {"run_id": run_id, "step": int(state.step),
-                     "noise_rng": noise_rng.bit_generator.state,
+                     "noise_rng": state.noise.bit_generator.state,
                      "lr_scale": float(getattr(state, "lr_scale", 1.0))}
     if observables_rng is not None:
         scalars["observables_rng"] = observables_rng.bit_generator.state

@@ -10,9 +10,9 @@ With ``simultaneous`` updates both players read the same (critic, particles) sta
 are computed with the critic *before* its n_c steps.
 
 The static part of a simulation is a frozen :class:`Model`; the evolving part a frozen
-:class:`State`; :func:`outer_step` is a pure function ``(model, state) -> (state, info)``
-(the critic optimizer is copied before it steps, so the input state is never changed) except
-for the interpolate-noise generator held by the model (its state is checkpointed).
+:class:`State`; :func:`outer_step` is a pure function ``(model, state) -> (state, info)``: the
+critic optimizer and the noise stream (``state.noise``: WGAN-GP interpolates, dropout masks)
+are copied before they step, so the input state is never changed.
 """
 from __future__ import annotations
 
@@ -65,7 +65,6 @@ class Model:
     backend: object
     critic_type: str
     critic: object
-    noise_rng: np.random.Generator     # interpolate noise (checkpointed through its state)
     dtype: np.dtype
 
 
@@ -85,6 +84,8 @@ class State:
         (1 unless a learning-rate schedule, ``schedule.kind = "kid"``, has decayed them).
     critic_finite : False once a critic step produced NaN/inf; ``w`` then holds the last finite
         parameters (see :func:`particlegan.model.critics.ascend_critic`).
+    noise : the run's noise stream (a Generator never advanced in place: a step that draws from
+        it works on a copy, :func:`advanced_copy`, and stores that), or None.
     """
 
     step: int
@@ -94,6 +95,21 @@ class State:
     critic_opt: object | None
     lr_scale: float = 1.0
     critic_finite: bool = True
+    noise: np.random.Generator | None = None
+
+
+def advanced_copy(rng: np.random.Generator) -> np.random.Generator:
+    """An independent Generator in ``rng``'s state, to draw from without touching ``rng``
+    (states hold Generators that are never advanced in place)."""
+    return generator_in_state(rng.bit_generator.state)
+
+
+def generator_in_state(bit_state: dict) -> np.random.Generator:
+    """A Generator whose bit generator is in ``bit_state`` (a ``bit_generator.state`` dict, as
+    checkpoints store it)."""
+    bit = getattr(np.random, bit_state["bit_generator"])()
+    bit.state = bit_state
+    return np.random.Generator(bit)
 
 
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -121,12 +137,12 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
                         target_mean=target.samples.mean(axis=0)).astype(dtype)
     coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
     y = target.samples.astype(dtype)
-    critic, w = build_critic(cfg, y, backend, streams["critic"], streams["noise"])
+    critic, w = build_critic(cfg, y, backend, streams["critic"])
     model = Model(cfg=cfg, params=StepParams.from_config(cfg), target=target, y=y, coupling=coupling,
                   objective=objective_from_config(cfg["loss"]), backend=backend,
-                  critic_type=cfg["critic"]["type"], critic=critic, noise_rng=streams["noise"], dtype=dtype)
+                  critic_type=cfg["critic"]["type"], critic=critic, dtype=dtype)
     state = State(step=0, x=x0, w=w, kernel_state=None,
-                  critic_opt=make_critic_optimizer(cfg) if w is not None else None)
+                  critic_opt=make_critic_optimizer(cfg) if w is not None else None, noise=streams["noise"])
     state = train_critic(model, state, cfg["dynamics"]["critic_steps_startup"], critic.prepare(x0))
     return model, state
 
@@ -149,9 +165,11 @@ def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
     opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
     fused = getattr(critic, "fused_ascent", None)  # the backend's one-call loop, where it has one
     out = None if fused is None else fused(opt, state.w, ctx, cr.step_rates([opt.schedule], opt.step_count, n_steps))
+    noise = advanced_copy(state.noise) if critic.draws_noise else None  # the input state's stays as it was
     w, finite = out if out is not None else \
-        cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx))
-    return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite)
+        cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx, noise))
+    return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite,
+                               noise=state.noise if noise is None else noise)
 
 
 def particle_forces(model: Model, state: State, ctx=None):

@@ -169,7 +169,7 @@ def build_ensemble(cfgs: list[dict]):
                            np.stack([r.mean_psi for r in reals]))
     loss = CriticLoss(None, first.loss.objective, first.loss.penalty,
                       np.array([m.critic.loss.lam for m in models]),
-                      np.array([m.critic.loss.weight_decay for m in models]), None)
+                      np.array([m.critic.loss.weight_decay for m in models]))
     critic = FeatureCritic(fmap, real, loss, members(first.backend))
     em = EnsembleModel(models=models, critic=critic, couplings=tuple(m.coupling for m in models),
                        eta_g=np.array([m.params.eta_g for m in models]),

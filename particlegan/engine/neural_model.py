@@ -44,8 +44,10 @@ One outer step (``dynamics.update = "alternating"``)
 With ``dynamics.update = "simultaneous"`` the forces are computed before the critic steps.
 
 Randomness: generator init from the ``coupling`` stream (unused by this model otherwise),
-critic init / random features from ``critic``, latents from ``particles`` (its state is
-checkpointed: fresh minibatches resume exactly), interpolates from ``noise``.
+critic init / random features from ``critic``, latents from ``particles`` (kept in the state as
+``state.latents``: fresh minibatches resume exactly), interpolates and dropout masks from
+``noise`` (``state.noise``). Both streams live in the state and are copied before they draw
+(:func:`particlegan.engine.dynamics.advanced_copy`), so :func:`outer_step` is pure.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ import numpy as np
 from particlegan.model import critics as cr
 from particlegan.maths import nn
 from particlegan.backends import get_backend
+from particlegan.engine.dynamics import advanced_copy, generator_in_state
 from particlegan.model.losses import Objective, objective_from_config
 from particlegan.model.optimizers import optimizer_from_config, scale_optimizer_lr
 from particlegan.model.particle_critics import build_critic  # the critic objects of both engines
@@ -77,7 +80,6 @@ class NeuralModel:
         the particle engine: mlp, rff / relu_features, learned_features, fixed kernels); its
         live parameters are ``state.w``.
     objective : the loss.
-    noise_rng : interpolate noise; latent_rng : fresh latent minibatches (both checkpointed).
     fresh_latents : draw new latents every step.  dtype : run dtype.
     """
 
@@ -90,8 +92,6 @@ class NeuralModel:
     critic_type: str
     objective: Objective
     backend: object
-    noise_rng: np.random.Generator
-    latent_rng: np.random.Generator
     fresh_latents: bool
     dtype: np.dtype
     latent_shape: tuple = ()           # (N, d_z, kind) of the latents, for fresh minibatches
@@ -113,6 +113,8 @@ class NeuralState:
     critic_opt, gen_opt : the two optimizers (hold their own moment / direction state).
     lr_scale : factor on both learning rates (eta_G of the generator optimizer, eta_D of the
         critic); 1 unless a ``schedule.kind = "kid"`` schedule has decayed them.
+    noise : the critic's noise stream (interpolates, dropout).  latents : the stream of fresh
+        latent minibatches. Generators never advanced in place (steps draw from copies).
     """
 
     step: int
@@ -125,6 +127,8 @@ class NeuralState:
     gen_opt: object
     lr_scale: float = 1.0
     critic_finite: bool = True  # False once a critic step produced NaN/inf (w: last finite)
+    noise: np.random.Generator | None = None
+    latents: np.random.Generator | None = None
 
 
 # ------------------------------------------------------------------------- building ----
@@ -167,16 +171,15 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     y = target.samples.astype(dtype)
     gen = make_generator(cfg, streams["coupling"], dtype)
     z = draw_latents(latent_shape(cfg), streams["particles"], dtype)
-    critic, w = build_critic(cfg, y, backend, streams["critic"], streams["noise"])
+    critic, w = build_critic(cfg, y, backend, streams["critic"])
     model = NeuralModel(cfg=cfg, params=StepParams.from_config(cfg), target=target, y=y, generator=gen, critic=critic,
                         critic_type=cfg["critic"]["type"], objective=objective_from_config(cfg["loss"]),
-                        backend=backend, noise_rng=streams["noise"], latent_rng=streams["particles"],
-                        fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype,
+                        backend=backend, fresh_latents=bool(cfg["generator"]["fresh_latents"]), dtype=dtype,
                         latent_shape=latent_shape(cfg))
     x0 = nn.mlp_apply(gen, z)
     state = NeuralState(step=0, x=x0, z=z, theta_g=gen.theta.copy(), w=w, kernel_state=None,
                         critic_opt=make_critic_optimizer(cfg) if w is not None else None,
-                        gen_opt=generator_optimizer(cfg))
+                        gen_opt=generator_optimizer(cfg), noise=streams["noise"], latents=streams["particles"])
     state = train_critic(model, state, cfg["dynamics"]["critic_steps_startup"])
     return model, state
 
@@ -243,9 +246,13 @@ def outer_step(model: NeuralModel, state: NeuralState):
     scale_optimizer_lr(gopt, par.eta_g, state.lr_scale)
     gopt.begin_outer_step()
     theta = gopt.step(state.theta_g, generator_param_grad(model, state, forces))
-    z = draw_latents(model.latent_shape, model.latent_rng, model.dtype) if model.fresh_latents else state.z
+    latents, z = state.latents, state.z
+    if model.fresh_latents:
+        latents = advanced_copy(state.latents)
+        z = draw_latents(model.latent_shape, latents, model.dtype)
     x = nn.mlp_apply(model.generator.with_theta(theta), z)
-    return dataclasses.replace(state, step=state.step + 1, x=x, z=z, theta_g=theta, gen_opt=gopt), grad
+    return dataclasses.replace(state, step=state.step + 1, x=x, z=z, theta_g=theta, gen_opt=gopt,
+                               latents=latents), grad
 
 
 def state_is_finite(state: NeuralState) -> bool:
@@ -264,7 +271,7 @@ def checkpoint_payload(model: NeuralModel, state: NeuralState) -> tuple[dict, di
     Returns ({"theta_g", "z", "gopt__*" arrays}, {"latent_rng", "gopt__*" scalars}).
     """
     arrays = {"theta_g": state.theta_g, "z": state.z}
-    scalars = {"latent_rng": model.latent_rng.bit_generator.state}
+    scalars = {"latent_rng": state.latents.bit_generator.state}
     for k, v in state.gen_opt.state_dict().items():
         if isinstance(v, np.ndarray):
             arrays[f"gopt__{k}"] = v
@@ -275,8 +282,6 @@ def checkpoint_payload(model: NeuralModel, state: NeuralState) -> tuple[dict, di
 
 def restore_state(model: NeuralModel, fresh: NeuralState, ck: dict) -> NeuralState:
     """State of a checkpoint (``ck`` from :func:`particlegan.engine.checkpoint.load_checkpoint`)."""
-    model.noise_rng.bit_generator.state = ck["noise_rng"]
-    model.latent_rng.bit_generator.state = ck["latent_rng"]
     kstate = None
     if ck["kernel_snapshots"] is not None:
         kstate = cr.KernelCriticState(ck["kernel_snapshots"], ck["kernel_coefs"])
@@ -284,4 +289,6 @@ def restore_state(model: NeuralModel, fresh: NeuralState, ck: dict) -> NeuralSta
         fresh.critic_opt.load_state_dict(ck["opt"])
     fresh.gen_opt.load_state_dict(ck["gen_opt"])
     return dataclasses.replace(fresh, step=ck["step"], x=ck["x"], z=ck["z"],
-                               theta_g=ck["theta_g"], w=ck["w"], kernel_state=kstate)
+                               theta_g=ck["theta_g"], w=ck["w"], kernel_state=kstate,
+                               noise=generator_in_state(ck["noise_rng"]),
+                               latents=generator_in_state(ck["latent_rng"]))

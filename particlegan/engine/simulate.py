@@ -285,7 +285,7 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     while rec.status == "ok" and state.step < steps:
         if ckpt_every and state.step % ckpt_every == 0 and state.step > 0 and not (
                 resume and state.step == ck["step"]):
-            save_checkpoint(checkpoint_path, run_id, state, model.noise_rng, rec.series, rec.snapshots,
+            save_checkpoint(checkpoint_path, run_id, state, rec.series, rec.snapshots,
                             rec.snapshot_taken,
                             extra=(engine.checkpoint_payload(model, state)
                                    if hasattr(engine, "checkpoint_payload") else None),
@@ -322,7 +322,6 @@ def restore_state(model: dyn.Model, fresh: dyn.State, ck: dict) -> dyn.State:
 
     if simulation_engine(model.cfg) is not dyn:
         return simulation_engine(model.cfg).restore_state(model, fresh, ck)
-    model.noise_rng.bit_generator.state = ck["noise_rng"]
     kstate = None
     if ck["kernel_snapshots"] is not None:
         kstate = KernelCriticState(ck["kernel_snapshots"], ck["kernel_coefs"])
@@ -330,7 +329,7 @@ def restore_state(model: dyn.Model, fresh: dyn.State, ck: dict) -> dyn.State:
     if opt is not None:
         opt.load_state_dict(ck["opt"])
     return dataclasses.replace(fresh, step=ck["step"], x=ck["x"], w=ck["w"], kernel_state=kstate,
-                               critic_opt=opt)
+                               critic_opt=opt, noise=dyn.generator_in_state(ck["noise_rng"]))
 
 
 def check_checkpoint(ck: dict, fresh, steps: int, path) -> None:

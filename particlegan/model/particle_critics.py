@@ -9,14 +9,17 @@ these objects; adding a critic means writing one class here and one line in
   False for the fixed-kernel critics, which update their own memory (``train``).
 * ``prepare(x) -> ctx`` -- what depends only on the particles x (N, d) and is shared by the
   critic steps and the forces of one outer step (the random features of x), or None.
-* ``objective_grad(w, x, ctx) -> (P,)`` -- dJ/dw of the critic objective (trainable critics).
+* ``objective_grad(w, x, ctx, rng) -> (P,)`` -- dJ/dw of the critic objective (trainable
+  critics); ``rng`` is the run's noise stream (from the state), drawn from only by critics with
+  ``draws_noise`` (WGAN-GP interpolates, dropout masks), None otherwise.
+* ``draws_noise`` -- True when ``objective_grad`` draws from ``rng`` (the engine then hands it a
+  copy of the state's stream and keeps the advanced copy in the new state).
 * ``train(kernel_state, x, n_steps, cfg, lr_scale) -> kernel_state`` -- (fixed-kernel critics).
 * ``values_and_grads(state, ctx, need_values) -> (values (N,) or None, grads (N, d))`` -- f(x_i)
   and grad f(x_i) at ``state.x``, from which the engine forms the particle forces.
 
 The objects hold only what is fixed at build time (arrays, kernel specs, coefficients); the
-interpolate-noise generator of the WGAN-GP penalty is the one exception (its state is
-checkpointed by the engine).
+random-number stream they draw from lives in the engine's state.
 """
 from __future__ import annotations
 
@@ -34,19 +37,23 @@ from particlegan.model.losses import Objective, objective_from_config, run_penal
 @dataclass(frozen=True)
 class CriticLoss:
     """What a trained critic maximises: the objective on (y, x), the gradient penalty (kind,
-    effective lambda, interpolate noise) and the weight decay."""
+    effective lambda) and the weight decay."""
 
     y: np.ndarray                  # (M, d) targets
     objective: Objective
     penalty: str
     lam: float
     weight_decay: float
-    noise_rng: np.random.Generator
 
-    def interpolates(self, x):
-        """WGAN-GP points for the 'interpolates' penalty (drawn each critic step), else None."""
-        if self.penalty == "interpolates" and self.lam > 0:
-            return cr.interpolates(x, self.y, self.noise_rng)
+    @property
+    def draws_interpolates(self) -> bool:
+        return self.penalty == "interpolates" and bool(np.any(np.asarray(self.lam) > 0))
+
+    def interpolates(self, x, rng):
+        """WGAN-GP points for the 'interpolates' penalty (drawn from ``rng`` each critic step),
+        else None."""
+        if self.draws_interpolates:
+            return cr.interpolates(x, self.y, rng)
         return None
 
 
@@ -65,9 +72,13 @@ class FeatureCritic:
         # never write the (N, K) psi
         return cr.feature_batch(self.feature_map, x, self.backend, keep_psi=self.loss.objective.name != "ipm")
 
-    def objective_grad(self, w, x, ctx):
+    @property
+    def draws_noise(self) -> bool:
+        return self.loss.draws_interpolates
+
+    def objective_grad(self, w, x, ctx, rng=None):
         L = self.loss
-        xhat = L.interpolates(x)
+        xhat = L.interpolates(x, rng)
         pen_batch = None if xhat is None else cr.feature_batch(self.feature_map, xhat, self.backend,
                                                                keep_psi=False)
         return cr.feature_critic_gradient(self.feature_map, w, self.real, ctx, L.objective, L.penalty, L.lam,
@@ -129,11 +140,12 @@ class LearnedCritic:
     weight_decay: float
     backend: object
     trainable = True
+    draws_noise = False
 
     def prepare(self, x):
         return None
 
-    def objective_grad(self, w, x, ctx):
+    def objective_grad(self, w, x, ctx, rng=None):
         return fc.learned_critic_objective(self.learned, w, x, self.y, self.backend, self.weight_decay,
                                            need_value=False)[1]
 
@@ -147,7 +159,7 @@ class MLPCritic:
     """Neural critic f = MLP(x) (critic.type mlp): d -> widths -> 1, trained on (y, x).
 
     With ``dropout`` rates, every critic step draws fresh inverted-dropout masks (from the
-    loss's noise stream) for its batch [y; x] (and the interpolates); the particle forces use
+    run's noise stream) for its batch [y; x] (and the interpolates); the particle forces use
     the network without dropout (evaluation mode).
     """
 
@@ -159,17 +171,21 @@ class MLPCritic:
     def prepare(self, x):
         return None
 
-    def _masks(self, net, n):
+    @property
+    def draws_noise(self) -> bool:
+        return self.loss.draws_interpolates or any(p > 0 for p in self.dropout)
+
+    def _masks(self, net, n, rng):
         if not any(p > 0 for p in self.dropout):
             return None
-        return nn.dropout_masks(net, n, self.dropout, self.loss.noise_rng)
+        return nn.dropout_masks(net, n, self.dropout, rng)
 
-    def objective_grad(self, w, x, ctx):
+    def objective_grad(self, w, x, ctx, rng=None):
         L = self.loss
         net = self.net.with_theta(w)
-        xhat = L.interpolates(x)
-        masks = self._masks(net, len(L.y) + len(x))
-        xhat_masks = None if xhat is None else self._masks(net, len(xhat))
+        xhat = L.interpolates(x, rng)
+        masks = self._masks(net, len(L.y) + len(x), rng)
+        xhat_masks = None if xhat is None else self._masks(net, len(xhat), rng)
         return mlp_critic_objective(net, L.y, x, L.objective, L.penalty, L.lam, xhat, L.weight_decay,
                                     masks, xhat_masks)[1]
 
@@ -238,6 +254,7 @@ class KernelCritic:
     ridge: float = 0.0
     memory: int = 0
     trainable = False
+    draws_noise = False
 
     def prepare(self, x):
         return None
@@ -268,18 +285,18 @@ def make_critic_mlp(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn
                        dtype=dtype, config_prefix="critic", output_bias=cfg["critic"]["output_bias"])
 
 
-def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
-                 noise_rng: np.random.Generator):
+def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator):
     """The critic object of config section ``critic`` and its initial parameters (or None).
 
     Parameters
     ----------
     y : (M, d) target samples in the run dtype.  rng : the critic's random stream (features,
-    initial weights).  noise_rng : the interpolate-noise stream of the WGAN-GP penalty.
+    initial weights). The noise the critic steps draw (interpolates, dropout) comes from the
+    engine's state (``objective_grad``'s ``rng``).
     """
     ccfg, lcfg = cfg["critic"], cfg["loss"]
     ctype, dtype, wd = ccfg["type"], y.dtype, ccfg["weight_decay"]
-    loss = CriticLoss(y, objective_from_config(lcfg), lcfg["penalty"], run_penalty_coefficient(cfg, len(y)), wd, noise_rng)
+    loss = CriticLoss(y, objective_from_config(lcfg), lcfg["penalty"], run_penalty_coefficient(cfg, len(y)), wd)
     if ctype in cr.FEATURE_CRITICS:
         fmap, real, w = cr.build_feature_critic(ccfg, y, backend, rng, cr.target_feature_needs(lcfg))
         return FeatureCritic(fmap, real, loss, backend), w
