@@ -1,14 +1,17 @@
 """Checkpoints of a running simulation: everything needed to continue it bitwise-exactly.
 
-A checkpoint (``checkpoint.npz``, written atomically, no pickles) holds the particle positions,
-the critic state (random-feature weights or the kernel critic's memory), the critic optimizer's
-state, the interpolate-noise generator state (neural model: also the generator parameters, the
-latents, the generator optimizer's state and the latent generator state), the step counter, the
-learning-rate factor ``lr_scale`` and the KID learning-rate schedule's state (``sched__*``), the
-observables random stream (KID subsets), and the observables and snapshots recorded so far. The static model is rebuilt from the stored config and seed.
+A checkpoint (``checkpoint.npz``, written atomically, no pickles) holds the engine's state
+serialised field by field, whatever the engine (:func:`state_fields`: arrays as arrays,
+numbers as JSON, random-number streams as their bit-generator state, optimizers through their
+``state_dict``, nested state dataclasses under ``<field>__<name>``), and the recorder's part:
+the observables and snapshots recorded so far, the observables random stream (KID subsets)
+and the KID learning-rate schedule's state (``sched__*``). The static model is rebuilt from the
+stored config and seed; :func:`restore_state` fills the rebuilt initial state with the stored
+fields.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,62 +21,119 @@ from particlegan.errors import DataError
 from particlegan.store.storage import atomic_save_npz
 
 _JSON_KEY = "__json__"
+FORMAT = 2  # 1: the hand-written field lists before 2026-12-03
 
 
 def _json_bytes(obj) -> np.ndarray:
     return np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
 
 
-def _split_state_dict(prefix: str, sd: dict, arrays: dict, scalars: dict) -> None:
-    """Arrays of an optimizer state_dict go to ``arrays``; JSON-able values to ``scalars``."""
-    for k, v in sd.items():
-        if isinstance(v, np.ndarray):
-            arrays[f"{prefix}{k}"] = v
-        else:
-            scalars[f"{prefix}{k}"] = v.item() if isinstance(v, np.generic) else v
+def _state_types() -> dict:
+    """The dataclasses that may sit inside a state field (rebuilt by name on restore)."""
+    from particlegan.model.critics import KernelCriticState
+
+    return {"KernelCriticState": KernelCriticState}
 
 
-def save_checkpoint(path: str | Path, run_id: str, state, series: dict[str, list], snapshots: list, snapshot_taken: list,
-                    extra: tuple[dict, dict] | None = None, schedule: dict | None = None,
+def _put(key: str, value, arrays: dict, scalars: dict) -> None:
+    """Store ``value`` under ``key``: arrays in ``arrays``, everything else JSON in ``scalars``
+    (tagged dicts for streams, optimizers and nested dataclasses, whose parts go under
+    ``key__<part>``)."""
+    if isinstance(value, np.ndarray):
+        arrays[key] = value
+    elif isinstance(value, np.random.Generator):
+        scalars[key] = {"__rng__": value.bit_generator.state}
+    elif hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):  # an optimizer
+        sd = value.state_dict()
+        scalars[key] = {"__optimizer__": sorted(sd)}
+        for k, v in sd.items():
+            _put(f"{key}__{k}", v, arrays, scalars)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = [f.name for f in dataclasses.fields(value)]
+        scalars[key] = {"__dataclass__": type(value).__name__, "fields": names}
+        for name in names:
+            _put(f"{key}__{name}", getattr(value, name), arrays, scalars)
+    elif value is None or isinstance(value, (bool, int, float, str, list, tuple, dict)):
+        scalars[key] = value  # (plain containers: JSON, as the schedules' and CG's state dicts hold)
+    elif isinstance(value, np.generic):
+        scalars[key] = value.item()
+    else:
+        raise TypeError(f"state field {key!r} of type {type(value).__name__} has no checkpoint form")
+
+
+def state_fields(state) -> tuple[dict, dict]:
+    """(arrays, JSON scalars) of every field of the state dataclass ``state`` (see :func:`_put`)."""
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict = {}
+    for f in dataclasses.fields(state):
+        _put(f.name, getattr(state, f.name), arrays, scalars)
+    return arrays, scalars
+
+
+def _get(key: str, template, arrays: dict, scalars: dict):
+    """The value stored under ``key``; ``template`` (the rebuilt state's value) receives an
+    optimizer's state (optimizers keep their hyperparameters, which are not stored)."""
+    from particlegan.engine.dynamics import generator_in_state
+
+    if key in arrays:
+        return arrays[key]
+    if key not in scalars:
+        raise DataError(f"no field {key!r}")
+    value = scalars[key]
+    if not isinstance(value, dict):
+        return value
+    if "__rng__" in value:
+        return generator_in_state(value["__rng__"])
+    if "__optimizer__" in value:
+        if template is None or not hasattr(template, "load_state_dict"):
+            raise DataError(f"field {key!r} holds an optimizer the rebuilt run does not have")
+        opt = template.copy()
+        opt.load_state_dict({k: _get(f"{key}__{k}", None, arrays, scalars) for k in value["__optimizer__"]})
+        return opt
+    if "__dataclass__" in value:
+        cls = _state_types().get(value["__dataclass__"])
+        if cls is None:
+            raise DataError(f"field {key!r} holds an unknown {value['__dataclass__']!r}")
+        return cls(**{n: _get(f"{key}__{n}", None, arrays, scalars) for n in value["fields"]})
+    return value
+
+
+def restore_state(fresh, ck: dict):
+    """The rebuilt initial state ``fresh`` with every field taken from the checkpoint ``ck``
+    (:func:`load_checkpoint`); DataError when a field is missing or does not fit."""
+    arrays, scalars = ck["fields"]
+    values = {f.name: _get(f.name, getattr(fresh, f.name), arrays, scalars) for f in dataclasses.fields(fresh)}
+    return dataclasses.replace(fresh, **values)
+
+
+def save_checkpoint(path: str | Path, run_id: str, state, series: dict[str, list], snapshots: list,
+                    snapshot_taken: list, schedule: dict | None = None,
                     observables_rng: np.random.Generator | None = None) -> None:
-    """Atomically write the checkpoint of ``state`` (a :class:`particlegan.engine.dynamics.State`
-    or a neural state; its noise stream ``state.noise`` is stored as ``noise_rng``).
-
-    ``extra`` = (arrays, JSON scalars) of an engine's own state (the neural model's generator
-    parameters, latents, generator optimizer ``gopt__*`` and latent RNG state; see
-    :func:`particlegan.engine.neural_model.checkpoint_payload`), stored under their own names.
+    """Atomically write the checkpoint of ``state`` (any engine's state dataclass, field by field:
+    :func:`state_fields`) with the recorder's ``series``, ``snapshots`` and ``snapshot_taken``;
     ``schedule``: a learning-rate schedule's ``state_dict()`` (stored as ``sched__*``);
-    ``observables_rng``: the observables stream (KID subset draws). ``state.lr_scale`` is stored.
-    """
-    arrays: dict[str, np.ndarray] = {"x": state.x}
-    scalars: dict = {"run_id": run_id, "step": int(state.step),
-                     "noise_rng": state.noise.bit_generator.state,
-                     "lr_scale": float(getattr(state, "lr_scale", 1.0))}
+    ``observables_rng``: the observables stream (KID subset draws)."""
+    arrays, fields = state_fields(state)
+    scalars: dict = {"run_id": run_id, "format": FORMAT, **fields}
     if observables_rng is not None:
         scalars["observables_rng"] = observables_rng.bit_generator.state
     if schedule is not None:
-        _split_state_dict("sched__", schedule, arrays, scalars)
-    if state.w is not None:
-        arrays["w"] = state.w
-    if state.kernel_state is not None:
-        arrays["kernel_snapshots"] = state.kernel_state.snapshots
-        arrays["kernel_coefs"] = state.kernel_state.coefs
-    if state.critic_opt is not None:
-        _split_state_dict("opt__", state.critic_opt.state_dict(), arrays, scalars)
+        for k, v in schedule.items():
+            _put(f"sched__{k}", v, arrays, scalars)
     for k, v in series.items():
         arrays[f"series__{k}"] = np.asarray(v, dtype=np.int64 if k == "step" else np.float64)
     if snapshots:
         arrays["snapshots"] = np.stack(snapshots)
     arrays["snapshot_taken"] = np.asarray(snapshot_taken, dtype=np.int64)
-    if extra is not None:
-        arrays.update(extra[0])
-        scalars.update(extra[1])
     arrays[_JSON_KEY] = _json_bytes(scalars)
     atomic_save_npz(path, arrays)
 
 
 def load_checkpoint(path: str | Path, run_id: str) -> dict:
-    """Read a checkpoint; DataError if it is unreadable or belongs to another config."""
+    """Read a checkpoint; DataError if it is unreadable, of an older format or belongs to another
+    config. Returns {"step", "x", "w", "lr_scale" (the state's, for the checks), "fields" (the
+    state's (arrays, scalars), for :func:`restore_state`), "series", "snapshots",
+    "snapshot_taken", "schedule", "observables_rng"}."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"no checkpoint '{p}' to resume from (was run.checkpoint_every > 0?)")
@@ -85,20 +145,15 @@ def load_checkpoint(path: str | Path, run_id: str) -> dict:
         raise DataError(f"checkpoint '{p}' is unreadable: {exc}") from None
     if scalars.get("run_id") != run_id:
         raise DataError(f"checkpoint '{p}' belongs to run {scalars.get('run_id')}, not {run_id}")
-    opt = {k[len("opt__"):]: v for k, v in {**arrays, **scalars}.items() if k.startswith("opt__")}
-    gen_opt = {k[len("gopt__"):]: v for k, v in {**arrays, **scalars}.items()
-               if k.startswith("gopt__")}
+    if scalars.get("format") != FORMAT:
+        raise DataError(f"checkpoint '{p}' was written by an older particlegan (format "
+                        f"{scalars.get('format', 1)}, this one reads {FORMAT}); delete it to restart the run")
     sched = {k[len("sched__"):]: v for k, v in {**arrays, **scalars}.items() if k.startswith("sched__")}
     series = {k[len("series__"):]: list(v) for k, v in arrays.items() if k.startswith("series__")}
     return {
-        "step": scalars["step"], "x": arrays["x"], "w": arrays.get("w"),
-        "kernel_snapshots": arrays.get("kernel_snapshots"), "kernel_coefs": arrays.get("kernel_coefs"),
-        "opt": opt, "noise_rng": scalars["noise_rng"], "series": series,
-        "lr_scale": float(scalars.get("lr_scale", 1.0)), "schedule": sched,
-        "observables_rng": scalars.get("observables_rng"),
+        "step": scalars.get("step"), "x": arrays.get("x"), "w": arrays.get("w"),
+        "lr_scale": scalars.get("lr_scale", 1.0), "fields": (arrays, scalars),
+        "series": series, "schedule": sched, "observables_rng": scalars.get("observables_rng"),
         "snapshots": list(arrays["snapshots"]) if "snapshots" in arrays else [],
         "snapshot_taken": [int(s) for s in arrays["snapshot_taken"]],
-        # neural model (absent for the particle model)
-        "theta_g": arrays.get("theta_g"), "z": arrays.get("z"), "gen_opt": gen_opt,
-        "latent_rng": scalars.get("latent_rng"),
     }

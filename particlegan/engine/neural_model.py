@@ -59,7 +59,7 @@ import numpy as np
 from particlegan.model import critics as cr
 from particlegan.maths import nn
 from particlegan.backends import get_backend
-from particlegan.engine.dynamics import advanced_copy, generator_in_state
+from particlegan.engine.dynamics import advanced_copy
 from particlegan.model.losses import Objective, objective_from_config
 from particlegan.model.optimizers import optimizer_from_config, scale_optimizer_lr
 from particlegan.model.particle_critics import build_critic  # the critic objects of both engines
@@ -262,33 +262,3 @@ def state_is_finite(state: NeuralState) -> bool:
     if not (np.all(np.isfinite(state.x)) and np.all(np.isfinite(state.theta_g))):
         return False
     return state.w is None or bool(np.all(np.isfinite(state.w)))
-
-
-# ----------------------------------------------------------------------- checkpoints ----
-def checkpoint_payload(model: NeuralModel, state: NeuralState) -> tuple[dict, dict]:
-    """Arrays and JSON scalars a checkpoint needs beyond the particle model's.
-
-    Returns ({"theta_g", "z", "gopt__*" arrays}, {"latent_rng", "gopt__*" scalars}).
-    """
-    arrays = {"theta_g": state.theta_g, "z": state.z}
-    scalars = {"latent_rng": state.latents.bit_generator.state}
-    for k, v in state.gen_opt.state_dict().items():
-        if isinstance(v, np.ndarray):
-            arrays[f"gopt__{k}"] = v
-        else:
-            scalars[f"gopt__{k}"] = v.item() if isinstance(v, np.generic) else v
-    return arrays, scalars
-
-
-def restore_state(model: NeuralModel, fresh: NeuralState, ck: dict) -> NeuralState:
-    """State of a checkpoint (``ck`` from :func:`particlegan.engine.checkpoint.load_checkpoint`)."""
-    kstate = None
-    if ck["kernel_snapshots"] is not None:
-        kstate = cr.KernelCriticState(ck["kernel_snapshots"], ck["kernel_coefs"])
-    if fresh.critic_opt is not None:
-        fresh.critic_opt.load_state_dict(ck["opt"])
-    fresh.gen_opt.load_state_dict(ck["gen_opt"])
-    return dataclasses.replace(fresh, step=ck["step"], x=ck["x"], z=ck["z"],
-                               theta_g=ck["theta_g"], w=ck["w"], kernel_state=kstate,
-                               noise=generator_in_state(ck["noise_rng"]),
-                               latents=generator_in_state(ck["latent_rng"]))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from particlegan.engine import dynamics as dyn
-from particlegan.engine.checkpoint import load_checkpoint, save_checkpoint
+from particlegan.engine.checkpoint import load_checkpoint, restore_state, save_checkpoint
 from particlegan.store.config import canonical_json, config_hash
 from particlegan.engine.observables import (COSINE_KEYS, KID_KEYS, SERIES_KEYS, cosine_observables, kid_observable,
                           make_mmd_reference, measure)
@@ -269,8 +269,12 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     if resume:
         ck = load_checkpoint(checkpoint_path, run_id)
         check_checkpoint(ck, state, steps, checkpoint_path)
-        state = restore_state(model, state, ck)
-        state = dataclasses.replace(state, lr_scale=ck["lr_scale"])
+        from particlegan.errors import DataError
+
+        try:
+            state = restore_state(state, ck)
+        except DataError as exc:
+            raise DataError(f"checkpoint '{checkpoint_path}' is unusable: {exc}; delete it to restart the run") from None
         if ck["observables_rng"] is not None:
             rec.obs_rng.bit_generator.state = ck["observables_rng"]
         if schedule is not None:
@@ -285,10 +289,7 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     while rec.status == "ok" and state.step < steps:
         if ckpt_every and state.step % ckpt_every == 0 and state.step > 0 and not (
                 resume and state.step == ck["step"]):
-            save_checkpoint(checkpoint_path, run_id, state, rec.series, rec.snapshots,
-                            rec.snapshot_taken,
-                            extra=(engine.checkpoint_payload(model, state)
-                                   if hasattr(engine, "checkpoint_payload") else None),
+            save_checkpoint(checkpoint_path, run_id, state, rec.series, rec.snapshots, rec.snapshot_taken,
                             schedule=schedule.state_dict() if schedule is not None else None,
                             observables_rng=rec.obs_rng)
         if schedule is not None and schedule.due(state.step):
@@ -314,22 +315,6 @@ def simulation_engine(cfg: dict):
 
         return neural_model
     return dyn
-
-
-def restore_state(model: dyn.Model, fresh: dyn.State, ck: dict) -> dyn.State:
-    """State of a checkpoint (``ck`` from :func:`load_checkpoint`) on the rebuilt ``model``."""
-    from particlegan.model.critics import KernelCriticState
-
-    if simulation_engine(model.cfg) is not dyn:
-        return simulation_engine(model.cfg).restore_state(model, fresh, ck)
-    kstate = None
-    if ck["kernel_snapshots"] is not None:
-        kstate = KernelCriticState(ck["kernel_snapshots"], ck["kernel_coefs"])
-    opt = fresh.critic_opt
-    if opt is not None:
-        opt.load_state_dict(ck["opt"])
-    return dataclasses.replace(fresh, step=ck["step"], x=ck["x"], w=ck["w"], kernel_state=kstate,
-                               critic_opt=opt, noise=dyn.generator_in_state(ck["noise_rng"]))
 
 
 def check_checkpoint(ck: dict, fresh, steps: int, path) -> None:
