@@ -292,7 +292,12 @@ _PIO2_2 = 6.07710050630396597660e-11
 _PIO2_3 = 2.02226624871116645580e-21
 
 
-@njit
+# Both sin/cos polynomials carry their own flags (FMA contraction only, never reassociation,
+# which would undo the Cody-Waite reduction): without them the code numba generated for them
+# depended on the fast-math flags of the first kernel compiled in the process (first caller
+# wins), so the feature pass ran 1.6x slower or faster, and rounded differently, depending on
+# compile order. With them every caller gets the same, FMA-contracted polynomial.
+@njit(fastmath={"contract"})
 def poly_sincos(x):
     """(sin x, cos x) in float64 with mul/add/floor only, so that loops calling it vectorise.
 
@@ -348,7 +353,7 @@ _ONE32, _TWO32, _THREE32, _FOUR32 = _F32(1.0), _F32(2.0), _F32(3.0), _F32(4.0)
 _HALF32, _QUARTER32 = _F32(0.5), _F32(0.25)
 
 
-@njit
+@njit(fastmath={"contract"})
 def poly_sincos32(x):
     """(sin x, cos x) of a float32 x in float32 arithmetic (8 lanes per AVX2 vector, twice
     poly_sincos's 4): the same reduction and quadrant rule, Taylor polynomials to r^9 and r^10
