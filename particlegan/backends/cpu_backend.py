@@ -702,19 +702,12 @@ def _weighted_directions(A, w, dtype_of):
     n_mem, K, d = A.shape
     At = np.empty((n_mem, d, K), dtype=dtype_of.dtype)
     wAt = np.empty((n_mem, d, K), dtype=dtype_of.dtype)
-    _weighted_directions_into(A, w, At, wAt)
-    return At, wAt
-
-
-@njit
-def _weighted_directions_into(A, w, At, wAt):
-    """:func:`_weighted_directions` into given (B, d, K) arrays."""
-    n_mem, K, d = A.shape
     for m in range(n_mem):
         for c in range(d):
             for k in range(K):
                 At[m, c, k] = A[m, k, c]
                 wAt[m, c, k] = np.float64(w[m, k]) * np.float64(A[m, k, c])
+    return At, wAt
 
 
 def feature_input_grads(dpsi, A, w):
@@ -733,6 +726,14 @@ def feature_input_grads_members(dpsi, A, w):
     out = np.empty((dpsi.shape[0], dpsi.shape[1], A.shape[2]), dtype=dt)
     _feature_input_grads(dpsi, A, np.ascontiguousarray(w), dt(0), out, _n_items(dpsi.shape[1]))
     return out
+
+
+@njit(fastmath=_FM, inline="always")
+def _gp_row_factor(s2):
+    """d(||G|| - 1)^2 / d||G||^2 = 2 (||G|| - 1) / ||G|| at ||G||^2 = s2 (regularised by 1e-12):
+    the per-row factor of the 'gp' penalty's pull-back (the 'sq' form's is 1)."""
+    norm = math.sqrt(s2 + 1e-12)
+    return 2.0 * (norm - 1.0) / norm
 
 
 @njit(fastmath=_FM, inline="always")
@@ -790,10 +791,7 @@ def _penalty_rows4_plane(dpsi, At, wAt, gp, zero, sq, part, i, g):
     for r in range(4):
         s2 = np.float64(g[2 * r]) * np.float64(g[2 * r]) + np.float64(g[2 * r + 1]) * np.float64(g[2 * r + 1])
         sq[i + r] = s2
-        coef = 1.0
-        if gp:
-            norm = math.sqrt(s2 + 1e-12)
-            coef = 2.0 * (norm - 1.0) / norm
+        coef = _gp_row_factor(s2) if gp else 1.0
         g[2 * r] = g[2 * r] * coef
         g[2 * r + 1] = g[2 * r + 1] * coef
     h00 = g[0]
@@ -834,10 +832,7 @@ def _penalty_item(dpsi, At, wAt, gp, zero, sq, acc, lo, hi):
             di = dpsi[i]
             s2 = _row_input_grad(di, wAt, zero, g)
             sq[i] = s2
-            coef = 1.0
-            if gp:
-                norm = math.sqrt(s2 + 1e-12)
-                coef = 2.0 * (norm - 1.0) / norm
+            coef = _gp_row_factor(s2) if gp else 1.0
             for c in range(d):
                 g[c] = g[c] * coef
             if d == 2:  # the plane: A G_i in the same pass, no ag buffer

@@ -131,7 +131,7 @@ def save_checkpoint(path: str | Path, run_id: str, state, series: dict[str, list
 
 def load_checkpoint(path: str | Path, run_id: str) -> dict:
     """Read a checkpoint; DataError if it is unreadable, of an older format or belongs to another
-    config. Returns {"step", "x", "w", "lr_scale" (the state's, for the checks), "fields" (the
+    config. Returns {"step", "x", "w" (the state's, for the checks), "fields" (the
     state's (arrays, scalars), for :func:`restore_state`), "series", "snapshots",
     "snapshot_taken", "schedule", "observables_rng"}."""
     p = Path(path)
@@ -152,7 +152,7 @@ def load_checkpoint(path: str | Path, run_id: str) -> dict:
     series = {k[len("series__"):]: list(v) for k, v in arrays.items() if k.startswith("series__")}
     return {
         "step": scalars.get("step"), "x": arrays.get("x"), "w": arrays.get("w"),
-        "lr_scale": scalars.get("lr_scale", 1.0), "fields": (arrays, scalars),
+        "fields": (arrays, scalars),
         "series": series, "schedule": sched, "observables_rng": scalars.get("observables_rng"),
         "snapshots": list(arrays["snapshots"]) if "snapshots" in arrays else [],
         "snapshot_taken": [int(s) for s in arrays["snapshot_taken"]],

@@ -176,7 +176,7 @@ def member_constant(v, like: np.ndarray):
     return np.asarray(v, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _any_positive(v) -> bool:
+def any_positive(v) -> bool:
     """v > 0 for a per-run number, any member's v > 0 for a (B,) array (cheap on the
     critic step's hot path: no array is made from a scalar)."""
     return bool((v > 0).any() if isinstance(v, np.ndarray) else v > 0)
@@ -192,13 +192,21 @@ def _penalty_grad(fm: FeatureMap, fb: FeatureBatch, w: np.ndarray, lam, form: st
     the value is (B,) and the gradient (B, K).
     """
     sq, back = backend.feature_penalty(fb.dpsi, fm.A.astype(w.dtype, copy=False), w, form)
-    n = sq.shape[-1]
     lam_b = np.asarray(lam, dtype=np.float64)  # () or (B,)
     if form == "sq":
-        value, coef = lam_b * sq.mean(axis=-1), 2.0 * lam_b / n
+        value = lam_b * sq.mean(axis=-1)
     else:
-        value, coef = lam_b * np.mean((np.sqrt(sq + 1e-12) - 1.0) ** 2, axis=-1), lam_b / n
+        value = lam_b * np.mean((np.sqrt(sq + 1e-12) - 1.0) ** 2, axis=-1)
+    coef = penalty_pullback_factor(lam, sq.shape[-1], form)
     return value, member_constant(coef if np.ndim(lam) else float(coef), back) * back
+
+
+def penalty_pullback_factor(lam, n: int, form: str):
+    """The factor on the pull-back ``back`` of ``backend.feature_penalty`` in the penalty's
+    gradient (:func:`_penalty_grad`) over n penalty points: 2 lam / n for 'sq'
+    (P = lam mean ||G_i||^2), lam / n for 'gp'; float64, lam a number or (B,) per member."""
+    lam_b = np.asarray(lam, dtype=np.float64)
+    return 2.0 * lam_b / n if form == "sq" else lam_b / n
 
 
 def feature_critic_gradient(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, fake: FeatureBatch,
@@ -217,11 +225,11 @@ def feature_critic_gradient(fm: FeatureMap, w: np.ndarray, real: FeatureBatch, f
             raise ValueError(f"the {objective.name!r} objective has no ensemble form")
         grad = real.psi.T @ objective.real_term(real.psi @ w)[1] / len(real.psi) \
             + fake.psi.T @ objective.fake_term(fake.psi @ w)[1] / len(fake.psi)
-    if penalty != "none" and _any_positive(lam):
+    if penalty != "none" and any_positive(lam):
         batch = {"fake": fake, "real": real, "interpolates": penalty_batch}[penalty]
         grad = grad - _penalty_grad(fm, batch, w, lam, "gp" if penalty == "interpolates" else "sq",
                                     backend or _numpy_backend())[1]
-    if _any_positive(weight_decay):
+    if any_positive(weight_decay):
         grad = grad - member_constant(weight_decay, w) * w
     return grad
 

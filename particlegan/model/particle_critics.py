@@ -47,7 +47,7 @@ class CriticLoss:
 
     @property
     def draws_interpolates(self) -> bool:
-        return self.penalty == "interpolates" and bool(np.any(np.asarray(self.lam) > 0))
+        return self.penalty == "interpolates" and cr.any_positive(self.lam)
 
     def interpolates(self, x, rng):
         """WGAN-GP points for the 'interpolates' penalty (drawn from ``rng`` each critic step),
@@ -111,12 +111,13 @@ class FeatureCritic:
         steps = opt.fused_steps(rates, as_members(w).shape, w.dtype)
         if steps is None:
             return None
-        lam = np.zeros(len(w)) + L.lam if members else np.array([L.lam], dtype=np.float64)
-        penalised = L.penalty != "none" and bool((lam > 0).any())
+        n_mem = len(w) if members else 1
+        lam = np.zeros(n_mem) + L.lam  # per member, float64
+        penalised = L.penalty != "none" and cr.any_positive(lam)
         batch = self.real if penalised and L.penalty == "real" else ctx
-        coef = 2.0 * lam / batch.dpsi.shape[-2] if penalised else np.zeros_like(lam)
+        coef = cr.penalty_pullback_factor(lam, batch.dpsi.shape[-2], "sq") if penalised else np.zeros(n_mem)
         base = self.real.mean_psi - ctx.mean_psi  # the IPM gradient, as feature_critic_gradient forms it
-        wd = np.zeros(len(coef)) + L.weight_decay
+        wd = np.zeros(n_mem) + L.weight_decay
         w_new, finite, done = fused(as_members(batch.dpsi), as_members(self.feature_map.A.astype(w.dtype, copy=False)),
                                     as_members(w), as_members(base), coef, wd, steps)
         if members:
