@@ -16,10 +16,11 @@ top-level ``errors`` / ``progress`` / ``numba_setup``):
   linear stability theory (``stability``);
 * :mod:`particlegan.backends` -- numpy (reference oracle), cpu (numba prange) and cuda drivers of
   the pair sums;
-* :mod:`particlegan.model` -- the model parts: targets, generator couplings, critics, losses,
-  optimizers;
-* :mod:`particlegan.engine` -- the outer step (``dynamics``, ``neural_model``), the empirical
-  NTK, observables, checkpoints, resource estimates and the run loop (``simulate``);
+* :mod:`particlegan.model` -- the model parts: targets, generator couplings, the generator
+  objects (particles or an MLP generator), critics, losses, optimizers, random streams;
+* :mod:`particlegan.engine` -- the one outer step of any generator with any critic
+  (``dynamics``), the empirical NTK, observables, checkpoints, resource estimates and the run
+  loop (``simulate``);
 * :mod:`particlegan.sweeps` -- grid sweeps, their analysis, stored runs (``runstore``);
 * :mod:`particlegan.plots` -- figures;
 * ``api``, ``cli`` (thin: parses, then calls the library), ``bench``.

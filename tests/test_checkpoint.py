@@ -6,7 +6,6 @@ import pytest
 
 from particlegan.engine import checkpoint as ck
 from particlegan.engine import dynamics as dyn
-from particlegan.engine import neural_model as nm
 from particlegan.errors import DataError
 from particlegan.store.config import resolve_config
 
@@ -14,20 +13,19 @@ TINY = ["particles.n=16", "target.n_samples=32", "critic.features=16", "dynamics
         "observables.mmd_samples=16", "critic.width=8", "critic.depth=1", "generator.width=8"]
 
 CASES = {
-    "rff_adam": (dyn, ["critic.optimizer=adam", "critic.amsgrad=true"]),
-    "kernel_memory": (dyn, ["critic.type=kernel", "critic.memory=2", "loss.penalty=none"]),
-    "mlp_interpolates_cg": (dyn, ["critic.type=mlp", "loss.penalty=interpolates", "critic.optimizer=cg"]),
-    "neural_fresh_latents": (nm, ["model.type=neural", "critic.type=mlp", "generator.fresh_latents=true",
-                                  "generator.optimizer=momentum", "critic.dropout=[0.2]"]),
+    "rff_adam": ["critic.optimizer=adam", "critic.amsgrad=true"],
+    "kernel_memory": ["critic.type=kernel", "critic.memory=2", "loss.penalty=none"],
+    "mlp_interpolates_cg": ["critic.type=mlp", "loss.penalty=interpolates", "critic.optimizer=cg"],
+    "neural_fresh_latents": ["model.type=neural", "critic.type=mlp", "generator.fresh_latents=true",
+                             "generator.optimizer=momentum", "critic.dropout=[0.2]"],
 }
 
 
 def _advanced(case):
-    engine, extra = CASES[case]
-    model, state = engine.build_model(resolve_config(overrides=TINY + extra, seed=4))
+    model, state = dyn.build_model(resolve_config(overrides=TINY + CASES[case], seed=4))
     for _ in range(3):  # moments, memory, streams all set
-        state, _ = engine.outer_step(model, state)
-    return engine, model, state
+        state, _ = dyn.outer_step(model, state)
+    return model, state
 
 
 def _roundtrip(state, tmp_path, fresh):
@@ -38,14 +36,14 @@ def _roundtrip(state, tmp_path, fresh):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_restored_state_continues_bitwise_as_the_original(case, tmp_path):
-    engine, model, state = _advanced(case)
-    _, fresh = engine.build_model(model.cfg)  # the rebuilt run's initial state is the template
+    model, state = _advanced(case)
+    _, fresh = dyn.build_model(model.cfg)  # the rebuilt run's initial state is the template
     restored = _roundtrip(state, tmp_path, fresh)
     assert restored.step == state.step == 3
     a, b = state, restored
     for _ in range(2):
-        a, _ = engine.outer_step(model, a)
-        b, _ = engine.outer_step(model, b)
+        a, _ = dyn.outer_step(model, a)
+        b, _ = dyn.outer_step(model, b)
     np.testing.assert_array_equal(a.x, b.x)
     if a.w is not None:
         np.testing.assert_array_equal(a.w, b.w)
@@ -53,14 +51,23 @@ def test_a_restored_state_continues_bitwise_as_the_original(case, tmp_path):
         np.testing.assert_array_equal(a.kernel_state.snapshots, b.kernel_state.snapshots)
         np.testing.assert_array_equal(a.kernel_state.coefs, b.kernel_state.coefs)
     assert a.noise.bit_generator.state == b.noise.bit_generator.state
+    if a.gen is not None:  # the MLP generator's parameters, latents, stream and optimizer
+        np.testing.assert_array_equal(a.gen.theta, b.gen.theta)
+        np.testing.assert_array_equal(a.gen.z, b.gen.z)
+        assert a.gen.latents.bit_generator.state == b.gen.latents.bit_generator.state
+        assert a.gen.opt.state_dict().keys() == b.gen.opt.state_dict().keys()
+        for key, value in a.gen.opt.state_dict().items():
+            np.testing.assert_array_equal(value, b.gen.opt.state_dict()[key])
 
 
 def test_every_state_field_is_stored_without_a_field_list(tmp_path):
-    _, model, state = _advanced("neural_fresh_latents")
+    _, state = _advanced("neural_fresh_latents")
     arrays, scalars = ck.state_fields(state)
     stored = {k for k in (*arrays, *scalars) if "__" not in k}
     assert stored == {f.name for f in dataclasses.fields(state)}
-    assert "__rng__" in scalars["latents"] and "__optimizer__" in scalars["gen_opt"]
+    assert scalars["gen"]["__dataclass__"] == "MLPGeneratorState"  # nested: the generator's own state
+    assert "__rng__" in scalars["gen__latents"] and "__optimizer__" in scalars["gen__opt"]
+    assert arrays["gen__theta"].shape == state.gen.theta.shape
 
 
 def test_a_field_without_a_checkpoint_form_is_refused():
@@ -76,7 +83,7 @@ def test_a_field_without_a_checkpoint_form_is_refused():
 def test_an_old_or_incomplete_checkpoint_is_refused_in_one_line(tmp_path):
     from particlegan.store.storage import atomic_save_npz
 
-    _, model, state = _advanced("rff_adam")
+    model, state = _advanced("rff_adam")
     path = tmp_path / "checkpoint.npz"
     ck.save_checkpoint(path, "rid", state, {}, [], [])
     with np.load(path) as z:

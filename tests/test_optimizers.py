@@ -570,12 +570,12 @@ def test_optimizer_from_config_maps_keys():
 def _built(player, *overrides):
     """The optimizer the simulator builds for ``player`` from a config with ``overrides``."""
     from particlegan.engine import dynamics
-    from particlegan.engine import neural_model
+    from particlegan.model.generators import generator_optimizer
     from particlegan.store.config import resolve_config
 
     cfg = resolve_config(overrides=list(overrides))
     return (dynamics.make_critic_optimizer(cfg) if player == "critic"
-            else neural_model.generator_optimizer(cfg))
+            else generator_optimizer(cfg))
 
 
 @pytest.mark.parametrize("player", ["critic", "generator"])

@@ -144,20 +144,20 @@ def test_particles_against_an_mlp_critic_fit_the_ring():
 def test_outer_step_leaves_its_input_state_unchanged(optimizer, model_type):
     # the optimizers' moments used to live in the state object and be stepped in place, so a
     # second call on the same state gave another result
-    from particlegan.engine import neural_model as nm
-
     extra = [f"critic.optimizer={optimizer}", f"model.type={model_type}"]
     if model_type == "neural":
         extra += ["generator.optimizer=adam", "generator.width=8"]
     cfg = tiny("critic.type=mlp", *extra)
-    engine = nm if model_type == "neural" else dyn
-    model, state = engine.build_model(cfg)
-    state, _ = engine.outer_step(model, state)  # moments are non-zero from here on
-    a, _ = engine.outer_step(model, state)
-    b, _ = engine.outer_step(model, state)
+    model, state = dyn.build_model(cfg)
+    state, _ = dyn.outer_step(model, state)  # moments are non-zero from here on
+    a, _ = dyn.outer_step(model, state)
+    b, _ = dyn.outer_step(model, state)
     np.testing.assert_array_equal(a.x, b.x)
     np.testing.assert_array_equal(a.w, b.w)
-    c, _ = engine.outer_step(model, a)  # and the chain continues from the returned state
+    if model_type == "neural":
+        np.testing.assert_array_equal(a.gen.theta, b.gen.theta)
+        assert a.gen.opt.step_count == b.gen.opt.step_count == state.gen.opt.step_count + 1
+    c, _ = dyn.outer_step(model, a)  # and the chain continues from the returned state
     assert c.step == a.step + 1
 
 
@@ -166,24 +166,21 @@ def test_outer_step_leaves_its_input_state_unchanged(optimizer, model_type):
 def test_outer_step_is_pure_with_noise_drawn_in_the_step(model_type, noise):
     """Interpolates, dropout masks and fresh latents draw from streams in the state: two calls
     on one state agree bitwise, the input's streams are not advanced, the output's are."""
-    from particlegan.engine import neural_model as nm
-
     extra = ["critic.type=mlp", f"model.type={model_type}", *noise]
     if model_type == "neural":
         extra += ["generator.width=8", "generator.fresh_latents=true"]
-    engine = nm if model_type == "neural" else dyn
-    model, state = engine.build_model(tiny(*extra))
+    model, state = dyn.build_model(tiny(*extra))
     before = state.noise.bit_generator.state
-    a, _ = engine.outer_step(model, state)
-    b, _ = engine.outer_step(model, state)
+    a, _ = dyn.outer_step(model, state)
+    b, _ = dyn.outer_step(model, state)
     np.testing.assert_array_equal(a.x, b.x)
     np.testing.assert_array_equal(a.w, b.w)
     assert state.noise.bit_generator.state == before != a.noise.bit_generator.state
     if model_type == "neural":
-        assert not np.array_equal(a.z, state.z)  # a fresh minibatch, drawn from a copy
-        assert a.latents.bit_generator.state != state.latents.bit_generator.state
-    c, _ = engine.outer_step(model, a)  # the next step draws new noise
-    assert not np.array_equal(c.w, engine.outer_step(model, dataclasses.replace(a, noise=state.noise))[0].w)
+        assert not np.array_equal(a.gen.z, state.gen.z)  # a fresh minibatch, drawn from a copy
+        assert a.gen.latents.bit_generator.state != state.gen.latents.bit_generator.state
+    c, _ = dyn.outer_step(model, a)  # the next step draws new noise
+    assert not np.array_equal(c.w, dyn.outer_step(model, dataclasses.replace(a, noise=state.noise))[0].w)
 
 
 @pytest.mark.parametrize("critic", ["mlp", "rff", "kernel"])
@@ -191,20 +188,15 @@ def test_outer_step_is_pure_with_noise_drawn_in_the_step(model_type, noise):
 def test_outer_step_reads_no_config(critic, model_type):
     """The step uses only what was fixed at build time: with the model's config dict emptied
     the step is bitwise the one of the full model (fresh latents on the neural side)."""
-    import dataclasses
-
-    from particlegan.engine import neural_model as nm
-
     extra = [f"critic.type={critic}", f"model.type={model_type}", "dynamics.update=simultaneous"]
     if critic == "kernel":
         extra += ["loss.penalty=none", "critic.memory=2"]
     if model_type == "neural":
         extra += ["generator.width=8", "generator.fresh_latents=true"]
-    engine = nm if model_type == "neural" else dyn
-    model, state = engine.build_model(tiny(*extra))
-    a, ga = engine.outer_step(model, state)
-    model2, state2 = engine.build_model(tiny(*extra))  # fresh noise / latent streams, same seeds
-    b, gb = engine.outer_step(dataclasses.replace(model2, cfg={}), state2)
+    model, state = dyn.build_model(tiny(*extra))
+    a, ga = dyn.outer_step(model, state)
+    model2, state2 = dyn.build_model(tiny(*extra))  # fresh noise / latent streams, same seeds
+    b, gb = dyn.outer_step(dataclasses.replace(model2, cfg={}), state2)
     np.testing.assert_array_equal(a.x, b.x)
     np.testing.assert_array_equal(ga, gb)
 

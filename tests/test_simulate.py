@@ -255,15 +255,13 @@ def test_lr_scale_scales_eta_g_and_eta_d_in_both_engines(extra):
     """A state with lr_scale = 1/2 steps exactly like the config with eta_G and eta_D halved."""
     import dataclasses
 
-    from particlegan.engine import dynamics as dyn
-    from particlegan.engine.simulate import simulation_engine
+    from particlegan.engine import dynamics as engine
 
     base = tiny("dynamics.critic_steps_startup=0", *extra)
     half = dict(base, dynamics=dict(base["dynamics"], eta_g=base["dynamics"]["eta_g"] / 2,
                                     eta_d=base["dynamics"]["eta_d"] / 2))
-    engine = simulation_engine(base)
-    m1, s1 = engine.build_model(base, dyn.seed_streams(0))
-    m2, s2 = engine.build_model(half, dyn.seed_streams(0))
+    m1, s1 = engine.build_model(base, engine.seed_streams(0))
+    m2, s2 = engine.build_model(half, engine.seed_streams(0))
     # same start (the start-up critic update of a fixed-kernel critic already reads eta_D)
     s1 = dataclasses.replace(s1, lr_scale=0.5)
     s2 = dataclasses.replace(s2, kernel_state=s1.kernel_state)
@@ -279,8 +277,8 @@ def test_lr_scale_scales_eta_g_and_eta_d_in_both_engines(extra):
     s1 = engine.outer_step(m1, dataclasses.replace(s1, lr_scale=1.0))[0]
     if s1.critic_opt is not None:
         assert s1.critic_opt.schedule.lr0 == base["dynamics"]["eta_d"]
-    if getattr(s1, "gen_opt", None) is not None:
-        assert s1.gen_opt.schedule.lr0 == base["dynamics"]["eta_g"]
+    if s1.gen is not None:
+        assert s1.gen.opt.schedule.lr0 == base["dynamics"]["eta_g"]
 
 
 def test_optional_series_in_sweep_table_and_run_plot(tmp_path):

@@ -31,8 +31,9 @@ def _json_bytes(obj) -> np.ndarray:
 def _state_types() -> dict:
     """The dataclasses that may sit inside a state field (rebuilt by name on restore)."""
     from particlegan.model.critics import KernelCriticState
+    from particlegan.model.generators import MLPGeneratorState
 
-    return {"KernelCriticState": KernelCriticState}
+    return {"KernelCriticState": KernelCriticState, "MLPGeneratorState": MLPGeneratorState}
 
 
 def _put(key: str, value, arrays: dict, scalars: dict) -> None:
@@ -72,8 +73,9 @@ def state_fields(state) -> tuple[dict, dict]:
 
 def _get(key: str, template, arrays: dict, scalars: dict):
     """The value stored under ``key``; ``template`` (the rebuilt state's value) receives an
-    optimizer's state (optimizers keep their hyperparameters, which are not stored)."""
-    from particlegan.engine.dynamics import generator_in_state
+    optimizer's state (optimizers keep their hyperparameters, which are not stored), also
+    inside a nested dataclass (the MLP generator's optimizer)."""
+    from particlegan.model.streams import generator_in_state
 
     if key in arrays:
         return arrays[key]
@@ -94,7 +96,7 @@ def _get(key: str, template, arrays: dict, scalars: dict):
         cls = _state_types().get(value["__dataclass__"])
         if cls is None:
             raise DataError(f"field {key!r} holds an unknown {value['__dataclass__']!r}")
-        return cls(**{n: _get(f"{key}__{n}", None, arrays, scalars) for n in value["fields"]})
+        return cls(**{n: _get(f"{key}__{n}", getattr(template, n, None), arrays, scalars) for n in value["fields"]})
     return value
 
 

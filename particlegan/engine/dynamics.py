@@ -1,18 +1,24 @@
-"""Discrete-time GAN dynamics of the effective model (effective-gan-spec A2.6).
+"""The engine: discrete-time GAN dynamics of any generator against any critic
+(effective-gan-spec A2.6).
 
 One outer step (``alternating``, the default)::
 
-    critic:    n_c critic steps (n_c_startup before the first particle step), particles frozen
+    critic:    n_c critic steps (n_c_startup before the first generator step), x frozen
     forces:    F_j = -c'(f(x_j)) grad f(x_j)            (= grad f(x_j) for the IPM objective)
-    particles: x_i <- x_i + eta_G sum_j C_ij F_j         (plain gradient step, C = K/N or K)
+    generator: one step of the generator object with the forces F, e.g. for particles
+               x_i <- x_i + eta_G sum_j C_ij F_j        (plain gradient step, C = K/N or K)
 
-With ``simultaneous`` updates both players read the same (critic, particles) state: the forces
+With ``simultaneous`` updates both players read the same (critic, points) state: the forces
 are computed with the critic *before* its n_c steps.
 
-The static part of a simulation is a frozen :class:`Model`; the evolving part a frozen
-:class:`State`; :func:`outer_step` is a pure function ``(model, state) -> (state, info)``: the
-critic optimizer and the noise stream (``state.noise``: WGAN-GP interpolates, dropout masks)
-are copied before they step, so the input state is never changed.
+The two sides are objects with one interface each, composed freely: the generator of
+:mod:`particlegan.model.generators` (particles through a coupling kernel, or an MLP generator
+pulled back through its Jacobian: ``model.type``) and the critic of
+:mod:`particlegan.model.particle_critics` (``critic.type``). The static part of a simulation is
+a frozen :class:`Model`; the evolving part a frozen :class:`State`; :func:`outer_step` is a pure
+function ``(model, state) -> (state, info)``: the optimizers and the random streams
+(``state.noise``: WGAN-GP interpolates, dropout masks; the MLP generator's fresh latents) are
+copied before they step, so the input state is never changed.
 """
 from __future__ import annotations
 
@@ -21,22 +27,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from particlegan.model import critics as cr
 from particlegan.backends import get_backend
-from particlegan.model.coupling import Coupling, apply_coupling, make_coupling
+from particlegan.model import critics as cr
+from particlegan.model.generators import build_generator
 from particlegan.model.losses import Objective, objective_from_config
 from particlegan.model.optimizers import optimizer_from_config, scale_optimizer_lr
 from particlegan.model.particle_critics import build_critic
-from particlegan.model.targets import Target, init_particles, make_target
+from particlegan.model.streams import advanced_copy, seed_streams
+from particlegan.model.targets import Target, make_target
 
 
 @dataclass(frozen=True)
 class StepParams:
     """The outer step's constants, read from the config once at build time (the hot path reads
-    no config dict): eta_G, eta_D, critic steps per outer step, and the update order
-    (``dynamics.update``: "alternating" or "simultaneous")."""
+    no config dict): eta_D, critic steps per outer step, and the update order
+    (``dynamics.update``: "alternating" or "simultaneous"). eta_G belongs to the generator."""
 
-    eta_g: float
     eta_d: float
     critic_steps: int
     update: str
@@ -44,27 +50,27 @@ class StepParams:
     @classmethod
     def from_config(cls, cfg: dict) -> "StepParams":
         dyn = cfg["dynamics"]
-        return cls(float(dyn["eta_g"]), float(dyn["eta_d"]), int(dyn["critic_steps"]), str(dyn["update"]))
+        return cls(float(dyn["eta_d"]), int(dyn["critic_steps"]), str(dyn["update"]))
 
 
 @dataclass(frozen=True)
 class Model:
     """Everything fixed during a run (built once by :func:`build_model`).
 
-    ``critic`` is one of the critic objects of :mod:`particlegan.model.particle_critics` (one
-    interface for every critic type); the engine below never asks which type it is. ``cfg`` is
-    kept for recording and checkpoints; the step reads ``params`` only.
+    ``generator`` is one of the generator objects of :mod:`particlegan.model.generators`,
+    ``critic`` one of the critic objects of :mod:`particlegan.model.particle_critics` (one
+    interface per side); the engine below never asks which kinds they are. ``cfg`` is kept for
+    recording and checkpoints; the step reads ``params`` only.
     """
 
     cfg: dict
     params: StepParams
     target: Target
     y: np.ndarray                      # (M, d) target samples in the run dtype
-    coupling: Coupling
+    generator: object
+    critic: object
     objective: Objective
     backend: object
-    critic_type: str
-    critic: object
     dtype: np.dtype
 
 
@@ -74,18 +80,21 @@ class State:
 
     Attributes
     ----------
-    step : number of particle steps taken.
-    x : (N, d) particle positions.
-    w : (K,) random-feature critic weights, or (P,) feature-MLP parameters of a learned-feature
-        critic (None for fixed-kernel critics).
-    kernel_state : fixed-kernel critic memory (None for feature critics).
+    step : number of generator steps taken.
+    x : (N, d) generated points: the particles, or the MLP generator's outputs G_theta(z_i).
+    w : (K,) random-feature critic weights, (P,) MLP or feature-MLP critic parameters (None for
+        fixed-kernel critics).
+    kernel_state : fixed-kernel critic memory (None for trainable critics).
     critic_opt : the critic optimizer (holds its own moment/direction state).
     lr_scale : factor on both learning rates, eta_G -> lr_scale eta_G and eta_D -> lr_scale eta_D
         (1 unless a learning-rate schedule, ``schedule.kind = "kid"``, has decayed them).
     critic_finite : False once a critic step produced NaN/inf; ``w`` then holds the last finite
         parameters (see :func:`particlegan.model.critics.ascend_critic`).
-    noise : the run's noise stream (a Generator never advanced in place: a step that draws from
-        it works on a copy, :func:`advanced_copy`, and stores that), or None.
+    noise : the critic's noise stream (a Generator never advanced in place: a step that draws
+        from it works on a copy, :func:`particlegan.model.streams.advanced_copy`, and stores
+        that), or None.
+    gen : the generator's own state (None for particles; an
+        :class:`particlegan.model.generators.MLPGeneratorState` for the MLP generator).
     """
 
     step: int
@@ -96,27 +105,7 @@ class State:
     lr_scale: float = 1.0
     critic_finite: bool = True
     noise: np.random.Generator | None = None
-
-
-def advanced_copy(rng: np.random.Generator) -> np.random.Generator:
-    """An independent Generator in ``rng``'s state, to draw from without touching ``rng``
-    (states hold Generators that are never advanced in place)."""
-    return generator_in_state(rng.bit_generator.state)
-
-
-def generator_in_state(bit_state: dict) -> np.random.Generator:
-    """A Generator whose bit generator is in ``bit_state`` (a ``bit_generator.state`` dict, as
-    checkpoints store it)."""
-    bit = getattr(np.random, bit_state["bit_generator"])()
-    bit.state = bit_state
-    return np.random.Generator(bit)
-
-
-def seed_streams(seed: int) -> dict[str, np.random.Generator]:
-    """Independent generators for each random ingredient, spawned from SeedSequence(seed)."""
-    names = ("target", "particles", "critic", "coupling", "noise", "observables")
-    children = np.random.SeedSequence(seed).spawn(len(names))
-    return {n: np.random.Generator(np.random.PCG64(c)) for n, c in zip(names, children)}
+    gen: object | None = None
 
 
 def make_critic_optimizer(cfg: dict):
@@ -128,27 +117,26 @@ def make_critic_optimizer(cfg: dict):
 
 
 def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None) -> tuple[Model, State]:
-    """Build the static model and the initial state (critic start-up steps included)."""
+    """Build the static model and the initial state (critic start-up steps included) of any
+    ``model.type`` with any ``critic.type``."""
     streams = streams or seed_streams(cfg["run"]["seed"])
     dtype = np.dtype(cfg["run"]["dtype"])
     backend = get_backend(cfg["run"]["backend"])
     target = make_target(cfg["target"], streams["target"])
-    x0 = init_particles(cfg["particles"], cfg["target"]["dim"], streams["particles"],
-                        target_mean=target.samples.mean(axis=0)).astype(dtype)
-    coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
+    generator, x0, gen_state = build_generator(cfg, streams, target, backend, dtype)
     y = target.samples.astype(dtype)
     critic, w = build_critic(cfg, y, backend, streams["critic"])
-    model = Model(cfg=cfg, params=StepParams.from_config(cfg), target=target, y=y, coupling=coupling,
-                  objective=objective_from_config(cfg["loss"]), backend=backend,
-                  critic_type=cfg["critic"]["type"], critic=critic, dtype=dtype)
+    model = Model(cfg=cfg, params=StepParams.from_config(cfg), target=target, y=y, generator=generator,
+                  critic=critic, objective=objective_from_config(cfg["loss"]), backend=backend, dtype=dtype)
     state = State(step=0, x=x0, w=w, kernel_state=None,
-                  critic_opt=make_critic_optimizer(cfg) if w is not None else None, noise=streams["noise"])
+                  critic_opt=make_critic_optimizer(cfg) if w is not None else None,
+                  noise=streams["noise"], gen=gen_state)
     state = train_critic(model, state, cfg["dynamics"]["critic_steps_startup"], critic.prepare(x0))
     return model, state
 
 
 def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
-    """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the particles
+    """Run ``n_steps`` critic steps (learning rate ``state.lr_scale`` eta_D) with the points
     frozen at ``state.x``; ``ctx``: the critic's ``prepare(state.x)`` when already at hand.
 
     A critic whose backend runs the whole loop in one call (``fused_ascent``: random-feature
@@ -172,8 +160,17 @@ def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
                                noise=state.noise if noise is None else noise)
 
 
+def critic_values_and_grads(model: Model, state: State, x: np.ndarray | None = None,
+                            need_values: bool = True):
+    """The critic of ``state`` at the points ``x`` (n, d) (default ``state.x``): f(x) (n,)
+    (None for IPM kernel critics when not needed) and grad f(x) (n, d)."""
+    at_x = state if x is None or x is state.x else dataclasses.replace(state, x=x)
+    return model.critic.values_and_grads(at_x, model.critic.prepare(at_x.x), need_values)
+
+
 def particle_forces(model: Model, state: State, ctx=None):
-    """Per-particle forces F (N, d) and critic gradients grad f(x_i) (N, d) at ``state.x``."""
+    """Forces F (N, d) on the generated points and critic gradients grad f(x_i) (N, d) at
+    ``state.x``: F_i = -c'(f(x_i)) grad f(x_i) (F = grad f for the IPM objective)."""
     need_values = model.objective.name != "ipm"
     ctx = model.critic.prepare(state.x) if ctx is None else ctx
     values, grad = model.critic.values_and_grads(state, ctx, need_values)
@@ -184,9 +181,9 @@ def particle_forces(model: Model, state: State, ctx=None):
 
 
 def outer_step(model: Model, state: State):
-    """One outer step (critic steps + particle step). Returns (new state, critic gradients at x_t).
+    """One outer step (critic steps + generator step). Returns (new state, critic gradients at x_t).
 
-    Both learning rates are multiplied by ``state.lr_scale``: eta_G in the particle step, eta_D
+    Both learning rates are multiplied by ``state.lr_scale``: eta_G in the generator step, eta_D
     in the critic steps (see :func:`train_critic`).
     """
     par = model.params
@@ -197,12 +194,15 @@ def outer_step(model: Model, state: State):
     else:
         state = train_critic(model, state, par.critic_steps, ctx)
         forces, grad = particle_forces(model, state, ctx)
-    x_new = state.x + (par.eta_g * state.lr_scale) * apply_coupling(model.coupling, forces, model.backend)
-    return dataclasses.replace(state, step=state.step + 1, x=x_new.astype(model.dtype, copy=False)), grad
+    x_new, gen = model.generator.step(state.gen, state.x, forces, state.lr_scale)
+    return dataclasses.replace(state, step=state.step + 1, x=x_new, gen=gen), grad
 
 
-def state_is_finite(state: State) -> bool:
-    """True when particles and critic parameters are all finite (checked outside fastmath code)."""
+def state_is_finite(model: Model, state: State) -> bool:
+    """True when the points, the critic and the generator parameters are all finite (checked
+    outside fastmath code)."""
     if not state.critic_finite or not np.all(np.isfinite(state.x)):
         return False
-    return state.w is None or bool(np.all(np.isfinite(state.w)))
+    if state.w is not None and not np.all(np.isfinite(state.w)):
+        return False
+    return model.generator.is_finite(state.gen)

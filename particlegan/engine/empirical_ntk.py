@@ -238,11 +238,21 @@ def _two_layer_relu_applies(gcfg: dict) -> bool:
             and gcfg["parameterization"] == "ntk")
 
 
+def _initial_generator(cfg: dict, dtype):
+    """The MLP generator at initialisation and its latents z (N, d_z), exactly as a
+    ``model.type = "neural"`` run with the same config and seed builds them."""
+    from particlegan.model.generators import MLPGenerator
+    from particlegan.model.streams import seed_streams
+
+    gen, _, state = MLPGenerator.from_config(cfg, seed_streams(cfg["run"]["seed"]), None, None, dtype)
+    return gen.net, state.z
+
+
 def generator_ntk_report(cfg: dict, method: str = "layerwise") -> tuple[dict, np.ndarray]:
     """Empirical NTK of a config's neural generator at initialisation on its fixed latents.
 
     The generator and latents are exactly those of a ``model.type = "neural"`` run with the same
-    config and seed (:func:`particlegan.engine.neural_model.build_model`: same random streams), so the
+    config and seed (:class:`particlegan.model.generators.MLPGenerator`: same random streams), so the
     measured constants describe that run's generator at step 0.
 
     Parameters
@@ -264,12 +274,7 @@ def generator_ntk_report(cfg: dict, method: str = "layerwise") -> tuple[dict, np
         latent_dim; Gaussian latents only approach them as their norms concentrate).
     theta : (N, N) trace-normalised empirical NTK (float64).
     """
-    from particlegan.engine.dynamics import seed_streams
-    from particlegan.engine.neural_model import draw_latents, latent_shape, make_generator
-
-    streams = seed_streams(cfg["run"]["seed"])
-    gen = make_generator(cfg, streams["coupling"], np.float64)
-    z = draw_latents(latent_shape(cfg), streams["particles"], np.float64)
+    gen, z = _initial_generator(cfg, np.float64)
     theta = empirical_ntk_scalar(gen, z, method)
     g = cfg["generator"]
     report = dict(ntk_summary(theta))
@@ -297,13 +302,7 @@ def generator_initial_outputs(cfg: dict) -> np.ndarray:
     """x_i(0) = G_theta0(z_i) (N, d) of a config's neural generator on its fixed latents: the
     same generator and latents as :func:`generator_ntk_report` and a ``model.type = "neural"``
     run with the same seed, in the run dtype."""
-    from particlegan.engine.dynamics import seed_streams
-    from particlegan.engine.neural_model import draw_latents, latent_shape, make_generator
-
-    dtype = np.dtype(cfg["run"]["dtype"])
-    streams = seed_streams(cfg["run"]["seed"])
-    gen = make_generator(cfg, streams["coupling"], dtype)
-    z = draw_latents(latent_shape(cfg), streams["particles"], dtype)
+    gen, z = _initial_generator(cfg, np.dtype(cfg["run"]["dtype"]))
     return mlp_apply(gen, z)
 
 
@@ -327,7 +326,7 @@ def particle_config_from_ntk(cfg: dict, report: dict, matrix_path: str | None = 
     start from that .npy (the generator's initial outputs, :func:`generator_initial_outputs`)
     instead of the default Gaussian. The normalisation is "ntk" (C = K/N),
     which is what the neural generator's SGD step gives to first order in eta_G
-    (:mod:`particlegan.engine.neural_model`), so dynamics.eta_g carries over unchanged.
+    (:class:`particlegan.model.generators.MLPGenerator`), so dynamics.eta_g carries over unchanged.
 
     Returns
     -------

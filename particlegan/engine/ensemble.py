@@ -171,8 +171,8 @@ def build_ensemble(cfgs: list[dict]):
                       np.array([m.critic.loss.lam for m in models]),
                       np.array([m.critic.loss.weight_decay for m in models]))
     critic = FeatureCritic(fmap, real, loss, members(first.backend))
-    em = EnsembleModel(models=models, critic=critic, couplings=tuple(m.coupling for m in models),
-                       eta_g=np.array([m.params.eta_g for m in models]),
+    em = EnsembleModel(models=models, critic=critic, couplings=tuple(m.generator.coupling for m in models),
+                       eta_g=np.array([m.generator.eta_g for m in models]),
                        schedules=tuple(s.critic_opt.schedule for s in states),
                        critic_steps=models[0].params.critic_steps, update=models[0].params.update,
                        dtype=models[0].dtype)
@@ -252,7 +252,7 @@ def simulate_ensemble(cfgs: list[dict], reporter: Reporter | None = None) -> lis
     steps = cfgs[0]["run"]["steps"]
     final: list[dyn.State | None] = [None] * n_mem
     for m in range(n_mem):
-        if not dyn.state_is_finite(_member_state(es, m)):  # the start-up critic steps diverged
+        if not dyn.state_is_finite(em.models[m], _member_state(es, m)):  # the start-up critic steps diverged
             recs[m].diverge(0, "non-finite")
             final[m] = _member_state(es, m)
     reporter.start(total=steps, label="ensemble")

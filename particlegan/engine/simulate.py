@@ -259,8 +259,7 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     check_memory(cfg)  # before any allocation: a run that cannot fit is refused in one line
     streams = dyn.seed_streams(cfg["run"]["seed"])
-    engine = simulation_engine(cfg)
-    model, state = engine.build_model(cfg, streams)
+    model, state = dyn.build_model(cfg, streams)
     rec = RunRecorder(cfg, model, streams["observables"])
     schedule = make_lr_schedule(cfg)
     steps = cfg["run"]["steps"]
@@ -282,7 +281,7 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
         rec.series.update(ck["series"])
         rec.snapshots, rec.snapshot_taken = ck["snapshots"], ck["snapshot_taken"]
 
-    if not engine.state_is_finite(state):  # the start-up critic steps diverged
+    if not dyn.state_is_finite(model, state):  # the start-up critic steps diverged
         rec.diverge(state.step, "non-finite")
     reporter.start(total=steps, label="run")
     reporter.advance(state.step)
@@ -296,25 +295,15 @@ def simulate(cfg: dict, reporter: Reporter | None = None, checkpoint_path: str |
             schedule.update(state.step, model.y, state.x)
             state = dataclasses.replace(state, lr_scale=schedule.lr_ratio)
         rec.before_step(state)
-        new_state, grad = engine.outer_step(model, state)
-        if not rec.after_step(state, new_state.x, grad, engine.state_is_finite(new_state)):
+        new_state, grad = dyn.outer_step(model, state)
+        if not rec.after_step(state, new_state.x, grad, dyn.state_is_finite(model, new_state)):
             break
         state = new_state
         reporter.advance(1)
     reporter.finish()
     # final row: the last finite state, with the critic gradient at that state
-    _, grad = engine.particle_forces(model, state)
+    _, grad = dyn.particle_forces(model, state)
     return rec.result(state, grad, t0, started_at)
-
-
-def simulation_engine(cfg: dict):
-    """Module implementing build_model / outer_step / particle_forces / state_is_finite for
-    ``model.type``: :mod:`particlegan.engine.dynamics` (particle) or :mod:`particlegan.engine.neural_model`."""
-    if cfg["model"]["type"] == "neural":
-        from particlegan.engine import neural_model
-
-        return neural_model
-    return dyn
 
 
 def check_checkpoint(ck: dict, fresh, steps: int, path) -> None:
@@ -348,8 +337,7 @@ def result_arrays(res: SimResult) -> dict[str, np.ndarray]:
     arrays["mode_centres"] = res.model.target.centres
     if res.final_state.w is not None:
         arrays["critic_weights"] = res.final_state.w
-    if getattr(res.final_state, "theta_g", None) is not None:  # neural generator parameters
-        arrays["generator_theta"] = res.final_state.theta_g
+    arrays.update(res.model.generator.result_arrays(res.final_state.gen))  # e.g. generator_theta
     return arrays
 
 

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from particlegan.maths import nn  # noqa: E402
 from particlegan.store.config import resolve_config  # noqa: E402
-from particlegan.engine.neural_model import make_generator  # noqa: E402
+from particlegan.model.generators import make_generator  # noqa: E402
 from particlegan.engine.simulate import simulate  # noqa: E402
 from particlegan.store.storage import atomic_write_csv  # noqa: E402
 
@@ -89,7 +89,7 @@ def one_run(args):
     cfg = resolve_config(overrides=base_overrides(p) + loss, seed=seed)
     t0 = time.perf_counter()
     res = simulate(cfg)
-    ev = evaluate(cfg, res.final_state.theta_g, p["n_eval"])
+    ev = evaluate(cfg, res.final_state.gen.theta, p["n_eval"])
     ev.update(setting=label, seed=seed, status=res.status, seconds=time.perf_counter() - t0)
     return ev
 

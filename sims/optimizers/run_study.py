@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from particlegan.maths import nn  # noqa: E402
 from particlegan.store.config import resolve_config  # noqa: E402
-from particlegan.engine.neural_model import make_generator  # noqa: E402
+from particlegan.model.generators import make_generator  # noqa: E402
 from particlegan.engine.observables import modes_covered  # noqa: E402
 from particlegan.engine.simulate import simulate  # noqa: E402
 from particlegan.store.storage import atomic_write_csv  # noqa: E402
@@ -113,7 +113,7 @@ def one_run(args) -> dict:
     return {"optimizer": label, "lr": lr, "seed": seed, "phase": phase, "status": res.status,
             "mmd2_final": float(mmd[-1]) if ok else math.inf,
             "mmd2_late": late_mean(mmd) if ok else math.inf,
-            "modes_final": eval_modes(cfg, res.final_state.theta_g, p["n_eval"]) if ok else 0,
+            "modes_final": eval_modes(cfg, res.final_state.gen.theta, p["n_eval"]) if ok else 0,
             "seconds": time.perf_counter() - t0, "steps": res.series["step"],
             "mmd2_series": mmd, "modes_series": res.series["modes_covered"]}
 

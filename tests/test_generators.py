@@ -1,6 +1,8 @@
-"""Tests of the neural GAN engine (model.type = "neural"): every gradient against central finite
-differences, the SGD generator step against the empirical-NTK particle step, whole runs through
-the CLI, bitwise reproducibility, kill/resume, and ring coverage."""
+"""Tests of the generator objects (particlegan.model.generators) through the one engine: the
+particle step against the dense coupling matrix; for the MLP generator (model.type = "neural")
+every gradient against central finite differences, the SGD generator step against the
+empirical-NTK particle step, whole runs through the CLI, bitwise reproducibility, kill/resume,
+and ring coverage."""
 import itertools
 import json
 import os
@@ -8,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from particlegan.engine import neural_model as nm
+from particlegan.engine import dynamics as dyn
 from particlegan.maths import nn
 from particlegan.store.config import resolve_config
 from particlegan.engine.empirical_ntk import empirical_ntk
@@ -53,25 +55,25 @@ def _fd_grad(fun, theta, eps=EPS):
 def _small(*extra, act="tanh", seed=0):
     cfg = resolve_config(overrides=SMALL + [f"generator.activation={act}",
                                             f"critic.activation={act}", *extra], seed=seed)
-    return nm.build_model(cfg)
+    return dyn.build_model(cfg)
 
 
 # ------------------------------------------------------------------ gradients vs FD ----
 @pytest.mark.parametrize("loss,act", list(itertools.product(LOSSES, ACTS)))
 def test_generator_update_direction_matches_finite_differences(loss, act):
-    """generator_param_grad (what outer_step feeds the generator optimizer) equals the FD
+    """MLPGenerator.param_grad (what the step feeds the generator optimizer) equals the FD
     gradient of L_G(theta) = (1/N) sum_i c(f(G_theta(z_i))) with the critic frozen."""
     model, state = _small(*LOSSES[loss], act=act)
     critic = model.critic.net.with_theta(state.w)
     gen_term = model.objective.gen_term
 
     def loss_of(theta):
-        x = nn.mlp_apply(model.generator.with_theta(theta), state.z)
+        x = nn.mlp_apply(model.generator.net.with_theta(theta), state.gen.z)
         return float(gen_term(nn.mlp_apply(critic, x)[:, 0])[0].mean())
 
-    forces, _ = nm.particle_forces(model, state)
-    got = nm.generator_param_grad(model, state, forces)
-    want = _fd_grad(loss_of, state.theta_g)
+    forces, _ = dyn.particle_forces(model, state)
+    got = model.generator.param_grad(state.gen, forces)
+    want = _fd_grad(loss_of, state.gen.theta)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
     assert np.abs(want).max() > 1e-6  # not a vacuous comparison
 
@@ -118,11 +120,11 @@ def test_sgd_generator_step_is_the_empirical_ntk_particle_step():
     eta = 1e-4
     model, state = _small("dynamics.update=simultaneous", f"dynamics.eta_g={eta}",
                           "dynamics.critic_steps=1", act="tanh")
-    forces, _ = nm.particle_forces(model, state)
-    want_theta = state.theta_g - eta * nm.generator_param_grad(model, state, forces)
-    new, _ = nm.outer_step(model, state)
-    np.testing.assert_allclose(new.theta_g, want_theta, rtol=0, atol=1e-15)
-    theta_ntk = empirical_ntk(model.generator.with_theta(state.theta_g), state.z)  # (N, N, d, d)
+    forces, _ = dyn.particle_forces(model, state)
+    want_theta = state.gen.theta - eta * model.generator.param_grad(state.gen, forces)
+    new, _ = dyn.outer_step(model, state)
+    np.testing.assert_allclose(new.gen.theta, want_theta, rtol=0, atol=1e-15)
+    theta_ntk = empirical_ntk(model.generator.net.with_theta(state.gen.theta), state.gen.z)  # (N, N, d, d)
     n = state.x.shape[0]
     predicted = eta / n * np.einsum("ijmn,jn->im", theta_ntk, forces)
     moved = new.x - state.x
@@ -140,16 +142,16 @@ def test_particle_model_critics_drive_the_generator(ctype):
     model, state = _small(*extra)
 
     def loss_of(theta):
-        x = nn.mlp_apply(model.generator.with_theta(theta), state.z)
-        values, _ = nm.critic_values_and_grads(model, state, x, True)
+        x = nn.mlp_apply(model.generator.net.with_theta(theta), state.gen.z)
+        values, _ = dyn.critic_values_and_grads(model, state, x, True)
         return -float(np.mean(values))
 
-    forces, _ = nm.particle_forces(model, state)
-    got = nm.generator_param_grad(model, state, forces)
+    forces, _ = dyn.particle_forces(model, state)
+    got = model.generator.param_grad(state.gen, forces)
     rng = np.random.default_rng(0)
     for _ in range(3):
         v = rng.standard_normal(got.shape)
-        fd = (loss_of(state.theta_g + EPS * v) - loss_of(state.theta_g - EPS * v)) / (2 * EPS)
+        fd = (loss_of(state.gen.theta + EPS * v) - loss_of(state.gen.theta - EPS * v)) / (2 * EPS)
         np.testing.assert_allclose(got @ v, fd, rtol=1e-5, atol=1e-9)
 
 
@@ -216,8 +218,8 @@ def test_neural_checkpoint_resume_is_bitwise_identical(tmp_path, extra):
     simulate(cfg, checkpoint_path=part / "checkpoint.npz")          # leaves its step-20 checkpoint
     ck = load_checkpoint(part / "checkpoint.npz", config_hash(cfg))
     arrays, scalars = ck["fields"]  # the neural state's own fields, stored generically
-    assert ck["step"] == 20 and arrays["theta_g"].shape == (len(arrays["theta_g"]),) and "__rng__" in scalars["latents"]
-    assert set(scalars["gen_opt"]["__optimizer__"]) >= {"name", "step_count"}
+    assert ck["step"] == 20 and arrays["gen__theta"].ndim == 1 and "__rng__" in scalars["gen__latents"]
+    assert set(scalars["gen__opt"]["__optimizer__"]) >= {"name", "step_count"}
     shutil.copy(tmp_path / "full" / "config.json", part / "config.json")
     resume_run(part)
     assert (part / "result.npz").read_bytes() == (tmp_path / "full" / "result.npz").read_bytes()
@@ -232,8 +234,28 @@ def test_neural_sigkill_then_resume_matches_uninterrupted_run(sigkill_resume):
 
 
 def test_particle_run_has_no_generator_arrays():
+    from particlegan.engine.simulate import result_arrays
+
     res = simulate(resolve_config(overrides=[o for o in TINY if not o.startswith("model.")]))
-    assert not hasattr(res.final_state, "theta_g")
+    assert res.final_state.gen is None and "generator_theta" not in result_arrays(res)
+
+
+@pytest.mark.parametrize("kernel", ["universal", "ntk_relu", "identity"])
+@pytest.mark.parametrize("normalization", ["ntk", "none"])
+def test_particle_generator_step_is_x_plus_eta_c_f(kernel, normalization):
+    """ParticleGenerator.step = x + lr_scale eta_G C F with C the dense coupling matrix (an
+    independent product; the universal kernel is applied through its rank-one structure)."""
+    from particlegan.model.coupling import coupling_matrix
+
+    cfg = resolve_config(overrides=[f"generator.kernel={kernel}", f"generator.normalization={normalization}",
+                                    "particles.n=12", "dynamics.eta_g=0.3", "generator.phi=0.4"])
+    model, state = dyn.build_model(cfg)
+    gen = model.generator
+    forces = np.random.default_rng(0).standard_normal(state.x.shape)
+    x_new, gen_state = gen.step(state.gen, state.x, forces, 0.5)
+    want = state.x + 0.5 * 0.3 * coupling_matrix(gen.coupling) @ forces
+    np.testing.assert_allclose(x_new, want, rtol=1e-13, atol=1e-13)
+    assert gen_state is None and gen.is_finite(gen_state) and gen.result_arrays(gen_state) == {}
 
 
 def test_bad_neural_config_is_a_one_line_error(tmp_path):
