@@ -1,6 +1,7 @@
 """Tests of particlegan.model.optimizers: convergence, hand-computed CG beta rules and legacy defects
 (losses-metrics-optim-spec P2.2-P2.6), Adam/momentum against hand-written reference steps,
-state_dict round trips, schedules, maximisation and config errors."""
+pure (init, update) pairs, state round trips through a checkpoint, schedules, maximisation
+and config errors."""
 import io
 import json
 import math
@@ -12,6 +13,26 @@ from particlegan.model import optimizers as opt
 from particlegan.errors import ConfigError
 
 RULES = ("FR", "PRP", "HS", "DY", "HS_DY", "FR_PRP", "HZ")
+
+
+class _Run:
+    """An optimizer rule with its state threaded through a sequence of updates (the tests'
+    shorthand: ``x = run.step(x, g)`` is ``x, run.state = rule.update(run.state, x, g)``)."""
+
+    def __init__(self, rule):
+        self.rule, self.state = rule, rule.init()
+
+    def step(self, x, g, **kw):
+        x, self.state = self.rule.update(self.state, x, g, **kw)
+        return x
+
+    @property
+    def last_beta(self):
+        return self.state.beta
+
+
+def _make(name, lr, **options):
+    return _Run(opt.make_optimizer(name, lr, **options))
 
 
 def _quadratic(dim=5, seed=0):
@@ -42,7 +63,7 @@ CONVERGE_CASES = [
 @pytest.mark.parametrize("maximize", [False, True])
 def test_converges_on_convex_quadratic(name, lr, options, maximize):
     A, b, x_star = _quadratic()
-    o = opt.make_optimizer(name, lr, **options)
+    o = _make(name, lr, **options)
     x = np.zeros(5)
     sign = -1.0 if maximize else 1.0      # maximise -f <=> minimise f
     for _ in range(3000):
@@ -60,7 +81,7 @@ def _exact_step(A, b, x_ref):
 def test_cg_with_exact_step_and_no_clip_is_linear_cg(rule):
     """On a quadratic with exact line search every rule equals linear CG: x* in dim steps."""
     A, b, x_star = _quadratic(dim=6, seed=1)
-    o = opt.make_optimizer("cg", 1.0, rule=rule, beta_clip="none")
+    o = _make("cg", 1.0, rule=rule, beta_clip="none")
     x = np.zeros(6)
     holder = [x]
     for _ in range(6):
@@ -82,7 +103,7 @@ def test_default_clip_trades_conjugacy_for_bounded_beta(rule):
     x_star = np.linalg.solve(A, b)
     err, betas = {}, {}
     for clip in ("none", "default"):
-        o = opt.make_optimizer("cg", 1.0, rule=rule, beta_clip=clip)
+        o = _make("cg", 1.0, rule=rule, beta_clip=clip)
         x, holder, seen = np.zeros(6), [None], []
         for _ in range(6):
             holder[0] = x
@@ -98,7 +119,7 @@ def test_default_clip_trades_conjugacy_for_bounded_beta(rule):
 @pytest.mark.parametrize("rule", RULES)
 def test_cg_with_exact_step_decreases_f_and_respects_clip(rule, clip):
     A, b, x_star = _quadratic(dim=8, seed=2)
-    o = opt.make_optimizer("cg", 1.0, rule=rule, beta_clip=clip)
+    o = _make("cg", 1.0, rule=rule, beta_clip=clip)
     x = np.full(8, 3.0)
     holder = [x]
     f_prev = _f(A, b, x)
@@ -151,7 +172,7 @@ def _grad_sequence(seed=3, n=8, dim=6):
 def test_beta_rules_match_hand_computation(rule, clip):
     gs = _grad_sequence()
     c, lr = 0.75, 0.1
-    o = opt.make_optimizer("cg", lr, rule=rule, beta_clip=clip, beta_scale=c)
+    o = _make("cg", lr, rule=rule, beta_clip=clip, beta_scale=c)
     x = np.zeros(6)
     x_ref = np.zeros(6)
     d_prev = None
@@ -177,7 +198,7 @@ def test_beta_rules_match_hand_computation(rule, clip):
 
 @pytest.mark.parametrize("rule", RULES)
 def test_zero_denominators_give_beta_zero(rule):
-    o = opt.make_optimizer("cg", 0.1, rule=rule, beta_clip="none")
+    o = _make("cg", 0.1, rule=rule, beta_clip="none")
     x = o.step(np.ones(3), np.zeros(3))          # g_0 = 0, so |g_0|^2 = 0 and d_0.y = 0
     x = o.step(x, np.array([1.0, -2.0, 0.5]))
     assert o.last_beta == 0.0
@@ -187,9 +208,9 @@ def test_zero_denominators_give_beta_zero(rule):
 def test_per_tensor_beta_equals_separate_optimizers():
     gs = _grad_sequence(seed=4, dim=7)
     slices = [slice(0, 3), slice(3, 7)]
-    joint = opt.make_optimizer("cg", 0.1, rule="PRP", per_tensor=True, slices=slices)
-    parts = [opt.make_optimizer("cg", 0.1, rule="PRP") for _ in slices]
-    glob = opt.make_optimizer("cg", 0.1, rule="PRP")
+    joint = _make("cg", 0.1, rule="PRP", per_tensor=True, slices=slices)
+    parts = [_make("cg", 0.1, rule="PRP") for _ in slices]
+    glob = _make("cg", 0.1, rule="PRP")
     x = np.zeros(7)
     xs = [np.zeros(3), np.zeros(4)]
     xg = np.zeros(7)
@@ -207,13 +228,13 @@ def test_per_tensor_beta_equals_separate_optimizers():
                                            ("HS_DY", 0.0), ("FR_PRP", 0.0), ("HZ", 0.0)])
 def test_alias_bug_makes_y_zero(rule, expected):
     gs = _grad_sequence(seed=5)
-    o = opt.make_optimizer("cg", 0.1, rule=rule, beta_clip="code", legacy_alias_bug=True)
+    o = _make("cg", 0.1, rule=rule, beta_clip="code", legacy_alias_bug=True)
     x = np.zeros(6)
     for g in gs:
         x = o.step(x, g)
     assert o.last_beta == expected
     if rule == "FR":   # uncapped FR would be |g|^2/|g|^2 = 1
-        o = opt.make_optimizer("cg", 0.1, rule="FR", beta_clip="none", legacy_alias_bug=True)
+        o = _make("cg", 0.1, rule="FR", beta_clip="none", legacy_alias_bug=True)
         for g in gs[:3]:
             o.step(x, g)
         assert o.last_beta == 1.0
@@ -222,14 +243,14 @@ def test_alias_bug_makes_y_zero(rule, expected):
 def test_first_step_ascent_flag():
     g0, g1 = np.array([1.0, -2.0]), np.array([0.5, 0.25])
     x0 = np.array([3.0, 4.0])
-    o = opt.make_optimizer("cg", 0.1, rule="FR", legacy_first_step_ascent=True)
+    o = _make("cg", 0.1, rule="FR", legacy_first_step_ascent=True)
     x1 = o.step(x0, g0)
     np.testing.assert_allclose(x1, x0 + 0.1 * g0, rtol=0, atol=1e-15)   # ascent
     x2 = o.step(x1, g1)
     beta = min(g1 @ g1 / (g0 @ g0), 0.5)
     # the stored direction is still d_0 = -g_0
     np.testing.assert_allclose(x2, x1 + 0.1 * (-g1 + beta * (-g0)), rtol=1e-14)
-    clean = opt.make_optimizer("cg", 0.1, rule="FR")
+    clean = _make("cg", 0.1, rule="FR")
     np.testing.assert_allclose(clean.step(x0, g0), x0 - 0.1 * g0, rtol=0, atol=1e-15)
 
 
@@ -237,7 +258,7 @@ def test_first_step_ascent_flag():
 def test_direction_update_flag_double_updates(rule):
     gs = _grad_sequence(seed=6, n=4)
     c, lr = 0.5, 0.1
-    o = opt.make_optimizer("cg", lr, rule=rule, beta_scale=c, beta_clip="code",
+    o = _make("cg", lr, rule=rule, beta_scale=c, beta_clip="code",
                            legacy_direction_update=True)
     x = np.zeros(6)
     x_ref = np.zeros(6)
@@ -275,7 +296,7 @@ def _reference_code_trajectory(gs, x0, lr, rule, c):
 def test_all_legacy_flags_reproduce_reference_code(rule):
     gs = _grad_sequence(seed=7)
     x0 = np.linspace(-1, 1, 6)
-    o = opt.make_optimizer("cg", 0.05, rule=rule, beta_scale=0.75, beta_clip="code",
+    o = _make("cg", 0.05, rule=rule, beta_scale=0.75, beta_clip="code",
                            legacy_first_step_ascent=True, legacy_direction_update=True,
                            legacy_alias_bug=True)
     x = x0
@@ -296,8 +317,8 @@ TOY_METHODS = ([("sgd", {}), ("momentum", {"momentum": 0.5}), ("adam", {})]
                          ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in TOY_METHODS])
 def test_toy_saddle_runs_without_nan(name, options, lr):
     """P2.6: f(x, y) = (1 + x^2)(100 - y^2), x minimises, y maximises, from (2, -4), 400 steps."""
-    ox = opt.make_optimizer(name, lr, **options)
-    oy = opt.make_optimizer(name, lr, **options)
+    ox = _make(name, lr, **options)
+    oy = _make(name, lr, **options)
     x, y = np.array([2.0]), np.array([-4.0])
     for _ in range(400):
         fx = 2 * x * (100 - y ** 2)
@@ -320,17 +341,18 @@ STATE_CASES = [
 ]
 
 
-def _checkpoint_roundtrip(sd):
-    """Arrays through an npz file, everything else through JSON (as particlegan.engine.checkpoint)."""
-    arrays = {k: v for k, v in sd.items() if isinstance(v, np.ndarray)}
-    scalars = {k: v for k, v in sd.items() if not isinstance(v, np.ndarray)}
+def _checkpoint_roundtrip(state):
+    """An optimizer state through particlegan.engine.checkpoint's generic form: arrays through an
+    npz file, everything else through JSON."""
+    from particlegan.engine import checkpoint as ck
+
+    arrays, scalars = ck.state_fields(state)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     buf.seek(0)
     with np.load(buf, allow_pickle=False) as z:
         back = {k: z[k] for k in z.files}
-    back.update(json.loads(json.dumps(scalars)))
-    return back
+    return ck.restore_state(opt.OptState(), {"fields": (back, json.loads(json.dumps(scalars)))})
 
 
 def _rosenbrock_grad(x):
@@ -343,52 +365,49 @@ def _rosenbrock_grad(x):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name,options", STATE_CASES,
                          ids=[f"{n}-{i}" for i, (n, _) in enumerate(STATE_CASES)])
-def test_state_dict_roundtrip_is_bitwise(name, options, dtype):
-    o1 = opt.make_optimizer(name, 1e-3, **options)
+def test_state_roundtrip_is_bitwise(name, options, dtype):
+    o1 = _make(name, 1e-3, **options)
     x = np.linspace(-1.2, 1.0, 5).astype(dtype)
     for _ in range(7):
         x = o1.step(x, _rosenbrock_grad(x))
-    sd = o1.state_dict()
-    o2 = opt.make_optimizer(name, 1e-3, **options)
-    o2.load_state_dict(_checkpoint_roundtrip(sd))
+    o2 = _make(name, 1e-3, **options)
+    o2.state = _checkpoint_roundtrip(o1.state)
+    assert o2.state.count == 7
     x1, x2 = x.copy(), x.copy()
     for _ in range(10):
         x1 = o1.step(x1, _rosenbrock_grad(x1))
         x2 = o2.step(x2, _rosenbrock_grad(x2))
     assert x1.dtype == dtype
     np.testing.assert_array_equal(x1, x2)
-    # the state dict was a snapshot: continuing o1 did not change it
-    assert sd["step_count"] == 7
-    assert all(isinstance(v, (np.ndarray, int, float, str, type(None))) for v in sd.values())
+
+
+def _snapshot(state):
+    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(state).items()}
 
 
 @pytest.mark.parametrize("name,options", STATE_CASES,
                          ids=[f"{n}-{i}" for i, (n, _) in enumerate(STATE_CASES)])
-def test_copy_is_independent_and_continues_bitwise(name, options):
-    o1 = opt.make_optimizer(name, 1e-3, **options)
+def test_update_is_pure_and_repeatable(name, options):
+    """update(state, ...) changes neither the state nor its arrays: stepping twice from one state
+    gives bitwise the same parameters and the same new state."""
+    o = _make(name, 1e-3, **options)
     x = np.linspace(-1.2, 1.0, 5)
     for _ in range(4):
-        x = o1.step(x, _rosenbrock_grad(x))
-    before = o1.state_dict()
-    o2 = o1.copy()
-    x2 = x.copy()
-    for _ in range(6):  # stepping the copy leaves the original as it was ...
-        x2 = o2.step(x2, _rosenbrock_grad(x2))
-    after = o1.state_dict()
+        x = o.step(x, _rosenbrock_grad(x))
+    rule, state = o.rule, o.state
+    before = _snapshot(state)
+    x_a, s_a = rule.update(state, x, _rosenbrock_grad(x))
+    x_b, s_b = rule.update(state, x, _rosenbrock_grad(x))
+    np.testing.assert_array_equal(x_a, x_b)
+    after = _snapshot(state)
     assert before.keys() == after.keys()
     for k in before:
         np.testing.assert_array_equal(np.asarray(before[k], dtype=object), np.asarray(after[k], dtype=object))
-    x1 = x.copy()
-    for _ in range(6):  # ... and the original then takes the same steps as the copy did
-        x1 = o1.step(x1, _rosenbrock_grad(x1))
-    np.testing.assert_array_equal(x1, x2)
-
-
-def test_load_state_dict_rejects_other_optimizer():
-    from particlegan.errors import DataError
-    sd = opt.make_optimizer("adam", 0.1).state_dict()
-    with pytest.raises(DataError):
-        opt.make_optimizer("sgd", 0.1).load_state_dict(sd)
+    assert s_a.count == s_b.count == state.count + 1
+    for k, v in vars(s_a).items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(v, getattr(s_b, k))
+            assert v is not getattr(state, k)  # new arrays, never the given state's
 
 
 # ---------------------------------------------------------------- adam / momentum ----
@@ -414,7 +433,7 @@ def test_adam_matches_reference_steps(amsgrad, wd):
     rng = np.random.default_rng(8)
     grads = [rng.standard_normal(4) * s for s in (1.0, 3.0, 0.1, 0.05, 2.0, 0.01)]
     x0 = rng.standard_normal(4)
-    o = opt.make_optimizer("adam", 0.01, betas=(0.5, 0.9), eps=1e-6, amsgrad=amsgrad,
+    o = _make("adam", 0.01, betas=(0.5, 0.9), eps=1e-6, amsgrad=amsgrad,
                            weight_decay=wd)
     ref = _reference_adam(x0, grads, 0.01, 0.5, 0.9, 1e-6, wd, amsgrad)
     # feed the reference's own iterates so that weight decay sees the same x
@@ -426,23 +445,23 @@ def test_adam_matches_reference_steps(amsgrad, wd):
 
 def test_amsgrad_keeps_running_max_of_v():
     rng = np.random.default_rng(9)
-    o = opt.make_optimizer("adam", 0.01, amsgrad=True)
+    o = _make("adam", 0.01, amsgrad=True)
     x = np.zeros(3)
     running = np.zeros(3)
     strictly_above = False
     for s in (3.0, 1.0, 0.1, 0.01, 0.01, 2.0, 0.001):
         x = o.step(x, s * rng.standard_normal(3))
-        sd = o.state_dict()
-        running = np.maximum(running, sd["v"])
-        np.testing.assert_array_equal(sd["v_max"], running)
-        strictly_above |= bool(np.any(sd["v_max"] > sd["v"]))
+        st = o.state
+        running = np.maximum(running, st.v)
+        np.testing.assert_array_equal(st.v_max, running)
+        strictly_above |= bool(np.any(st.v_max > st.v))
     assert strictly_above
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_momentum_matches_heavy_ball(nesterov):
     gs = _grad_sequence(seed=10)
-    o = opt.make_optimizer("momentum", 0.1, momentum=0.6, nesterov=nesterov)
+    o = _make("momentum", 0.1, momentum=0.6, nesterov=nesterov)
     x = np.zeros(6)
     x_ref = np.zeros(6)
     v = None
@@ -452,7 +471,7 @@ def test_momentum_matches_heavy_ball(nesterov):
         x_ref = x_ref - 0.1 * (g + 0.6 * v if nesterov else v)
         np.testing.assert_allclose(x, x_ref, rtol=1e-14, atol=1e-15)
     if not nesterov:   # constant lr: x_{n+1} = x_n - lr g_n + mu (x_n - x_{n-1})
-        o = opt.make_optimizer("momentum", 0.1, momentum=0.6)
+        o = _make("momentum", 0.1, momentum=0.6)
         xs = [np.zeros(6)]
         for g in gs:
             xs.append(o.step(xs[-1], g))
@@ -463,21 +482,20 @@ def test_momentum_matches_heavy_ball(nesterov):
 
 def test_reset_and_begin_outer_step():
     gs = _grad_sequence(seed=11)
-    o = opt.make_optimizer("adam", 0.1, lr_schedule="inv", reset_each_outer_step=True)
+    o = _make("adam", 0.1, lr_schedule="inv", reset_each_outer_step=True)
     x = np.zeros(6)
     for g in gs[:3]:
         x = o.step(x, g)
-    o.begin_outer_step()
-    assert o.state_dict()["t"] == 0 and o.state_dict()["m"] is None
-    assert o.step_count == 3                    # the schedule keeps counting
-    fresh = opt.make_optimizer("adam", 0.1 / 4)  # inv schedule at n = 3: lr0 / 4
+    o.state = o.rule.begin_outer_step(o.state)
+    assert o.state.t == 0 and o.state.m is None and o.state.v is None
+    assert o.state.count == 3                   # the schedule keeps counting
+    fresh = _make("adam", 0.1 / 4)  # inv schedule at n = 3: lr0 / 4
     np.testing.assert_allclose(o.step(x, gs[3]), fresh.step(x, gs[3]), rtol=1e-15)
-    keep = opt.make_optimizer("momentum", 0.1)
+    keep = _make("momentum", 0.1)
     keep.step(x, gs[0])
-    keep.begin_outer_step()                     # flag off: nothing happens
-    assert keep.state_dict()["buf"] is not None
-    keep.reset()
-    assert keep.state_dict()["buf"] is None
+    assert keep.rule.begin_outer_step(keep.state) is keep.state  # flag off: nothing happens
+    assert keep.state.m is not None
+    assert keep.rule.reset(keep.state).m is None and keep.rule.reset(keep.state).count == 1
 
 
 @pytest.mark.parametrize("name,options", [("sgd", {}), ("momentum", {}),
@@ -485,8 +503,8 @@ def test_reset_and_begin_outer_step():
                                           ("cg", {"rule": "HZ"})])
 def test_maximize_equals_minimizing_negated_function(name, options):
     """maximize=True on grad f is bitwise the same run as minimising -f."""
-    a = opt.make_optimizer(name, 1e-3, **options)
-    b = opt.make_optimizer(name, 1e-3, **options)
+    a = _make(name, 1e-3, **options)
+    b = _make(name, 1e-3, **options)
     xa = xb = np.linspace(-1.0, 1.5, 4)
     for _ in range(20):
         xa = a.step(xa, -_rosenbrock_grad(xa), maximize=True)   # ascend -rosenbrock
@@ -495,7 +513,7 @@ def test_maximize_equals_minimizing_negated_function(name, options):
 
 
 def test_step_does_not_modify_inputs_and_keeps_shape():
-    o = opt.make_optimizer("cg", 0.1)
+    o = _make("cg", 0.1)
     x = np.ones((3, 2))
     g = np.arange(6.0).reshape(3, 2)
     x_copy, g_copy = x.copy(), g.copy()
@@ -518,7 +536,7 @@ def test_lr_schedules(kind, expected):
     s = opt.make_lr_schedule(kind, 0.2, power=0.3, decay=0.5, every=4)
     for n in (0, 1, 3, 4, 9, 100):
         assert s(n) == pytest.approx(expected(n), rel=1e-15)
-    o = opt.make_optimizer("sgd", 0.2, lr_schedule=kind, lr_power=0.3, lr_decay=0.5, lr_every=4)
+    o = _make("sgd", 0.2, lr_schedule=kind, lr_power=0.3, lr_decay=0.5, lr_every=4)
     x = np.zeros(1)
     for n in range(10):
         x_new = o.step(x, np.ones(1))
@@ -551,7 +569,7 @@ def test_optimizer_from_config_maps_keys():
     o = opt.optimizer_from_config(section, 0.01, "critic")
     assert isinstance(o, opt.Adam)
     assert o.betas == (0.5, 0.9) and o.amsgrad and o.reset_each_outer_step
-    assert o.lr == pytest.approx(0.01)
+    assert o.lr(o.init()) == pytest.approx(0.01)
     o = opt.optimizer_from_config({**section, "optimizer": "cg", "cg_beta_scale": 0.5}, 0.01,
                                   "generator", slices=[slice(0, 2), slice(2, 5)])
     assert isinstance(o, opt.ConjugateGradient)
@@ -632,8 +650,8 @@ def test_config_choices_match_the_optimizers_module():
 def test_default_keys_give_the_plain_make_optimizer_trajectory(name):
     """The critic optimizer built from the default config keys is make_optimizer(name, eta_d):
     the particle model's default runs are unchanged by the config route (bitwise)."""
-    a = _built("critic", f"critic.optimizer={name}")
-    b = opt.make_optimizer(name, 0.01)
+    a = _Run(_built("critic", f"critic.optimizer={name}"))
+    b = _make(name, 0.01)
     rng = np.random.default_rng(0)
     xa = xb = rng.standard_normal(7)
     for _ in range(5):
@@ -650,16 +668,17 @@ def test_particle_critic_uses_the_configured_optimizer():
     tiny = ["particles.n=16", "run.steps=5", "target.n_samples=100", "critic.features=32",
             "dynamics.critic_steps_startup=3", "observables.mmd_samples=50"]
     base = simulate(resolve_config(overrides=tiny)).final_state
-    mom = simulate(resolve_config(overrides=tiny + ["critic.optimizer=momentum"])).final_state
+    mom_run = simulate(resolve_config(overrides=tiny + ["critic.optimizer=momentum"]))
+    mom = mom_run.final_state
     sched = simulate(resolve_config(overrides=tiny + ["critic.lr_schedule=inv"])).final_state
-    assert isinstance(mom.critic_opt, opt.Momentum)
+    assert isinstance(mom_run.model.critic_optimizer, opt.Momentum) and mom.critic_opt.m is not None
     assert not np.array_equal(base.w, mom.w) and not np.array_equal(base.w, sched.w)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name,options", [("sgd", {}), ("momentum", {"nesterov": True}),
                                           ("adam", {"amsgrad": True}), ("adam", {"reset_each_outer_step": True})])
-def test_step_members_is_each_row_stepped_alone(name, options, dtype):
+def test_update_members_is_each_row_stepped_alone(name, options, dtype):
     """An ensemble's optimizer steps row b exactly as an optimizer of its own with rate lrs[b]."""
     from particlegan.model.optimizers import make_optimizer
 
@@ -667,27 +686,28 @@ def test_step_members_is_each_row_stepped_alone(name, options, dtype):
     lrs = np.array([0.1, 0.013, 0.7])
     x = rng.standard_normal((3, 11)).astype(dtype)
     group = make_optimizer(name, 1.0, **options)
-    alone = [make_optimizer(name, float(lr), **options) for lr in lrs]
+    group_state = group.init()
+    alone = [_Run(make_optimizer(name, float(lr), **options)) for lr in lrs]
     rows = [x[b].copy() for b in range(3)]
     for step in range(4):
         g = rng.standard_normal((3, 11)).astype(dtype)
         if step == 2:
-            group.begin_outer_step()
+            group_state = group.begin_outer_step(group_state)
             for o in alone:
-                o.begin_outer_step()
-        x = group.step_members(x, g, lrs, maximize=step % 2 == 1)
+                o.state = o.rule.begin_outer_step(o.state)
+        x, group_state = group.update_members(group_state, x, g, lrs, maximize=step % 2 == 1)
         rows = [o.step(r, g[b], maximize=step % 2 == 1) for b, (o, r) in enumerate(zip(alone, rows))]
         assert x.dtype == dtype
         for b in range(3):
             np.testing.assert_array_equal(x[b], rows[b])
 
 
-def test_step_members_refuses_cg_and_bad_shapes():
+def test_update_members_refuses_cg_and_bad_shapes():
     from particlegan.model.optimizers import make_optimizer
 
     with pytest.raises(ValueError, match="cannot step ensemble members"):
-        make_optimizer("cg", 0.1).step_members(np.zeros((2, 3)), np.zeros((2, 3)), [0.1, 0.1])
+        make_optimizer("cg", 0.1).update_members(opt.OptState(), np.zeros((2, 3)), np.zeros((2, 3)), [0.1, 0.1])
     with pytest.raises(ValueError, match="learning rates"):
-        make_optimizer("sgd", 0.1).step_members(np.zeros((2, 3)), np.zeros((2, 3)), [0.1])
+        make_optimizer("sgd", 0.1).update_members(opt.OptState(), np.zeros((2, 3)), np.zeros((2, 3)), [0.1])
     with pytest.raises(ValueError, match=r"\(B, P\)"):
-        make_optimizer("sgd", 0.1).step_members(np.zeros(3), np.zeros(3), [0.1])
+        make_optimizer("sgd", 0.1).update_members(opt.OptState(), np.zeros(3), np.zeros(3), [0.1])

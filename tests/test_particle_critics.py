@@ -156,7 +156,7 @@ def test_outer_step_leaves_its_input_state_unchanged(optimizer, model_type):
     np.testing.assert_array_equal(a.w, b.w)
     if model_type == "neural":
         np.testing.assert_array_equal(a.gen.theta, b.gen.theta)
-        assert a.gen.opt.step_count == b.gen.opt.step_count == state.gen.opt.step_count + 1
+        assert a.gen.opt.count == b.gen.opt.count == state.gen.opt.count + 1
     c, _ = dyn.outer_step(model, a)  # and the chain continues from the returned state
     assert c.step == a.step + 1
 
@@ -205,33 +205,35 @@ def test_outer_step_reads_no_config(critic, model_type):
 def _critic_and_state(*extra):
     cfg = tiny("run.backend=cpu", "dynamics.critic_steps_startup=3", *extra, seed=2)
     model, state = dyn.build_model(cfg, dyn.seed_streams(2))
-    return model.critic, state
+    return model, state
 
 
-def _both_loops(critic, state, n_steps, calls=2):
+def _both_loops(model, state, n_steps, calls=2):
     """The backend's one-call loop and the engine's Python loop from the same state, ``calls``
-    times in a row (moments carried over); returns ((w, finite, opt), (w, finite, opt))."""
+    times in a row (moments carried over); returns ((w, finite, opt_state), (w, finite, opt_state))."""
     from particlegan.model import critics as cr
 
+    critic, opt = model.critic, model.critic_optimizer
     ctx = critic.prepare(state.x)
     out = []
     for fused in (True, False):
-        opt, w, finite = state.critic_opt.copy(), state.w, True
+        opt_state, w, finite = state.critic_opt, state.w, True
         for _ in range(calls):
-            opt.begin_outer_step()
+            opt_state = opt.begin_outer_step(opt_state)
             if fused:
-                w, ok = critic.fused_ascent(opt, w, ctx, cr.step_rates([opt.schedule], opt.step_count, n_steps))
+                w, ok, opt_state = critic.fused_ascent(opt, opt_state, w, ctx,
+                                                       cr.step_rates([opt.schedule], opt_state.count, n_steps))
             else:
-                w, ok = cr.ascend_critic(opt, w, n_steps, lambda v: critic.objective_grad(v, state.x, ctx))
+                w, ok, opt_state = cr.ascend_critic(opt, opt_state, w, n_steps,
+                                                    lambda v: critic.objective_grad(v, state.x, ctx))
             finite = finite and ok
-        out.append((w, finite, opt.state_dict()))
+        out.append((w, finite, opt_state))
     return out
 
 
-def _same_state_dicts(a, b):
-    return a.keys() == b.keys() and all(
-        (x is None and y is None) or (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y)
-        for x, y in zip(a.values(), b.values()))
+def _same_states(a, b):
+    return all((x is None and y is None) or (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y)
+               for x, y in zip(vars(a).values(), vars(b).values()))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -246,21 +248,21 @@ def _same_state_dicts(a, b):
 def test_fused_critic_steps_are_bitwise_the_engine_loop(dtype, ctype, penalty, opt):
     """The cpu backend's one-call critic loop computes, op by op, what the engine's loop over
     objective_grad and the optimizer computes: same weights and optimizer state, bitwise."""
-    critic, state = _critic_and_state(f"run.dtype={dtype}", f"critic.type={ctype}", f"loss.penalty={penalty}", *opt)
-    (w1, f1, s1), (w2, f2, s2) = _both_loops(critic, state, n_steps=4)
+    model, state = _critic_and_state(f"run.dtype={dtype}", f"critic.type={ctype}", f"loss.penalty={penalty}", *opt)
+    (w1, f1, s1), (w2, f2, s2) = _both_loops(model, state, n_steps=4)
     assert f1 and f2 and w1.dtype == w2.dtype == np.dtype(dtype)
     assert np.array_equal(w1, w2) and not np.array_equal(w1, state.w)
-    assert _same_state_dicts(s1, s2)
+    assert _same_states(s1, s2) and s1.count == state.critic_opt.count + 8
 
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum"])  # (Adam's normalised steps stay finite)
 def test_fused_critic_steps_stop_at_the_first_non_finite_step_like_the_loop(opt):
-    critic, state = _critic_and_state(f"critic.optimizer={opt}", "dynamics.eta_d=1e300")
+    model, state = _critic_and_state(f"critic.optimizer={opt}", "dynamics.eta_d=1e300")
     with np.errstate(over="ignore", invalid="ignore"):  # the loops run into inf on purpose
-        (w1, f1, s1), (w2, f2, s2) = _both_loops(critic, state, n_steps=5, calls=1)
+        (w1, f1, s1), (w2, f2, s2) = _both_loops(model, state, n_steps=5, calls=1)
     assert not f1 and not f2
     assert np.all(np.isfinite(w1)) and np.array_equal(w1, w2)  # the last finite weights
-    assert s1["step_count"] == s2["step_count"] < state.critic_opt.step_count + 5
+    assert s1.count == s2.count < state.critic_opt.count + 5
 
 
 @pytest.mark.parametrize("extra", [["run.backend=numpy"], ["run.backend=cpu", "loss.penalty=interpolates"],
@@ -270,7 +272,6 @@ def test_fused_critic_steps_are_declined_where_the_loop_does_not_exist(extra):
 
     cfg = tiny(*extra)
     model, state = dyn.build_model(cfg, dyn.seed_streams(0))
-    opt = state.critic_opt.copy()
-    rates = cr.step_rates([opt.schedule], opt.step_count, 3)
-    assert model.critic.fused_ascent(opt, state.w, model.critic.prepare(state.x), rates) is None
-    assert opt.step_count == state.critic_opt.step_count  # nothing was stepped
+    opt = model.critic_optimizer
+    rates = cr.step_rates([opt.schedule], state.critic_opt.count, 3)
+    assert model.critic.fused_ascent(opt, state.critic_opt, state.w, model.critic.prepare(state.x), rates) is None

@@ -2,8 +2,9 @@
 
 A checkpoint (``checkpoint.npz``, written atomically, no pickles) holds the engine's state
 serialised field by field, whatever the engine (:func:`state_fields`: arrays as arrays,
-numbers as JSON, random-number streams as their bit-generator state, optimizers through their
-``state_dict``, nested state dataclasses under ``<field>__<name>``), and the recorder's part:
+numbers as JSON, random-number streams as their bit-generator state, nested state dataclasses
+(optimizer states, the MLP generator's state, a kernel critic's memory) under
+``<field>__<name>``), and the recorder's part:
 the observables and snapshots recorded so far, the observables random stream (KID subsets)
 and the KID learning-rate schedule's state (``sched__*``). The static model is rebuilt from the
 stored config and seed; :func:`restore_state` fills the rebuilt initial state with the stored
@@ -21,7 +22,7 @@ from particlegan.errors import DataError
 from particlegan.store.storage import atomic_save_npz
 
 _JSON_KEY = "__json__"
-FORMAT = 2  # 1: the hand-written field lists before 2026-12-03
+FORMAT = 3  # 1: the hand-written field lists before 2026-12-03; 2: optimizers as objects
 
 
 def _json_bytes(obj) -> np.ndarray:
@@ -32,23 +33,19 @@ def _state_types() -> dict:
     """The dataclasses that may sit inside a state field (rebuilt by name on restore)."""
     from particlegan.model.critics import KernelCriticState
     from particlegan.model.generators import MLPGeneratorState
+    from particlegan.model.optimizers import OptState
 
-    return {"KernelCriticState": KernelCriticState, "MLPGeneratorState": MLPGeneratorState}
+    return {cls.__name__: cls for cls in (KernelCriticState, MLPGeneratorState, OptState)}
 
 
 def _put(key: str, value, arrays: dict, scalars: dict) -> None:
     """Store ``value`` under ``key``: arrays in ``arrays``, everything else JSON in ``scalars``
-    (tagged dicts for streams, optimizers and nested dataclasses, whose parts go under
-    ``key__<part>``)."""
+    (tagged dicts for streams and nested dataclasses, e.g. optimizer states, whose parts go
+    under ``key__<part>``)."""
     if isinstance(value, np.ndarray):
         arrays[key] = value
     elif isinstance(value, np.random.Generator):
         scalars[key] = {"__rng__": value.bit_generator.state}
-    elif hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):  # an optimizer
-        sd = value.state_dict()
-        scalars[key] = {"__optimizer__": sorted(sd)}
-        for k, v in sd.items():
-            _put(f"{key}__{k}", v, arrays, scalars)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         names = [f.name for f in dataclasses.fields(value)]
         scalars[key] = {"__dataclass__": type(value).__name__, "fields": names}
@@ -71,10 +68,8 @@ def state_fields(state) -> tuple[dict, dict]:
     return arrays, scalars
 
 
-def _get(key: str, template, arrays: dict, scalars: dict):
-    """The value stored under ``key``; ``template`` (the rebuilt state's value) receives an
-    optimizer's state (optimizers keep their hyperparameters, which are not stored), also
-    inside a nested dataclass (the MLP generator's optimizer)."""
+def _get(key: str, arrays: dict, scalars: dict):
+    """The value stored under ``key`` (see :func:`_put`)."""
     from particlegan.model.streams import generator_in_state
 
     if key in arrays:
@@ -86,17 +81,11 @@ def _get(key: str, template, arrays: dict, scalars: dict):
         return value
     if "__rng__" in value:
         return generator_in_state(value["__rng__"])
-    if "__optimizer__" in value:
-        if template is None or not hasattr(template, "load_state_dict"):
-            raise DataError(f"field {key!r} holds an optimizer the rebuilt run does not have")
-        opt = template.copy()
-        opt.load_state_dict({k: _get(f"{key}__{k}", None, arrays, scalars) for k in value["__optimizer__"]})
-        return opt
     if "__dataclass__" in value:
         cls = _state_types().get(value["__dataclass__"])
         if cls is None:
             raise DataError(f"field {key!r} holds an unknown {value['__dataclass__']!r}")
-        return cls(**{n: _get(f"{key}__{n}", getattr(template, n, None), arrays, scalars) for n in value["fields"]})
+        return cls(**{n: _get(f"{key}__{n}", arrays, scalars) for n in value["fields"]})
     return value
 
 
@@ -104,7 +93,7 @@ def restore_state(fresh, ck: dict):
     """The rebuilt initial state ``fresh`` with every field taken from the checkpoint ``ck``
     (:func:`load_checkpoint`); DataError when a field is missing or does not fit."""
     arrays, scalars = ck["fields"]
-    values = {f.name: _get(f.name, getattr(fresh, f.name), arrays, scalars) for f in dataclasses.fields(fresh)}
+    values = {f.name: _get(f.name, arrays, scalars) for f in dataclasses.fields(fresh)}
     return dataclasses.replace(fresh, **values)
 
 

@@ -16,9 +16,10 @@ The two sides are objects with one interface each, composed freely: the generato
 pulled back through its Jacobian: ``model.type``) and the critic of
 :mod:`particlegan.model.particle_critics` (``critic.type``). The static part of a simulation is
 a frozen :class:`Model`; the evolving part a frozen :class:`State`; :func:`outer_step` is a pure
-function ``(model, state) -> (state, info)``: the optimizers and the random streams
-(``state.noise``: WGAN-GP interpolates, dropout masks; the MLP generator's fresh latents) are
-copied before they step, so the input state is never changed.
+function ``(model, state) -> (state, info)``: the optimizers are (init, update) rules in the
+model whose moments are arrays in the state (:class:`particlegan.model.optimizers.OptState`),
+and the random streams (``state.noise``: WGAN-GP interpolates, dropout masks; the MLP
+generator's fresh latents) are copied before they draw, so the input state is never changed.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from particlegan.backends import get_backend
 from particlegan.model import critics as cr
 from particlegan.model.generators import build_generator
 from particlegan.model.losses import Objective, objective_from_config
-from particlegan.model.optimizers import optimizer_from_config, scale_optimizer_lr
+from particlegan.model.optimizers import Optimizer, OptState, optimizer_from_config
 from particlegan.model.particle_critics import build_critic
 from particlegan.model.streams import advanced_copy, seed_streams
 from particlegan.model.targets import Target, make_target
@@ -59,8 +60,10 @@ class Model:
 
     ``generator`` is one of the generator objects of :mod:`particlegan.model.generators`,
     ``critic`` one of the critic objects of :mod:`particlegan.model.particle_critics` (one
-    interface per side); the engine below never asks which kinds they are. ``cfg`` is kept for
-    recording and checkpoints; the step reads ``params`` only.
+    interface per side); the engine below never asks which kinds they are. ``critic_optimizer``
+    is the critic's optimizer rule (hyperparameters; its state is ``State.critic_opt``), None
+    for fixed-kernel critics. ``cfg`` is kept for recording and checkpoints; the step reads
+    ``params`` only.
     """
 
     cfg: dict
@@ -69,6 +72,7 @@ class Model:
     y: np.ndarray                      # (M, d) target samples in the run dtype
     generator: object
     critic: object
+    critic_optimizer: Optimizer | None
     objective: Objective
     backend: object
     dtype: np.dtype
@@ -85,7 +89,8 @@ class State:
     w : (K,) random-feature critic weights, (P,) MLP or feature-MLP critic parameters (None for
         fixed-kernel critics).
     kernel_state : fixed-kernel critic memory (None for trainable critics).
-    critic_opt : the critic optimizer (holds its own moment/direction state).
+    critic_opt : the critic optimizer's state (:class:`particlegan.model.optimizers.OptState`:
+        step count, moments / directions as arrays), None for fixed-kernel critics.
     lr_scale : factor on both learning rates, eta_G -> lr_scale eta_G and eta_D -> lr_scale eta_D
         (1 unless a learning-rate schedule, ``schedule.kind = "kid"``, has decayed them).
     critic_finite : False once a critic step produced NaN/inf; ``w`` then holds the last finite
@@ -101,7 +106,7 @@ class State:
     x: np.ndarray
     w: np.ndarray | None
     kernel_state: cr.KernelCriticState | None
-    critic_opt: object | None
+    critic_opt: OptState | None
     lr_scale: float = 1.0
     critic_finite: bool = True
     noise: np.random.Generator | None = None
@@ -126,10 +131,12 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     generator, x0, gen_state = build_generator(cfg, streams, target, backend, dtype)
     y = target.samples.astype(dtype)
     critic, w = build_critic(cfg, y, backend, streams["critic"])
+    critic_optimizer = make_critic_optimizer(cfg) if w is not None else None
     model = Model(cfg=cfg, params=StepParams.from_config(cfg), target=target, y=y, generator=generator,
-                  critic=critic, objective=objective_from_config(cfg["loss"]), backend=backend, dtype=dtype)
+                  critic=critic, critic_optimizer=critic_optimizer, objective=objective_from_config(cfg["loss"]),
+                  backend=backend, dtype=dtype)
     state = State(step=0, x=x0, w=w, kernel_state=None,
-                  critic_opt=make_critic_optimizer(cfg) if w is not None else None,
+                  critic_opt=critic_optimizer.init() if w is not None else None,
                   noise=streams["noise"], gen=gen_state)
     state = train_critic(model, state, cfg["dynamics"]["critic_steps_startup"], critic.prepare(x0))
     return model, state
@@ -148,15 +155,15 @@ def train_critic(model: Model, state: State, n_steps: int, ctx=None) -> State:
     if n_steps == 0:
         return state
     ctx = critic.prepare(state.x) if ctx is None else ctx
-    opt = state.critic_opt.copy()  # the optimizer steps a copy: the input state stays as it was
-    scale_optimizer_lr(opt, model.params.eta_d, state.lr_scale)
-    opt.begin_outer_step()  # resets moments only when the optimizer was built with that option
+    opt = model.critic_optimizer
+    opt_state = opt.begin_outer_step(state.critic_opt)  # a reset only when built with that option
     fused = getattr(critic, "fused_ascent", None)  # the backend's one-call loop, where it has one
-    out = None if fused is None else fused(opt, state.w, ctx, cr.step_rates([opt.schedule], opt.step_count, n_steps))
+    rates = cr.step_rates([opt.schedule.scaled(state.lr_scale)], opt_state.count, n_steps)
+    out = None if fused is None else fused(opt, opt_state, state.w, ctx, rates)
     noise = advanced_copy(state.noise) if critic.draws_noise else None  # the input state's stays as it was
-    w, finite = out if out is not None else \
-        cr.ascend_critic(opt, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx, noise))
-    return dataclasses.replace(state, w=w, critic_opt=opt, critic_finite=state.critic_finite and finite,
+    w, finite, opt_state = out if out is not None else cr.ascend_critic(
+        opt, opt_state, state.w, n_steps, lambda w: critic.objective_grad(w, state.x, ctx, noise), state.lr_scale)
+    return dataclasses.replace(state, w=w, critic_opt=opt_state, critic_finite=state.critic_finite and finite,
                                noise=state.noise if noise is None else noise)
 
 

@@ -1,7 +1,7 @@
 """Batched ensembles: B runs of the same shapes advanced as one vectorised program (sweeps).
 
 The particle engine's state gains a leading ensemble axis: particles x (B, N, d), critic
-weights w (B, K), the critic optimizer's moments (B, K). One :func:`ensemble_outer_step`
+weights w (B, K), the critic optimizer state's moments (B, K). One :func:`ensemble_outer_step`
 advances every member with the critic object of :mod:`particlegan.model.particle_critics`
 built over stacked arrays (feature directions (B, K, d), per-member penalty weights, ...) and
 the backend ops in their ensemble form (:func:`particlegan.backends.members`: on the cpu backend
@@ -40,6 +40,7 @@ from particlegan.backends import members
 from particlegan.engine import dynamics as dyn
 from particlegan.model import critics as cr
 from particlegan.model.coupling import Coupling, apply_coupling
+from particlegan.model.optimizers import OptState
 from particlegan.model.particle_critics import CriticLoss, FeatureCritic
 from particlegan.progress import Reporter, null_reporter
 
@@ -94,6 +95,8 @@ class EnsembleModel:
     critic : a :class:`particlegan.model.particle_critics.FeatureCritic` over stacked arrays
         (directions (B, K, d), offsets (B, K), target feature means (B, K), per-member penalty
         weights and weight decays (B,)) with the backend's ensemble ops.
+    critic_optimizer : the members' critic optimizer rule (they agree but on the learning rate,
+        which ``schedules`` carries per member).
     couplings : the members' couplings (applied member by member: O(N d) each for the
         universal kernel).  eta_g : (B,) particle step sizes.  schedules : the members'
         critic learning-rate rules.  critic_steps, update : shared step constants.
@@ -101,6 +104,7 @@ class EnsembleModel:
 
     models: tuple
     critic: FeatureCritic
+    critic_optimizer: object
     couplings: tuple[Coupling, ...]
     eta_g: np.ndarray
     schedules: tuple
@@ -111,31 +115,29 @@ class EnsembleModel:
 
 @dataclass(frozen=True)
 class EnsembleState:
-    """Evolving state of an ensemble: step, x (B, N, d), w (B, K), the critic optimizer with
-    (B, K) moments, and critic_finite (B,) (False once a member's critic step was not finite)."""
+    """Evolving state of an ensemble: step, x (B, N, d), w (B, K), the critic optimizer's state
+    with (B, K) moments, and critic_finite (B,) (False once a member's critic step was not finite)."""
 
     step: int
     x: np.ndarray
     w: np.ndarray
-    critic_opt: object
+    critic_opt: OptState
     critic_finite: np.ndarray
 
 
-def _stacked_optimizer(opts):
-    """One optimizer holding the members' moments stacked (B, K): their state dicts agree on
-    every scalar (they stepped in lockstep) and their arrays are stacked."""
-    sds = [o.state_dict() for o in opts]
+def _stacked_opt_state(states) -> OptState:
+    """One optimizer state holding the members' moments stacked (B, K): their counters agree
+    (they stepped in lockstep) and their arrays are stacked."""
     merged = {}
-    for key, v in sds[0].items():
-        if isinstance(v, np.ndarray):
-            merged[key] = np.stack([sd[key] for sd in sds])
+    for f in dataclasses.fields(OptState):
+        values = [getattr(s, f.name) for s in states]
+        if isinstance(values[0], np.ndarray):
+            merged[f.name] = np.stack(values)
         else:
-            if any(sd[key] != v for sd in sds):
-                raise ValueError(f"ensemble members' critic optimizers disagree on {key!r}")
-            merged[key] = v
-    group = opts[0].copy()
-    group.load_state_dict(merged)
-    return group
+            if any(v != values[0] for v in values):
+                raise ValueError(f"ensemble members' critic optimizers disagree on {f.name!r}")
+            merged[f.name] = values[0]
+    return OptState(**merged)
 
 
 def build_ensemble(cfgs: list[dict]):
@@ -171,13 +173,14 @@ def build_ensemble(cfgs: list[dict]):
                       np.array([m.critic.loss.lam for m in models]),
                       np.array([m.critic.loss.weight_decay for m in models]))
     critic = FeatureCritic(fmap, real, loss, members(first.backend))
-    em = EnsembleModel(models=models, critic=critic, couplings=tuple(m.generator.coupling for m in models),
+    em = EnsembleModel(models=models, critic=critic, critic_optimizer=models[0].critic_optimizer,
+                       couplings=tuple(m.generator.coupling for m in models),
                        eta_g=np.array([m.generator.eta_g for m in models]),
-                       schedules=tuple(s.critic_opt.schedule for s in states),
+                       schedules=tuple(m.critic_optimizer.schedule for m in models),
                        critic_steps=models[0].params.critic_steps, update=models[0].params.update,
                        dtype=models[0].dtype)
     es = EnsembleState(step=0, x=np.stack([s.x for s in states]), w=np.stack([s.w for s in states]),
-                       critic_opt=_stacked_optimizer([s.critic_opt for s in states]),
+                       critic_opt=_stacked_opt_state([s.critic_opt for s in states]),
                        critic_finite=np.array([s.critic_finite for s in states]))
     return em, es, [(m, rng) for m, _, rng in built]
 
@@ -189,19 +192,20 @@ def train_ensemble_critic(em: EnsembleModel, es: EnsembleState, ctx) -> Ensemble
     stopped as diverged, as its own run would be)."""
     if em.critic_steps == 0:
         return es
-    opt = es.critic_opt.copy()  # the input state stays as it was
-    opt.begin_outer_step()
-    out = em.critic.fused_ascent(opt, es.w, ctx, cr.step_rates(em.schedules, opt.step_count, em.critic_steps))
+    opt = em.critic_optimizer
+    opt_state = opt.begin_outer_step(es.critic_opt)
+    out = em.critic.fused_ascent(opt, opt_state, es.w, ctx,
+                                 cr.step_rates(em.schedules, opt_state.count, em.critic_steps))
     if out is not None:  # the backend's one-call loop (cpu)
-        return dataclasses.replace(es, w=out[0], critic_opt=opt, critic_finite=es.critic_finite & out[1])
+        return dataclasses.replace(es, w=out[0], critic_opt=out[2], critic_finite=es.critic_finite & out[1])
     w, finite = es.w, es.critic_finite.copy()
     for _ in range(em.critic_steps):
-        lrs = [s(opt.step_count) for s in em.schedules]
-        w_new = opt.step_members(w, em.critic.objective_grad(w, es.x, ctx), lrs, maximize=True)
+        lrs = [s(opt_state.count) for s in em.schedules]
+        w_new, opt_state = opt.update_members(opt_state, w, em.critic.objective_grad(w, es.x, ctx), lrs, maximize=True)
         ok = np.isfinite(w_new).all(axis=1)
         w = w_new if ok.all() else np.where(ok[:, None], w_new, w)
         finite &= ok
-    return dataclasses.replace(es, w=w, critic_opt=opt, critic_finite=finite)
+    return dataclasses.replace(es, w=w, critic_opt=opt_state, critic_finite=finite)
 
 
 def ensemble_forces(em: EnsembleModel, es: EnsembleState, ctx) -> np.ndarray:

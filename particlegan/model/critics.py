@@ -272,23 +272,27 @@ def _numpy_backend():
     return get_backend("numpy")
 
 
-def ascend_critic(opt, w: np.ndarray, n_steps: int, grad_fn) -> tuple[np.ndarray, bool]:
-    """``n_steps`` gradient-ascent steps ``w <- opt.step(w, grad_fn(w))`` of a trainable critic.
+def ascend_critic(opt, opt_state, w: np.ndarray, n_steps: int, grad_fn, lr_scale: float = 1.0):
+    """``n_steps`` gradient-ascent steps ``w <- opt.update(opt_state, w, grad_fn(w))`` of a
+    trainable critic (learning rate ``lr_scale`` times the rule's).
 
     Stops at the first step whose parameters are not all finite and returns the last finite
-    ones: a diverging critic keeps its last good state (the run is then stopped as diverged).
+    ones: a diverging critic keeps its last good weights (the run is then stopped as diverged).
+    The optimizer state returned has taken the discarded step too, as in the backends' fused
+    loop (:meth:`particlegan.model.particle_critics.FeatureCritic.fused_ascent`).
 
     Returns
     -------
     w : (P,) parameters after the steps (the last finite ones).
     finite : False when a step produced NaN/inf (and was discarded).
+    opt_state : the :class:`particlegan.model.optimizers.OptState` after the steps taken.
     """
     for _ in range(n_steps):
-        w_new = opt.step(w, grad_fn(w), maximize=True)
+        w_new, opt_state = opt.update(opt_state, w, grad_fn(w), maximize=True, lr_scale=lr_scale)
         if not np.all(np.isfinite(w_new)):
-            return w, False
+            return w, False, opt_state
         w = w_new
-    return w, True
+    return w, True, opt_state
 
 
 def step_rates(schedules, start: int, n_steps: int) -> np.ndarray:

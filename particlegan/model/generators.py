@@ -46,7 +46,7 @@ import numpy as np
 
 from particlegan.maths import nn
 from particlegan.model.coupling import Coupling, apply_coupling, make_coupling
-from particlegan.model.optimizers import optimizer_from_config, scale_optimizer_lr
+from particlegan.model.optimizers import Optimizer, OptState, optimizer_from_config
 from particlegan.model.streams import advanced_copy
 from particlegan.model.targets import Target, init_particles
 
@@ -85,12 +85,12 @@ class ParticleGenerator:
 @dataclass(frozen=True)
 class MLPGeneratorState:
     """The MLP generator's evolving part: parameters ``theta`` (P_G,) (flat, the layout of
-    :class:`particlegan.maths.nn.MLP`), current latents ``z`` (N, d_z), its optimizer ``opt``
-    and the stream of fresh latent minibatches ``latents`` (never advanced in place)."""
+    :class:`particlegan.maths.nn.MLP`), current latents ``z`` (N, d_z), its optimizer's state
+    ``opt`` and the stream of fresh latent minibatches ``latents`` (never advanced in place)."""
 
     theta: np.ndarray
     z: np.ndarray
-    opt: object
+    opt: OptState
     latents: np.random.Generator
 
 
@@ -128,12 +128,13 @@ class MLPGenerator:
     Attributes
     ----------
     net : the MLP at initialisation (its architecture; the live parameters are ``gen.theta``).
-    eta_g : base learning rate.  latent_shape : (N, d_z, kind) of fresh minibatches.
+    optimizer : the generator's optimizer rule (base learning rate eta_G; its state is
+    ``gen.opt``).  latent_shape : (N, d_z, kind) of fresh minibatches.
     fresh_latents : draw new latents every step.  dtype : run dtype.
     """
 
     net: nn.MLP
-    eta_g: float
+    optimizer: Optimizer
     latent_shape: tuple
     fresh_latents: bool
     dtype: np.dtype
@@ -144,9 +145,9 @@ class MLPGenerator:
         net = make_generator(cfg, streams["coupling"], dtype)
         shape = latent_shape(cfg)
         z = draw_latents(shape, streams["particles"], dtype)
-        gen = cls(net, float(cfg["dynamics"]["eta_g"]), shape, bool(cfg["generator"]["fresh_latents"]), dtype)
-        state = MLPGeneratorState(theta=net.theta.copy(), z=z, opt=generator_optimizer(cfg),
-                                  latents=streams["particles"])
+        opt = generator_optimizer(cfg)
+        gen = cls(net, opt, shape, bool(cfg["generator"]["fresh_latents"]), dtype)
+        state = MLPGeneratorState(theta=net.theta.copy(), z=z, opt=opt.init(), latents=streams["particles"])
         return gen, nn.mlp_apply(net, z), state
 
     def param_grad(self, gen_state: MLPGeneratorState, forces: np.ndarray) -> np.ndarray:
@@ -157,16 +158,15 @@ class MLPGenerator:
         return nn.mlp_backward(net, cache, -forces / gen_state.z.shape[0])[0]
 
     def step(self, gen_state: MLPGeneratorState, x: np.ndarray, forces: np.ndarray, lr_scale: float):
-        opt = gen_state.opt.copy()  # steps a copy: the input state stays as it was
-        scale_optimizer_lr(opt, self.eta_g, lr_scale)
-        opt.begin_outer_step()
-        theta = opt.step(gen_state.theta, self.param_grad(gen_state, forces))
+        opt_state = self.optimizer.begin_outer_step(gen_state.opt)
+        theta, opt_state = self.optimizer.update(opt_state, gen_state.theta, self.param_grad(gen_state, forces),
+                                                 lr_scale=lr_scale)
         latents, z = gen_state.latents, gen_state.z
         if self.fresh_latents:
             latents = advanced_copy(gen_state.latents)
             z = draw_latents(self.latent_shape, latents, self.dtype)
         x_new = nn.mlp_apply(self.net.with_theta(theta), z)
-        return x_new, MLPGeneratorState(theta=theta, z=z, opt=opt, latents=latents)
+        return x_new, MLPGeneratorState(theta=theta, z=z, opt=opt_state, latents=latents)
 
     def is_finite(self, gen_state: MLPGeneratorState) -> bool:
         return bool(np.all(np.isfinite(gen_state.theta)))

@@ -4,22 +4,25 @@ Used by the neural generator and critic (flat ``MLP.theta``), by the particle mo
 random-feature critic (weights w) and, if wanted, by the particles themselves (any array shape
 works: everything is computed on the flattened array and the result has the input shape).
 
-API
----
-``opt = make_optimizer(name, lr, **options)``; ``new = opt.step(params, grad, maximize=False)``
-returns a NEW array (``params`` is not modified) and advances the optimizer's internal state.
-``maximize=True`` means the optimizer *minimises the negated objective*: it uses -grad
-everywhere in place of grad (moments, CG directions and beta rules all see -grad), so a run with
-``maximize=True`` on grad f is bitwise identical to a run with ``maximize=False`` on grad(-f).
-Coupled L2 weight decay (as torch) adds ``weight_decay * params`` to that (negated) gradient,
-so it always pulls toward 0.
+API: (init, update) pairs
+------------------------
+``opt = make_optimizer(name, lr, **options)`` is the rule (hyperparameters only, never changed);
+its evolving part is an :class:`OptState` of plain arrays and counters (step count, moments,
+CG directions), which the engines keep in their state. ``state = opt.init()``;
+``new, state = opt.update(state, params, grad, maximize=False, lr_scale=1.0)`` is pure: it
+returns a NEW array and a NEW state (``params``, ``grad`` and the given state are not modified),
+so stepping twice from one state gives bitwise the same result. ``lr_scale`` multiplies the
+schedule's base rate (the KID learning-rate decay). ``maximize=True`` means the optimizer
+*minimises the negated objective*: it uses -grad everywhere in place of grad (moments, CG
+directions and beta rules all see -grad), so a run with ``maximize=True`` on grad f is bitwise
+identical to a run with ``maximize=False`` on grad(-f). Coupled L2 weight decay (as torch) adds
+``weight_decay * params`` to that (negated) gradient, so it always pulls toward 0.
 
-``opt.state_dict()`` returns a flat dict of numpy arrays (copies) and plain Python numbers /
-strings / None; ``opt.load_state_dict(sd)`` restores it so that continued trajectories are
-bitwise identical. ``opt.reset()`` clears moments / directions / the Adam bias-correction count
-(as if the optimizer were re-created) but keeps the learning-rate schedule's step counter;
-``opt.begin_outer_step()`` calls ``reset()`` iff the optimizer was built with
+``opt.reset(state)`` clears moments / directions / the Adam bias-correction count (as if the
+optimizer were re-created) but keeps the learning-rate schedule's step counter;
+``opt.begin_outer_step(state)`` resets iff the optimizer was built with
 ``reset_each_outer_step=True`` (USD's "Adam re-created each outer step", effective-gan-spec A6.4).
+States are dataclasses of arrays and numbers: checkpoints store them field by field.
 
 Methods
 -------
@@ -46,7 +49,6 @@ separately.
 """
 from __future__ import annotations
 
-import copy as _copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -103,6 +105,10 @@ class LRSchedule:
             return self.lr0 / (n + 1)
         return self.lr0 * self.decay ** (n // self.every)
 
+    def scaled(self, factor: float) -> "LRSchedule":
+        """The same rule with base rate ``lr0 * factor`` (``factor = 1``: this rule itself)."""
+        return self if factor == 1 else dataclasses.replace(self, lr0=self.lr0 * float(factor))
+
 
 def make_lr_schedule(kind: str, lr0: float, power: float = 0.5, decay: float = 0.9,
                      every: int = 10000, key_prefix: str = "optimizer") -> LRSchedule:
@@ -138,22 +144,49 @@ def _rate(lr, x: np.ndarray):
     return np.asarray(lr, dtype=x.dtype) if isinstance(lr, np.ndarray) else lr
 
 
+@dataclass(frozen=True)
+class OptState:
+    """The evolving part of an optimizer: plain arrays and counters, nothing else (the rule,
+    :class:`Optimizer`, holds the hyperparameters). Never modified: an update returns a new one.
+
+    Attributes
+    ----------
+    count : steps taken (drives the learning-rate schedule; kept by a reset).
+    t : Adam's steps since the last reset (its bias correction).
+    m : momentum buffer, or Adam's first moment; None until the first step (and after a reset).
+    v, v_max : Adam's second moment and, with amsgrad, its running maximum.
+    prev_grad, direction : CG's previous (effective) gradient and stored direction.
+    beta : CG's last beta (a float; (S,) per tensor), for diagnostics.
+    Moments have the parameters' shape ((B, P) for an ensemble's members).
+    """
+
+    count: int = 0
+    t: int = 0
+    m: np.ndarray | None = None
+    v: np.ndarray | None = None
+    v_max: np.ndarray | None = None
+    prev_grad: np.ndarray | None = None
+    direction: np.ndarray | None = None
+    beta: float | np.ndarray | None = None
+
+
 @dataclass
 class FusedSteps:
     """n element-wise optimizer steps of B members, as a backend loop runs them
-    (:meth:`Optimizer.fused_steps`): the loop must compute, op by op, what ``_update`` computes.
+    (:meth:`Optimizer.fused_steps`): the loop must compute, op by op, what ``_apply`` computes.
 
     Attributes
     ----------
     kind : "sgd" | "momentum" | "adam".
     rates : (n_steps, B) float64 step factors: alpha_n (sgd, momentum) or alpha_n / (1 - b1^t)
-        (adam, the bias correction of step t folded in as ``_update`` does).
+        (adam, the bias correction of step t folded in as ``_apply`` does).
     bc2 : (n_steps,) float64 Adam's 1 - b2^t of each step (ones otherwise).
     mu, nesterov : momentum.  b1, b2, eps, amsgrad : Adam.  weight_decay : coupled L2 (added to
         the negated gradient).
     m, v, v_max : (B, P) moments in the parameters' dtype (momentum: m is the buffer; unused
-        ones are empty (B, 0) arrays).  fresh : True when the moments are not set yet (the
-        momentum buffer starts as the first gradient, Adam's moments as zeros).
+        ones are empty (B, 0) arrays), copies the loop updates in place.  fresh : True when the
+        moments are not set yet (the momentum buffer starts as the first gradient, Adam's
+        moments as zeros).
     """
 
     kind: str
@@ -189,17 +222,20 @@ def _fused(opt, kind, lrs, shape, dtype, **kw) -> FusedSteps:
 
 
 def _unstack(arr: np.ndarray, members: bool) -> np.ndarray:
-    """Moments (B, P) of a fused loop in the optimizer's layout: (B, P) for an ensemble's
-    optimizer, (P,) for a single run's."""
+    """Moments (B, P) of a fused loop in the state's layout: (B, P) for an ensemble, (P,) for a
+    single run."""
     return arr if members else arr[0]
 
 
 # ----------------------------------------------------------------------- base class ----
 class Optimizer:
-    """Common machinery: schedule, maximisation, weight decay, step counter, reset.
+    """An optimizer rule as an (init, update) pair: the hyperparameters live here (never
+    changed after construction), the evolving part in an :class:`OptState`.
 
-    Subclasses implement ``_update(x, g, lr, **kw) -> new x`` on flat arrays, ``_clear()``,
-    ``_state()`` and ``_load(sd)``.
+    Common machinery: schedule, maximisation, weight decay, step counter, reset. Subclasses
+    implement ``_apply(state, x, g, lr, step_size) -> (new x, new state)`` on flat arrays
+    (``x`` (P,) or (B, P) with ``lr`` a (B, 1) column), building new moment arrays (the given
+    state's are never written).
     """
 
     name = ""
@@ -209,13 +245,15 @@ class Optimizer:
         self.schedule = schedule
         self.weight_decay = float(weight_decay)
         self.reset_each_outer_step = bool(reset_each_outer_step)
-        self.step_count = 0  # total steps taken (drives the lr schedule; survives reset())
-        self._clear()
 
-    @property
-    def lr(self) -> float:
-        """Learning rate alpha_n of the next step."""
-        return self.schedule(self.step_count)
+    def init(self) -> OptState:
+        """The state before the first step (moments unset, count 0)."""
+        return OptState()
+
+    def lr(self, state: OptState, lr_scale: float = 1.0) -> float:
+        """Learning rate alpha_n of the next step (n = ``state.count``), base rate scaled by
+        ``lr_scale``."""
+        return self.schedule.scaled(lr_scale)(state.count)
 
     def _effective_grad(self, x: np.ndarray, grad, maximize: bool) -> np.ndarray:
         g = np.asarray(grad, dtype=x.dtype)
@@ -227,122 +265,86 @@ class Optimizer:
             g += x.dtype.type(self.weight_decay) * x.ravel()
         return g
 
-    def step(self, params: np.ndarray, grad: np.ndarray, maximize: bool = False) -> np.ndarray:
-        """One optimizer step.
+    def update(self, state: OptState, params: np.ndarray, grad: np.ndarray, maximize: bool = False,
+               lr_scale: float = 1.0, step_size: Callable[[np.ndarray], float] | None = None
+               ) -> tuple[np.ndarray, OptState]:
+        """One optimizer step; pure (``state``, ``params`` and ``grad`` are not modified).
 
         Parameters
         ----------
-        params : parameters x_n (any shape, float32 or float64); not modified.
+        state : the optimizer state before the step (:meth:`init` for the first).
+        params : parameters x_n (any shape, float32 or float64).
         grad : gradient of the objective at x_n, same shape.
         maximize : ascend the objective (minimise its negation: -grad is used throughout).
+        lr_scale : factor on the schedule's base rate (the KID schedule's decay; 1: as built).
+        step_size : CG only: ``step_size(d_n) -> alpha_n`` replaces the schedule (d_n flat, in
+            the minimisation convention; e.g. an exact line search).
 
         Returns
         -------
-        x_{n+1} : new array with the shape and dtype of ``params``.
+        (x_{n+1} with the shape and dtype of ``params``, the state after the step)
         """
         x = np.asarray(params)
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float64)
+        if step_size is not None and self.name != "cg":
+            raise ValueError(f"step_size is a CG option, not one of the {self.name!r} optimizer")
         g = self._effective_grad(x, grad, maximize)
-        new = self._update(x.ravel(), g, self.lr)
-        self.step_count += 1
-        return new.astype(x.dtype, copy=False).reshape(x.shape)
+        new, st = self._apply(state, x.ravel(), g, self.lr(state, lr_scale), step_size)
+        return new.astype(x.dtype, copy=False).reshape(x.shape), dataclasses.replace(st, count=state.count + 1)
 
-    #: True when ``_update`` is element-wise in (x, g), so that :meth:`step_members` can advance
-    #: an ensemble of independent parameter vectors (rows) at once; CG's beta is a global dot
-    #: product and is not.
+    #: True when ``_apply`` is element-wise in (x, g), so that :meth:`update_members` can
+    #: advance an ensemble of independent parameter vectors (rows) at once; CG's beta is a
+    #: global dot product and is not.
     elementwise = True
 
-    def step_members(self, params: np.ndarray, grad: np.ndarray, lrs: np.ndarray,
-                     maximize: bool = False) -> np.ndarray:
+    def update_members(self, state: OptState, params: np.ndarray, grad: np.ndarray, lrs: np.ndarray,
+                       maximize: bool = False) -> tuple[np.ndarray, OptState]:
         """One step of B independent members at once (an ensemble's batched program).
 
-        Row b of ``params`` (B, P) is stepped exactly as :meth:`step` steps that row alone with
+        Row b of ``params`` (B, P) is stepped exactly as :meth:`update` steps that row alone with
         learning rate ``lrs[b]`` (bitwise: the update is element-wise and the rate is rounded
-        to the parameters' dtype as a scalar rate is); the moments of this optimizer are then
-        (B, P) arrays. ``lrs`` : (B,) learning rates alpha_n of this step, one per member.
+        to the parameters' dtype as a scalar rate is); the moments are (B, P) arrays.
+        ``lrs`` : (B,) learning rates alpha_n of this step, one per member.
         """
         if not self.elementwise:
             raise ValueError(f"the {self.name!r} optimizer couples the parameters (dot products): "
                              "it cannot step ensemble members side by side")
         x = np.asarray(params)
         if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
-            raise ValueError(f"step_members needs (B, P) float parameters, got {x.shape} {x.dtype}")
+            raise ValueError(f"update_members needs (B, P) float parameters, got {x.shape} {x.dtype}")
         lr = np.asarray(lrs, dtype=np.float64).reshape(-1, 1)
         if lr.shape[0] != x.shape[0]:
             raise ValueError(f"{lr.shape[0]} learning rates for {x.shape[0]} members")
         g = self._effective_grad(x, grad, maximize).reshape(x.shape)
-        new = self._update(x, g, lr)
-        self.step_count += 1
-        return new.astype(x.dtype, copy=False)
+        new, st = self._apply(state, x, g, lr, None)
+        return new.astype(x.dtype, copy=False), dataclasses.replace(st, count=state.count + 1)
 
-    def fused_steps(self, lrs: np.ndarray, shape: tuple, dtype) -> "FusedSteps | None":
+    def fused_steps(self, state: OptState, lrs: np.ndarray, shape: tuple, dtype) -> "FusedSteps | None":
         """What a backend loop needs to run ``len(lrs)`` steps of this optimizer itself (the cpu
         backend's fused critic ascent), or None when the update is not element-wise (CG).
 
         ``lrs`` : (n_steps, B) float64 learning rates alpha_n of each step for each member
         (B = 1 for a single run); ``shape`` : (B, P) and ``dtype`` of the parameters. The
-        moments are copies: :meth:`absorb_fused` stores the loop's results back.
+        moments are copies of ``state``'s: :meth:`absorb_fused` makes the state after the loop.
         """
         return None
 
-    def absorb_fused(self, steps: "FusedSteps", n_done: int, members: bool) -> None:
-        """Take the moments of ``steps`` after a backend loop ran ``n_done`` of its steps
-        (:meth:`fused_steps`): (B, P) moments for an ensemble's optimizer (``members``), (P,)
-        for a single run's."""
+    def absorb_fused(self, state: OptState, steps: "FusedSteps", n_done: int, members: bool) -> OptState:
+        """The state after a backend loop ran ``n_done`` of the steps of ``steps``
+        (:meth:`fused_steps`): (B, P) moments for an ensemble (``members``), (P,) for a single
+        run."""
         raise NotImplementedError
 
-    def reset(self) -> None:
-        """Forget moments/directions (as if re-created); the schedule counter is kept."""
-        self._clear()
+    def reset(self, state: OptState) -> OptState:
+        """Moments / directions forgotten (as if re-created); the schedule counter is kept."""
+        return OptState(count=state.count)
 
-    def begin_outer_step(self) -> None:
-        """Call at the start of every outer step: resets iff ``reset_each_outer_step``."""
-        if self.reset_each_outer_step:
-            self.reset()
+    def begin_outer_step(self, state: OptState) -> OptState:
+        """The state to start an outer step from: reset iff ``reset_each_outer_step``."""
+        return self.reset(state) if self.reset_each_outer_step else state
 
-    def copy(self) -> "Optimizer":
-        """An independent copy: the same hyperparameters (shared, immutable) and copies of the
-        moments / directions, so that stepping the copy leaves this optimizer as it was (what
-        the engines' pure outer step needs; a fraction of copy.deepcopy's cost)."""
-        new = _copy.copy(self)
-        new.load_state_dict(self.state_dict())
-        return new
-
-    def state_dict(self) -> dict:
-        """Flat dict of array copies and plain scalars; see :meth:`load_state_dict`."""
-        sd = {"name": self.name, "step_count": int(self.step_count)}
-        for k, v in self._state().items():
-            sd[k] = None if v is None else (v.copy() if isinstance(v, np.ndarray) else v)
-        return sd
-
-    def load_state_dict(self, sd: Mapping) -> None:
-        """Restore a :meth:`state_dict` (arrays are copied; the hyperparameters are not stored)."""
-        name = sd.get("name")
-        if isinstance(name, np.ndarray):
-            name = str(name)
-        if name != self.name:
-            raise DataError(f"optimizer state is for {name!r}, not {self.name!r}")
-        self.step_count = int(sd["step_count"])
-        self._load(sd)
-
-    # helpers for subclasses
-    @staticmethod
-    def _array_or_none(v):
-        if v is None:
-            return None
-        return np.array(v, copy=True)
-
-    def _clear(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _state(self) -> dict:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _load(self, sd: Mapping) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _update(self, x, g, lr):  # pragma: no cover - overridden
+    def _apply(self, state, x, g, lr, step_size):  # pragma: no cover - overridden
         raise NotImplementedError
 
 
@@ -351,28 +353,20 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def _clear(self) -> None:
-        pass
+    def _apply(self, state, x, g, lr, step_size):
+        return x - _rate(lr, x) * g, state
 
-    def _state(self) -> dict:
-        return {}
-
-    def _load(self, sd: Mapping) -> None:
-        pass
-
-    def _update(self, x, g, lr):
-        return x - _rate(lr, x) * g
-
-    def fused_steps(self, lrs, shape, dtype):
+    def fused_steps(self, state, lrs, shape, dtype):
         return _fused(self, "sgd", lrs, shape, dtype)
 
-    def absorb_fused(self, steps, n_done, members):
-        self.step_count += n_done
+    def absorb_fused(self, state, steps, n_done, members):
+        return dataclasses.replace(state, count=state.count + n_done)
 
 
 class Momentum(Optimizer):
     """Heavy-ball momentum (torch SGD convention): v_n = mu v_{n-1} + g_n, v_0 = g_0;
-    x_{n+1} = x_n - alpha_n v_n, or x_n - alpha_n (g_n + mu v_n) with Nesterov.
+    x_{n+1} = x_n - alpha_n v_n, or x_n - alpha_n (g_n + mu v_n) with Nesterov. The buffer v is
+    ``state.m``.
 
     For constant alpha this is x_{n+1} = x_n - alpha g_n + mu (x_n - x_{n-1}).
     """
@@ -384,31 +378,19 @@ class Momentum(Optimizer):
         self.nesterov = bool(nesterov)
         super().__init__(schedule, **kw)
 
-    def _clear(self) -> None:
-        self.buf = None
+    def _apply(self, state, x, g, lr, step_size):
+        mu = x.dtype.type(self.momentum)
+        buf = g.copy() if state.m is None else mu * state.m + g
+        upd = g + mu * buf if self.nesterov else buf
+        return x - _rate(lr, x) * upd, dataclasses.replace(state, m=buf)
 
-    def _state(self) -> dict:
-        return {"buf": self.buf}
-
-    def _load(self, sd: Mapping) -> None:
-        self.buf = self._array_or_none(sd.get("buf"))
-
-    def _update(self, x, g, lr):
-        if self.buf is None:
-            self.buf = g.copy()
-        else:
-            self.buf = x.dtype.type(self.momentum) * self.buf + g
-        upd = g + x.dtype.type(self.momentum) * self.buf if self.nesterov else self.buf
-        return x - _rate(lr, x) * upd
-
-    def fused_steps(self, lrs, shape, dtype):
+    def fused_steps(self, state, lrs, shape, dtype):
         return _fused(self, "momentum", lrs, shape, dtype, mu=self.momentum, nesterov=self.nesterov,
-                      m=_moments(self.buf, shape, dtype), fresh=self.buf is None)
+                      m=_moments(state.m, shape, dtype), fresh=state.m is None)
 
-    def absorb_fused(self, steps, n_done, members):
-        if n_done:
-            self.buf = _unstack(steps.m, members)
-        self.step_count += n_done
+    def absorb_fused(self, state, steps, n_done, members):
+        m = _unstack(steps.m, members) if n_done else state.m
+        return dataclasses.replace(state, count=state.count + n_done, m=m)
 
 
 class Adam(Optimizer):
@@ -427,69 +409,49 @@ class Adam(Optimizer):
         self.amsgrad = bool(amsgrad)
         super().__init__(schedule, **kw)
 
-    def _clear(self) -> None:
-        self.t = 0
-        self.m = self.v = self.v_max = None
-
-    def _state(self) -> dict:
-        return {"t": int(self.t), "m": self.m, "v": self.v, "v_max": self.v_max}
-
-    def _load(self, sd: Mapping) -> None:
-        self.t = int(sd["t"])
-        self.m = self._array_or_none(sd.get("m"))
-        self.v = self._array_or_none(sd.get("v"))
-        self.v_max = self._array_or_none(sd.get("v_max"))
-
-    def _update(self, x, g, lr):
+    def _apply(self, state, x, g, lr, step_size):
         b1, b2 = self.betas
         t = x.dtype.type
-        if self.m is None:
-            self.m = np.zeros_like(x)
-            self.v = np.zeros_like(x)
-            if self.amsgrad:
-                self.v_max = np.zeros_like(x)
-        self.t += 1
-        # in place on the optimizer's own moments, op by op as the textbook expressions
-        # m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g^2 (same roundings; no fresh arrays,
-        # which at 1e5+ parameters cost more than the arithmetic)
-        tmp = np.multiply(g, t(1 - b1))
-        self.m *= t(b1)
-        self.m += tmp
-        np.multiply(g, g, out=tmp)
+        fresh = state.m is None
+        # the textbook m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g^2, op by op (the same
+        # roundings as the backend's fused loop), into new arrays: the given state is not written
+        m = np.zeros_like(x) if fresh else state.m * t(b1)
+        m += np.multiply(g, t(1 - b1))
+        tmp = np.multiply(g, g)
         tmp *= t(1 - b2)
-        self.v *= t(b2)
-        self.v += tmp
-        second = self.v
+        v = np.zeros_like(x) if fresh else state.v * t(b2)
+        v += tmp
+        second, v_max = v, None
         if self.amsgrad:
-            np.maximum(self.v_max, self.v, out=self.v_max)
-            second = self.v_max
-        bc1 = 1 - b1 ** self.t
-        bc2 = 1 - b2 ** self.t
+            v_max = np.maximum(v if fresh else state.v_max, v)  # max(0, v) = v for the first step
+            second = v_max
+        step = state.t + 1
+        bc1 = 1 - b1 ** step
+        bc2 = 1 - b2 ** step
         np.divide(second, t(bc2), out=tmp)
         np.sqrt(tmp, out=tmp)
         tmp += t(self.eps)                      # denom = sqrt(second / bc2) + eps
-        np.divide(self.m, tmp, out=tmp)
+        np.divide(m, tmp, out=tmp)
         tmp *= _rate(lr / bc1, x)
-        return x - tmp
+        return x - tmp, dataclasses.replace(state, t=step, m=m, v=v, v_max=v_max)
 
-    def fused_steps(self, lrs, shape, dtype):
+    def fused_steps(self, state, lrs, shape, dtype):
         b1, b2 = self.betas
-        ts = self.t + 1 + np.arange(len(lrs))
-        bc1 = np.array([1 - b1 ** int(t) for t in ts])  # Python's float power, as _update takes it
+        ts = state.t + 1 + np.arange(len(lrs))
+        bc1 = np.array([1 - b1 ** int(t) for t in ts])  # Python's float power, as _apply takes it
         bc2 = np.array([1 - b2 ** int(t) for t in ts])
         return _fused(self, "adam", np.asarray(lrs, dtype=np.float64) / bc1[:, None], shape, dtype,
                       b1=b1, b2=b2, eps=self.eps, amsgrad=self.amsgrad, bc2=bc2,
-                      m=_moments(self.m, shape, dtype), v=_moments(self.v, shape, dtype),
-                      v_max=_moments(self.v_max, shape, dtype) if self.amsgrad else np.zeros((shape[0], 0), dtype),
-                      fresh=self.m is None)
+                      m=_moments(state.m, shape, dtype), v=_moments(state.v, shape, dtype),
+                      v_max=_moments(state.v_max, shape, dtype) if self.amsgrad else np.zeros((shape[0], 0), dtype),
+                      fresh=state.m is None)
 
-    def absorb_fused(self, steps, n_done, members):
-        if n_done:
-            self.m, self.v = _unstack(steps.m, members), _unstack(steps.v, members)
-            if self.amsgrad:
-                self.v_max = _unstack(steps.v_max, members)
-            self.t += n_done
-        self.step_count += n_done
+    def absorb_fused(self, state, steps, n_done, members):
+        if not n_done:
+            return state
+        return dataclasses.replace(state, count=state.count + n_done, t=state.t + n_done,
+                                   m=_unstack(steps.m, members), v=_unstack(steps.v, members),
+                                   v_max=_unstack(steps.v_max, members) if self.amsgrad else None)
 
 
 # ------------------------------------------------------------------ conjugate gradient ----
@@ -554,8 +516,9 @@ class ConjugateGradient(Optimizer):
 
     with one global beta over the flattened vector, or (``per_tensor=True``) one beta per slice
     of ``slices`` (which must tile the vector; e.g. ``MLP.tensor_slices()``), as the reference
-    code does per parameter tensor. ``step(..., step_size=fn)`` lets ``fn(d_n) -> alpha_n``
-    replace the schedule (e.g. an exact line search; not from the paper).
+    code does per parameter tensor. ``update(..., step_size=fn)`` lets ``fn(d_n) -> alpha_n``
+    replace the schedule (e.g. an exact line search; not from the paper). The state keeps
+    g_{n-1} (``prev_grad``), the stored direction (``direction``) and the last beta.
 
     Reference-code defects (``Hiroki11x/ConjugateGradient_GAN: jupyter/toy_example/
     cg_optimizer.py``; spec 2.6), reproducible ONLY through these flags, all off by default:
@@ -585,23 +548,11 @@ class ConjugateGradient(Optimizer):
         self.beta_clip = beta_clip
         self.mu = float(mu)
         self.per_tensor = bool(per_tensor)
-        self.slices = list(slices) if slices is not None else None
+        self.slices = tuple(slices) if slices is not None else None
         self.legacy_first_step_ascent = bool(legacy_first_step_ascent)
         self.legacy_direction_update = bool(legacy_direction_update)
         self.legacy_alias_bug = bool(legacy_alias_bug)
-        self.last_beta = None
         super().__init__(schedule, **kw)
-
-    def _clear(self) -> None:
-        self.prev_grad = None
-        self.direction = None
-
-    def _state(self) -> dict:
-        return {"prev_grad": self.prev_grad, "direction": self.direction}
-
-    def _load(self, sd: Mapping) -> None:
-        self.prev_grad = self._array_or_none(sd.get("prev_grad"))
-        self.direction = self._array_or_none(sd.get("direction"))
 
     def _segments(self, size: int) -> list[slice]:
         if not self.per_tensor:
@@ -614,47 +565,33 @@ class ConjugateGradient(Optimizer):
             pos = stop
         if pos != size:
             raise ValueError(f"cg per_tensor slices cover {pos} of {size} parameters")
-        return self.slices
+        return list(self.slices)
 
-    def step(self, params: np.ndarray, grad: np.ndarray, maximize: bool = False,
-             step_size: Callable[[np.ndarray], float] | None = None) -> np.ndarray:
-        """As :meth:`Optimizer.step`; ``step_size(d_n) -> alpha_n`` optionally overrides the
-        schedule (d_n flat, in the minimisation convention)."""
-        self._step_size = step_size
-        try:
-            return super().step(params, grad, maximize)
-        finally:
-            self._step_size = None
-
-    def _update(self, x, g, lr):
+    def _apply(self, state, x, g, lr, step_size):
         t = x.dtype.type
         segments = self._segments(x.size)
-        if self.prev_grad is None:
+        if state.prev_grad is None:
             d = -g
             stored = d
             betas = [0.0] * len(segments)
             move = g if self.legacy_first_step_ascent else d
         else:
-            g_prev = g if self.legacy_alias_bug else self.prev_grad
+            g_prev = g if self.legacy_alias_bug else state.prev_grad
             d = np.empty_like(g)
             stored = np.empty_like(g) if self.legacy_direction_update else d
             betas = []
             for s in segments:
-                beta = cg_beta(self.rule, g[s], g_prev[s], self.direction[s], self.beta_clip,
+                beta = cg_beta(self.rule, g[s], g_prev[s], state.direction[s], self.beta_clip,
                                self.mu)
                 betas.append(beta)
                 gamma = t(self.beta_scale * beta)
-                d[s] = -g[s] + gamma * self.direction[s]
+                d[s] = -g[s] + gamma * state.direction[s]
                 if self.legacy_direction_update:
                     stored[s] = gamma * d[s] - g[s]
             move = d
-        self.last_beta = betas[0] if not self.per_tensor else np.array(betas)
-        alpha = lr if self._step_size is None else float(self._step_size(d.copy()))
-        self.prev_grad = g.copy()
-        self.direction = stored.copy()
-        return x + alpha * move
-
-    _step_size = None
+        alpha = lr if step_size is None else float(step_size(d.copy()))
+        beta = betas[0] if not self.per_tensor else np.array(betas)
+        return x + alpha * move, dataclasses.replace(state, prev_grad=g.copy(), direction=stored.copy(), beta=beta)
 
 
 # -------------------------------------------------------------------------- factory ----
@@ -820,14 +757,3 @@ def optimizer_from_config(section: Mapping, lr: float, player: str,
         options["per_tensor"] = True
         options["slices"] = list(slices)
     return make_optimizer(name, lr, key_prefix=player, key_names=names, **options)
-
-
-def scale_optimizer_lr(opt, lr0: float, lr_scale: float) -> None:
-    """Set the base learning rate of ``opt`` (built with ``lr0``) to ``lr0 * lr_scale``.
-
-    The optimizer's own rule (``lr_schedule``) still applies on top; ``lr_scale = 1`` restores
-    the configured rate exactly.
-    """
-    base = float(lr0) * float(lr_scale)
-    if opt.schedule.lr0 != base:
-        opt.schedule = dataclasses.replace(opt.schedule, lr0=base)

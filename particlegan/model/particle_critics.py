@@ -5,7 +5,8 @@ these objects; adding a critic means writing one class here and one line in
 :func:`build_critic`, not editing the engine. Every object answers:
 
 * ``trainable`` -- True when the critic has parameters ``state.w`` trained by gradient ascent
-  with ``state.critic_opt`` (the engine runs the steps, :func:`particlegan.model.critics.ascend_critic`);
+  with the model's critic optimizer, whose state is ``state.critic_opt`` (the engine runs the
+  steps, :func:`particlegan.model.critics.ascend_critic`);
   False for the fixed-kernel critics, which update their own memory (``train``).
 * ``prepare(x) -> ctx`` -- what depends only on the particles x (N, d) and is shared by the
   critic steps and the forces of one outer step (the random features of x), or None.
@@ -84,7 +85,7 @@ class FeatureCritic:
         return cr.feature_critic_gradient(self.feature_map, w, self.real, ctx, L.objective, L.penalty, L.lam,
                                           pen_batch, L.weight_decay, self.backend)
 
-    def fused_ascent(self, opt, w, ctx, rates):
+    def fused_ascent(self, opt, opt_state, w, ctx, rates):
         """All critic steps of an outer step in one backend call, or None where that loop does not
         exist (the engine then runs :func:`particlegan.model.critics.ascend_critic`).
 
@@ -94,13 +95,14 @@ class FeatureCritic:
 
         Parameters
         ----------
-        opt : the critic optimizer (its moments and counters are advanced).
+        opt, opt_state : the critic optimizer rule and its state before the steps.
         w : (K,) weights, or (B, K) for an ensemble (then the feature map and batches are stacked).
         ctx : :meth:`prepare` of the particles.  rates : (n_steps, B) learning rates of the steps.
 
         Returns
         -------
-        (w, finite) with finite a bool (single run) or (B,) bool array; or None.
+        (w, finite, opt_state) with finite a bool (single run) or (B,) bool array and the
+        optimizer state after the steps; or None.
         """
         L = self.loss
         fused = getattr(self.backend, "feature_ascent_members", None)
@@ -108,7 +110,7 @@ class FeatureCritic:
             return None
         members = w.ndim == 2
         as_members = (lambda a: a) if members else (lambda a: a[None])
-        steps = opt.fused_steps(rates, as_members(w).shape, w.dtype)
+        steps = opt.fused_steps(opt_state, rates, as_members(w).shape, w.dtype)
         if steps is None:
             return None
         n_mem = len(w) if members else 1
@@ -121,10 +123,8 @@ class FeatureCritic:
         w_new, finite, done = fused(as_members(batch.dpsi), as_members(self.feature_map.A.astype(w.dtype, copy=False)),
                                     as_members(w), as_members(base), coef, wd, steps)
         if members:
-            opt.absorb_fused(steps, len(rates), True)
-            return w_new, finite
-        opt.absorb_fused(steps, int(done[0]), False)
-        return w_new[0], bool(finite[0])
+            return w_new, finite, opt.absorb_fused(opt_state, steps, len(rates), True)
+        return w_new[0], bool(finite[0]), opt.absorb_fused(opt_state, steps, int(done[0]), False)
 
     def values_and_grads(self, state, ctx, need_values):
         if need_values and ctx.psi is None:  # values asked of an IPM critic (prepare kept no psi)
