@@ -59,10 +59,9 @@ def kernel_and_types(which, dtype_name, d=3):
     from particlegan.backends import cuda_backend as cb
     f = types.float32 if dtype_name == "float32" else types.float64
     a1, a2, i64 = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.int64
-    if which == "gauss":
-        return cb.make_gauss_kernel(d, dtype_name, 256, True), (a2, a2, a1, a2, i64, a1, a2)
-    if which == "generic":
-        return cb.make_generic_kernel(d, dtype_name, 256, True), (a2, a2, a1, a1, a1, i64, a1, a2, i64, a1, a2, a1)
+    if which in ("gauss", "generic"):  # one kernel source, the Gaussian path a compile-time branch
+        return (cb.make_pair_kernel(d, dtype_name, 256, True, which == "generic"),
+                (a2, a2, a1, a1, a1, i64, a1, a2, i64, a1, a2, a1))
     if which == "ntk":
         return cb.make_ntk_kernel(d, dtype_name, 64, 32), (a2, a2, a1, i64, a1, i64, a2)
     return cb.make_feature_kernel(dtype_name, True), (a2, a2, a1, f, a2, a2)
@@ -81,6 +80,8 @@ def test_kernels_type_check_for_sm90(which, dtype_name, sm90_without_driver):
     cres = compiler.compile_cuda(kern.py_func, types.void, argtypes, cc=(9, 0), fastmath=True)
     ir = cres.library.get_llvm_str() + "".join(lib.get_llvm_str() for lib in cres.library._linking_libraries)
     assert "pairmath" in ir  # the per-pair maths is compiled into the kernel, not re-written there
+    if which in ("gauss", "generic"):  # the Gaussian fast path's compile-time branch drops pair_terms
+        assert ("pair_terms" in ir) == (which == "generic")
     if dtype_name == "float32":
         assert not DOUBLE_ARITH.search(ir), DOUBLE_ARITH.search(ir).group(0)
     else:

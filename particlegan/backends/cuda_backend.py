@@ -64,80 +64,26 @@ def _nb_type(dtype):
 
 # ------------------------------------------------------------------- kernel factories ------
 @lru_cache(maxsize=None)
-def make_gauss_kernel(d: int, dtype_name: str, threads: int, want_grad: bool):
-    """Gaussian(-mixture) sum kernel for points of dimension d in dtype ``dtype_name``.
-
-    Arguments: X (n, d), Y (m, d), w (m,), mix (3, S), j_span (centres per blockIdx.y),
-    out_v (n,), out_g (n, d); outputs are accumulated with atomic adds (zero them first).
-    out_v_i += sum_j w_j k_ij;  out_g_i += sum_j w_j 2 dk/dr2 (x_i - y_j).
-    """
-    np_t = np.dtype(dtype_name).type
-    nb_t = _nb_type(dtype_name)
-    zero, two = np_t(0), np_t(2)
-    D, T, GRAD = d, threads, want_grad
-
-    def gauss_pair_sums(X, Y, w, mix, j_span, out_v, out_g):
-        tx = cuda.threadIdx.x
-        i = cuda.blockIdx.x * T + tx
-        n = X.shape[0]
-        j_start = cuda.blockIdx.y * j_span
-        j_stop = min(Y.shape[0], j_start + j_span)
-        sY = cuda.shared.array((T, D), nb_t)
-        sW = cuda.shared.array(T, nb_t)
-        xi = cuda.local.array(D, nb_t)
-        g = cuda.local.array(D, nb_t)
-        for k in range(D):
-            xi[k] = X[i, k] if i < n else zero
-            g[k] = zero
-        acc = zero
-        for j0 in range(j_start, j_stop, T):
-            j = j0 + tx
-            if j < j_stop:  # cooperative tile load; padded slots get weight 0
-                for k in range(D):
-                    sY[tx, k] = Y[j, k]
-                sW[tx] = w[j]
-            else:
-                for k in range(D):
-                    sY[tx, k] = zero
-                sW[tx] = zero
-            cuda.syncthreads()
-            if i < n:
-                for jj in range(min(T, j_stop - j0)):
-                    r2 = zero
-                    for k in range(D):
-                        t = xi[k] - sY[jj, k]
-                        r2 += t * t
-                    kv, k_r2 = dev.gauss_mix_terms(r2, mix, zero)
-                    acc += sW[jj] * kv
-                    if GRAD:
-                        c = two * sW[jj] * k_r2
-                        for k in range(D):
-                            g[k] += c * (xi[k] - sY[jj, k])
-            cuda.syncthreads()
-        if i < n:
-            cuda.atomic.add(out_v, i, acc)
-            if GRAD:
-                for k in range(D):
-                    cuda.atomic.add(out_g, (i, k), g[k])
-
-    return cuda.jit(fastmath=True)(gauss_pair_sums)
-
-
-@lru_cache(maxsize=None)
-def make_generic_kernel(d: int, dtype_name: str, threads: int, want_grad: bool):
-    """Any-kernel sum kernel (pairmath.pair_terms) for dimension d in dtype ``dtype_name``.
+def make_pair_kernel(d: int, dtype_name: str, threads: int, want_grad: bool, general: bool):
+    """Kernel-sum kernel for points of dimension d in dtype ``dtype_name``, any kernel.
 
     Arguments: X (n, d), Y (m, d), w (m,), aa (n,), bb (m,) anchored squared norms, code, p, mix,
-    j_span, out_v (n,), out_g (n, d), out_saa (n,), accumulated atomically:
+    j_span (centres per blockIdx.y), out_v (n,), out_g (n, d), out_saa (n,); outputs are
+    accumulated with atomic adds (zero them first):
     out_v_i += sum_j w_j k_ij;  out_g_i += sum_j w_j (2 dk/dr2 (x_i - y_j) + dk/dab y_j);
     out_saa_i += sum_j w_j dk/daa (the caller adds 2 out_saa_i (x_i - x0)).
+
+    ``general = False`` compiles the Gaussian(-mixture) fast path
+    (:func:`particlegan.maths.pairmath.gauss_mix_terms`: no <x, y>, no anchor; aa, bb, code, p
+    and out_saa are not read), ``True`` any kernel of :func:`particlegan.maths.pairmath.pair_terms`.
+    Both are one source: ``general`` is a compile-time constant, so the unused branches vanish.
     """
     np_t = np.dtype(dtype_name).type
     nb_t = _nb_type(dtype_name)
     zero, two = np_t(0), np_t(2)
-    D, T, GRAD = d, threads, want_grad
+    D, T, GRAD, GENERAL = d, threads, want_grad, general
 
-    def generic_pair_sums(X, Y, w, aa, bb, code, p, mix, j_span, out_v, out_g, out_saa):
+    def pair_sums(X, Y, w, aa, bb, code, p, mix, j_span, out_v, out_g, out_saa):
         tx = cuda.threadIdx.x
         i = cuda.blockIdx.x * T + tx
         n = X.shape[0]
@@ -151,16 +97,16 @@ def make_generic_kernel(d: int, dtype_name: str, threads: int, want_grad: bool):
         for k in range(D):
             xi[k] = X[i, k] if i < n else zero
             g[k] = zero
-        aa_i = aa[i] if i < n else zero
+        aa_i = aa[i] if GENERAL and i < n else zero
         acc = zero
         saa = zero
         for j0 in range(j_start, j_stop, T):
             j = j0 + tx
-            if j < j_stop:
+            if j < j_stop:  # cooperative tile load; padded slots get weight 0
                 for k in range(D):
                     sY[tx, k] = Y[j, k]
                 sW[tx] = w[j]
-                sB[tx] = bb[j]
+                sB[tx] = bb[j] if GENERAL else zero
             else:
                 for k in range(D):
                     sY[tx, k] = zero
@@ -174,24 +120,35 @@ def make_generic_kernel(d: int, dtype_name: str, threads: int, want_grad: bool):
                     for k in range(D):
                         t = xi[k] - sY[jj, k]
                         r2 += t * t
-                        ab += xi[k] * sY[jj, k]
-                    kv, k_r2, k_ab, k_aa = dev.pair_terms(code, r2, ab, aa_i, sB[jj], p, mix)
+                        if GENERAL:
+                            ab += xi[k] * sY[jj, k]
+                    if GENERAL:
+                        kv, k_r2, k_ab, k_aa = dev.pair_terms(code, r2, ab, aa_i, sB[jj], p, mix)
+                    else:
+                        kv, k_r2 = dev.gauss_mix_terms(r2, mix, zero)
+                        k_ab = zero
+                        k_aa = zero
                     acc += sW[jj] * kv
                     if GRAD:
                         c_r2 = two * sW[jj] * k_r2
-                        c_ab = sW[jj] * k_ab
-                        for k in range(D):
-                            g[k] += c_r2 * (xi[k] - sY[jj, k]) + c_ab * sY[jj, k]
-                        saa += sW[jj] * k_aa
+                        if GENERAL:
+                            c_ab = sW[jj] * k_ab
+                            for k in range(D):
+                                g[k] += c_r2 * (xi[k] - sY[jj, k]) + c_ab * sY[jj, k]
+                            saa += sW[jj] * k_aa
+                        else:
+                            for k in range(D):
+                                g[k] += c_r2 * (xi[k] - sY[jj, k])
             cuda.syncthreads()
         if i < n:
             cuda.atomic.add(out_v, i, acc)
             if GRAD:
                 for k in range(D):
                     cuda.atomic.add(out_g, (i, k), g[k])
-                cuda.atomic.add(out_saa, i, saa)
+                if GENERAL:
+                    cuda.atomic.add(out_saa, i, saa)
 
-    return cuda.jit(fastmath=True)(generic_pair_sums)
+    return cuda.jit(fastmath=True)(pair_sums)
 
 
 @lru_cache(maxsize=None)
@@ -337,19 +294,19 @@ def _value_and_grad(X, Y, w, kernel: KernelSpec, want_grad: bool, fname: str):
     dX, dY, dW = _dev(Xh, dt), _dev(Yh, dt), _dev(w, dt)
     d_v, d_g = cuda.to_device(out_v), cuda.to_device(out_g)
     grid, span = _grid(n, m, THREADS)
-    d_mix = cuda.to_device(mix)
-    if kernel.name in ("gaussian", "gaussian_mixture"):
-        kern = make_gauss_kernel(d, np.dtype(dt).name, THREADS, want_grad)
-        kern[grid, THREADS](dX, dY, dW, d_mix, span, d_v, d_g)
+    d_mix, d_p = cuda.to_device(mix), cuda.to_device(p)
+    general = kernel.name not in ("gaussian", "gaussian_mixture")
+    kern = make_pair_kernel(d, np.dtype(dt).name, THREADS, want_grad, general)
+    if not general:  # the Gaussian path reads no anchored norms and sums no dk/daa
+        unused = cuda.to_device(np.zeros(1, dtype=dt))
+        kern[grid, THREADS](dX, dY, dW, unused, unused, code, d_p, d_mix, span, d_v, d_g, unused)
         return d_v.copy_to_host(), d_g.copy_to_host()
     x0 = anchor(kernel, d)
     X64, Y64 = Xh.astype(np.float64), Yh.astype(np.float64)
     aa = np.zeros(n) if x0 is None else ((X64 - x0) ** 2).sum(axis=1)
     bb = np.zeros(m) if x0 is None else ((Y64 - x0) ** 2).sum(axis=1)
     d_saa = cuda.to_device(np.zeros(n, dtype=dt))
-    kern = make_generic_kernel(d, np.dtype(dt).name, THREADS, want_grad)
-    kern[grid, THREADS](dX, dY, dW, _dev(aa, dt), _dev(bb, dt), code, cuda.to_device(p), d_mix, span,
-                        d_v, d_g, d_saa)
+    kern[grid, THREADS](dX, dY, dW, _dev(aa, dt), _dev(bb, dt), code, d_p, d_mix, span, d_v, d_g, d_saa)
     vals, grads = d_v.copy_to_host(), d_g.copy_to_host()
     if want_grad and x0 is not None:
         grads = (grads + 2.0 * d_saa.copy_to_host()[:, None] * (X64 - x0)).astype(dt)
