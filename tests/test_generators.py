@@ -17,6 +17,7 @@ from particlegan.engine.empirical_ntk import empirical_ntk
 from particlegan.model.losses import objective_from_config
 from particlegan.model.particle_critics import mlp_critic_objective
 from particlegan.engine.simulate import run_to_dir, simulate
+from finite_differences import fd_grad
 
 ACTS = ("relu", "leaky_relu", "tanh")
 LOSSES = {
@@ -35,21 +36,6 @@ TINY = ["model.type=neural", "particles.n=24", "run.steps=30", "run.record_every
         "observables.mmd_samples=100", "generator.width=32", "generator.latent_dim=8",
         "critic.width=16"]
 EPS = 1e-6
-
-
-def _fd_grad(fun, theta, eps=EPS):
-    """Central finite-difference gradient of a scalar function of a flat vector."""
-    theta = np.array(theta, dtype=np.float64)
-    grad = np.zeros_like(theta)
-    for p in range(theta.size):
-        old = theta[p]
-        theta[p] = old + eps
-        fp = fun(theta)
-        theta[p] = old - eps
-        fm = fun(theta)
-        theta[p] = old
-        grad[p] = (fp - fm) / (2 * eps)
-    return grad
 
 
 def _small(*extra, act="tanh", seed=0):
@@ -73,7 +59,7 @@ def test_generator_update_direction_matches_finite_differences(loss, act):
 
     forces, _ = dyn.particle_forces(model, state)
     got = model.generator.param_grad(state.gen, forces)
-    want = _fd_grad(loss_of, state.gen.theta)
+    want = fd_grad(loss_of, state.gen.theta)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
     assert np.abs(want).max() > 1e-6  # not a vacuous comparison
 
@@ -111,7 +97,7 @@ def test_critic_parameter_gradient_matches_finite_differences(loss, penalty, act
         return _objective_value(c, y, x, objective, penalty, lam, xhat) - 0.5 * wd * theta @ theta
 
     np.testing.assert_allclose(value, J(critic.theta), rtol=1e-9, atol=1e-10)  # gp: sqrt(s + 1e-12)
-    np.testing.assert_allclose(grad, _fd_grad(J, critic.theta), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad, fd_grad(J, critic.theta), rtol=1e-5, atol=1e-7)
 
 
 def test_sgd_generator_step_is_the_empirical_ntk_particle_step():

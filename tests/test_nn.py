@@ -9,6 +9,7 @@ import pytest
 
 from particlegan.maths import nn
 from particlegan.errors import ConfigError
+from finite_differences import fd_grad
 
 ACTS = ("relu", "leaky_relu", "tanh")
 PARAMS = ("standard", "ntk")
@@ -22,22 +23,6 @@ def _net(act, bias, par, depth, d_in=3, width=5, d_out=2, seed=0):
     sizes = [d_in] + [width] * depth + [d_out]
     # sigma_b != 1 so that the bias multiplier is exercised in the ntk parameterisation
     return nn.init_mlp(sizes, act, bias, par, rng, leaky_slope=0.2, sigma_w=1.3, sigma_b=0.7)
-
-
-def _fd_grad(fun, x, eps=EPS):
-    """Central finite-difference gradient of a scalar function of the array x."""
-    x = np.array(x, dtype=np.float64)
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for p in range(flat.size):
-        old = flat[p]
-        flat[p] = old + eps
-        fp = fun(x)
-        flat[p] = old - eps
-        fm = fun(x)
-        flat[p] = old
-        gflat[p] = (fp - fm) / (2 * eps)
-    return grad
 
 
 def _assert_grad_close(analytic, fd):
@@ -145,8 +130,8 @@ def test_mlp_backward_matches_finite_differences(act, bias, par, depth):
     R = rng.standard_normal((5, 2))          # grad_out: loss = sum(R * out)
     out, cache = nn.mlp_forward(m, X)
     g_theta, g_x = nn.mlp_backward(m, cache, R)
-    fd_theta = _fd_grad(lambda th: float(np.sum(R * nn.mlp_apply(m.with_theta(th), X))), m.theta)
-    fd_x = _fd_grad(lambda x: float(np.sum(R * nn.mlp_apply(m, x))), X)
+    fd_theta = fd_grad(lambda th: float(np.sum(R * nn.mlp_apply(m.with_theta(th), X))), m.theta)
+    fd_x = fd_grad(lambda x: float(np.sum(R * nn.mlp_apply(m, x))), X)
     _assert_grad_close(g_theta, fd_theta)
     _assert_grad_close(g_x, fd_x)
 
@@ -161,7 +146,7 @@ def test_generator_force_pullback_is_jacobian_transpose(act):
     J = nn.mlp_jacobian(m, Z)                                    # (n, d, P)
     for i in range(4):
         for mu in range(2):
-            fd = _fd_grad(lambda th: float(nn.mlp_apply(m.with_theta(th), Z[i:i + 1])[0, mu]),
+            fd = fd_grad(lambda th: float(nn.mlp_apply(m.with_theta(th), Z[i:i + 1])[0, mu]),
                           m.theta)
             _assert_grad_close(J[i, mu], fd)
     out, cache = nn.mlp_forward(m, Z)
@@ -175,7 +160,7 @@ def test_critic_input_grad_matches_finite_differences(act, bias, par, depth):
     X = np.random.default_rng(8).standard_normal((5, 3))
     g = nn.critic_input_grad(m, X)
     for i in range(X.shape[0]):
-        fd = _fd_grad(lambda x: float(nn.mlp_apply(m, x[None, :])[0, 0]), X[i])
+        fd = fd_grad(lambda x: float(nn.mlp_apply(m, x[None, :])[0, 0]), X[i])
         _assert_grad_close(g[i], fd)
     values, g2 = nn.critic_values_and_input_grads(m, X)
     np.testing.assert_array_equal(g, g2)
@@ -200,7 +185,7 @@ def test_penalty_param_grad_matches_finite_differences(act, bias, par, depth, fo
     w = rng.uniform(0.2, 1.5, 4)
     value, grad = nn.penalty_and_param_grad(m, X, w, form)
     assert value == pytest.approx(_penalty_reference(m, X, w, form), rel=1e-12, abs=1e-14)
-    fd = _fd_grad(lambda th: _penalty_reference(m.with_theta(th), X, w, form), m.theta)
+    fd = fd_grad(lambda th: _penalty_reference(m.with_theta(th), X, w, form), m.theta)
     _assert_grad_close(grad, fd)
 
 
@@ -213,7 +198,7 @@ def test_gp_penalty_gradient_near_unit_norm_and_scalar_weight():
     value, grad = nn.penalty_and_param_grad(m, X, 0.25, "gp")
     w = np.full(6, 0.25)
     assert value == pytest.approx(_penalty_reference(m, X, w, "gp"), rel=1e-12)
-    fd = _fd_grad(lambda th: _penalty_reference(m.with_theta(th), X, w, "gp"), m.theta)
+    fd = fd_grad(lambda th: _penalty_reference(m.with_theta(th), X, w, "gp"), m.theta)
     _assert_grad_close(grad, fd)
 
 
@@ -247,7 +232,7 @@ def test_dropout_forward_matches_masked_reference_and_input_grads_match_fd(act):
         h = z if k == m.n_layers - 1 else nn._act(m, z) * (1.0 if masks[k] is None else masks[k])
     cp = nn.critic_pass(m, X, masks)
     np.testing.assert_allclose(cp.values, h[:, 0], rtol=1e-13)
-    fd = np.stack([_fd_grad(lambda xi: nn.mlp_forward(m, np.vstack([X[:i], xi[None], X[i + 1:]]),
+    fd = np.stack([fd_grad(lambda xi: nn.mlp_forward(m, np.vstack([X[:i], xi[None], X[i + 1:]]),
                                                        masks)[0][i, 0], X[i]) for i in range(4)])
     _assert_grad_close(cp.grads, fd)
 
@@ -268,7 +253,7 @@ def test_dropout_penalty_param_grad_matches_finite_differences(act, form):
 
     value, grad = nn.penalty_and_param_grad(m, None, w, form, cp=nn.critic_pass(m, X, masks))
     assert value == pytest.approx(P(m.theta), rel=1e-12)
-    _assert_grad_close(grad, _fd_grad(P, m.theta))
+    _assert_grad_close(grad, fd_grad(P, m.theta))
 
 
 def test_dropout_masks_statistics_and_errors():
@@ -295,7 +280,7 @@ def test_no_output_bias_layout_and_gradients(act):
     out, cache = nn.mlp_forward(m, X)
     np.testing.assert_allclose(out, _reference_forward(m, X), rtol=1e-13)
     grad, _ = nn.mlp_backward(m, cache, G)
-    _assert_grad_close(grad, _fd_grad(lambda th: float(np.sum(nn.mlp_apply(m.with_theta(th), X) * G)),
+    _assert_grad_close(grad, fd_grad(lambda th: float(np.sum(nn.mlp_apply(m.with_theta(th), X) * G)),
                                       m.theta))
 
 
