@@ -15,7 +15,6 @@ ACTS = ("relu", "leaky_relu", "tanh")
 PARAMS = ("standard", "ntk")
 GRID = list(itertools.product(ACTS, (False, True), PARAMS, (1, 2, 3)))
 GRID_IDS = [f"{a}-{'bias' if b else 'nobias'}-{p}-depth{d}" for a, b, p, d in GRID]
-EPS = 1e-6
 
 
 def _net(act, bias, par, depth, d_in=3, width=5, d_out=2, seed=0):
