@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 
 from particlegan.errors import ConfigError, DataError
+from particlegan.store import checks
+from particlegan.store.checks import require
 
 # ------------------------------------------------------------------------------ specs ------
 
@@ -99,41 +101,31 @@ class KernelSpec:
         raise AttributeError(f"kernel '{self.name}' has no parameter '{key}'")
 
 
+def _param(name, key) -> str:
+    return f"kernel '{name}' parameter {key}"
+
+
 def _positive(name, key, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"kernel '{name}' parameter {key} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ConfigError(f"kernel '{name}' parameter {key} must be > 0, got {value!r}")
-    return v
+    return float(require(_param(name, key), value, checks.real, checks.finite, checks.positive))
 
 
 def _finite(name, key, value, nonneg=False):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"kernel '{name}' parameter {key} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or (nonneg and v < 0):
-        need = "a finite number >= 0" if nonneg else "a finite number"
-        raise ConfigError(f"kernel '{name}' parameter {key} must be {need}, got {value!r}")
-    return v
+    return float(require(_param(name, key), value, checks.real, checks.finite, *([checks.nonneg] if nonneg else [])))
 
 
 def _float_tuple(name, key, value, positive):
     if np.isscalar(value):
         value = (value,)
+    what = "finite numbers > 0" if positive else "finite numbers"
+    one = (lambda v: checks.finite(v) or checks.positive(v)) if positive else checks.finite
     try:
-        vals = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"kernel '{name}' parameter {key} must be a sequence of numbers, got {value!r}") from None
-    if not vals:
-        raise ConfigError(f"kernel '{name}' parameter {key} must not be empty")
-    for v in vals:
-        if not math.isfinite(v) or (positive and v <= 0):
-            need = "> 0" if positive else "finite"
-            raise ConfigError(f"kernel '{name}' parameter {key} must be all {need}, got {value!r}")
-    return vals
+        vals = tuple(value)
+    except TypeError:
+        vals = None
+    require(_param(name, key), value if vals is None else list(vals),
+            lambda vs: "must be a sequence of numbers" if vals is None else None,
+            checks.each(one, what, nonempty=True))
+    return tuple(float(v) for v in vals)
 
 
 def _point(name, key, value):

@@ -27,6 +27,8 @@ from scipy.special import ndtr
 from particlegan.errors import ConfigError, DataError
 from particlegan.maths.kernels import kernel_parts, make_kernel
 from particlegan.store.storage import load_sample_array
+from particlegan.store import checks
+from particlegan.store.checks import require
 
 __all__ = [
     "mmd2_unbiased", "mmd2_ustat", "mmd2_biased", "mmd2_and_variance", "energy_distance",
@@ -687,34 +689,18 @@ class KIDLearningRateSchedule:
                  degree: int = 3, gamma: float | None = None, coef0: float = 1.0,
                  p_value_fn: Callable[[ThreeSampleSums, ThreeSampleSums], float] | None = None):
         def positive_int(name, v):
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(v) or int(v) != v or v < 1:
-                raise ConfigError(f"schedule.{name} must be a positive integer, got {v!r}")
-            return int(v)
+            return int(require(f"schedule.{name}", v, checks.integer, checks.at_least(1)))
 
-        def number(name, v):
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-                raise ConfigError(f"schedule.{name} must be a number, got {v!r}")
-            return float(v)
-
-        lr, p_threshold = number("lr", lr), number("p_threshold", p_threshold)
-        factor, floor = number("factor", factor), number("floor", floor)
-        if not (np.isfinite(lr) and lr > 0):
-            raise ConfigError(f"schedule learning rate must be positive and finite, got {lr!r}")
+        lr = float(require("schedule learning rate", lr, checks.finite, checks.positive))
+        p_threshold = require("schedule.p_threshold", p_threshold, checks.real, checks.unit_closed)
+        factor = require("schedule.factor", factor, checks.real, checks.unit_open)
+        floor = require("schedule.floor", floor, checks.finite, checks.nonneg)
         self.frequency = positive_int("every", frequency)
         self.window = positive_int("window", window)
         self.patience = positive_int("patience", patience)
         self.keep_after_decay = self.patience if keep_after_decay is None else positive_int(
             "keep_after_decay", keep_after_decay)
-        self.max_rows = positive_int("max_rows", max_rows)
-        if self.max_rows < 3:
-            raise ConfigError(f"schedule.max_rows must be >= 3, got {max_rows}")
-        if not (0.0 <= p_threshold <= 1.0):
-            raise ConfigError(f"schedule.p_threshold must lie in [0, 1], got {p_threshold!r}")
-        if not (0.0 < factor < 1.0):
-            raise ConfigError(f"schedule.factor must lie in (0, 1), got {factor!r}")
-        if not (floor >= 0.0 and np.isfinite(floor)):
-            raise ConfigError(f"schedule.floor must be >= 0, got {floor!r}")
+        self.max_rows = int(require("schedule.max_rows", max_rows, checks.integer, checks.at_least(3)))
         self.p_threshold = float(p_threshold)
         self.factor = float(factor)
         self.floor = float(floor)

@@ -56,13 +56,14 @@ from typing import Sequence
 import numpy as np
 
 from particlegan.errors import ConfigError
+from particlegan.store import checks
+from particlegan.store.checks import require
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 PARAMETERIZATIONS = ("standard", "ntk")
 LATENT_KINDS = ("gaussian", "sphere")
 PENALTY_FORMS = ("sq", "gp")
 GP_NORM_EPS = 1e-12  # ||g|| is computed as sqrt(||g||^2 + GP_NORM_EPS) in the "gp" penalty
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # ------------------------------------------------------------------------- parameters ----
@@ -183,8 +184,7 @@ class MLP:
 
 
 def _check_choice(prefix: str, key: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{prefix}.{key} = {value!r}: choose one of {', '.join(choices)}")
+    require(f"{prefix}.{key}", value, checks.one_of(choices))
 
 
 def init_mlp(layer_sizes: Sequence[int], activation: str, bias: bool, parameterization: str,
@@ -219,18 +219,14 @@ def init_mlp(layer_sizes: Sequence[int], activation: str, bias: bool, parameteri
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ConfigError(f"{p}.layer_sizes = {layer_sizes!r}: need at least two integers >= 1")
+        raise ConfigError(f"{p}.layer_sizes must be at least two integers >= 1, got {layer_sizes!r}")
     _check_choice(p, "activation", activation, ACTIVATIONS)
     _check_choice(p, "parameterization", parameterization, PARAMETERIZATIONS)
-    if not (isinstance(leaky_slope, (int, float)) and math.isfinite(leaky_slope)):
-        raise ConfigError(f"{p}.leaky_slope = {leaky_slope!r}: must be a finite number")
-    if not (isinstance(sigma_w, (int, float)) and math.isfinite(sigma_w) and sigma_w > 0):
-        raise ConfigError(f"{p}.sigma_w = {sigma_w!r}: must be > 0")
-    if not (isinstance(sigma_b, (int, float)) and math.isfinite(sigma_b) and sigma_b >= 0):
-        raise ConfigError(f"{p}.sigma_b = {sigma_b!r}: must be >= 0")
+    require(f"{p}.leaky_slope", leaky_slope, checks.finite)
+    require(f"{p}.sigma_w", sigma_w, checks.finite, checks.positive)
+    require(f"{p}.sigma_b", sigma_b, checks.finite, checks.nonneg)
     dt = np.dtype(dtype)
-    if dt not in _DTYPES:
-        raise ConfigError(f"{p}.dtype = {dt.name!r}: choose float32 or float64")
+    _check_choice(p, "dtype", dt.name, ("float32", "float64"))
     theta = np.empty(count_params(sizes, bool(bias), bool(output_bias)), dtype=np.float64)
     for k, (ws, bs) in enumerate(_layout(sizes, bool(bias), bool(output_bias))):
         n_in = sizes[k]
@@ -593,8 +589,7 @@ def penalty_and_param_grad(params: MLP, X: np.ndarray | None, weights, form: str
     value : float P.
     grad : (P,) dP/dtheta in the layout of ``params.theta``.
     """
-    if form not in PENALTY_FORMS:
-        raise ConfigError(f"penalty form = {form!r}: choose one of {', '.join(PENALTY_FORMS)}")
+    require("penalty form", form, checks.one_of(PENALTY_FORMS))
     if cp is None:
         cp = critic_pass(params, X)
     cache, deltas, g = cp.cache, cp.deltas, cp.grads

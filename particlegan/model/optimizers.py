@@ -56,7 +56,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from particlegan.errors import ConfigError, DataError
+from particlegan.errors import ConfigError
+from particlegan.store import checks
+from particlegan.store.checks import require
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "cg")
 LR_SCHEDULES = ("constant", "diminishing", "inv_sqrt", "inv", "step_decay")
@@ -65,15 +67,19 @@ CG_BETA_CLIPS = ("default", "code", "none")
 _BETA_MAX = 0.5  # the reference code's upper bound on beta (spec P2.3)
 
 
-def _bad(prefix: str, key: str, value, why: str) -> ConfigError:
-    """One-line error naming ``prefix.key`` (or ``key`` itself when it is already dotted)."""
-    full = key if "." in key else f"{prefix}.{key}"
-    return ConfigError(f"{full} = {value!r}: {why}")
+def _key_namer(prefix: str, names: Mapping[str, str] | None):
+    """option -> the config key named in an error: ``prefix.<names[option] or option>`` (a name
+    that is already dotted, e.g. "dynamics.eta_d", as it is)."""
+    names = dict(names or {})
+
+    def key(opt: str) -> str:
+        k = names.get(opt, opt)
+        return k if "." in k else f"{prefix}.{k}"
+    return key
 
 
-def _finite_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
-        and math.isfinite(float(x))
+def _ascent_rate(v):  # the learning-rate check, with the hint for ascent
+    return None if v > 0 else "must be > 0 (use maximize=True for ascent)"
 
 
 # ---------------------------------------------------------------------- lr schedules ----
@@ -111,7 +117,8 @@ class LRSchedule:
 
 
 def make_lr_schedule(kind: str, lr0: float, power: float = 0.5, decay: float = 0.9,
-                     every: int = 10000, key_prefix: str = "optimizer") -> LRSchedule:
+                     every: int = 10000, key_prefix: str = "optimizer",
+                     key_names: Mapping[str, str] | None = None) -> LRSchedule:
     """Build a learning-rate rule (spec P2.4).
 
     Parameters
@@ -121,19 +128,15 @@ def make_lr_schedule(kind: str, lr0: float, power: float = 0.5, decay: float = 0
     power : exponent of "diminishing", in (0, 1] (the paper's a in (0, 1); 1 gives "inv").
     decay : factor of "step_decay", in (0, 1].
     every : period (steps) of "step_decay", >= 1.
-    key_prefix : config section named in error messages.
+    key_prefix, key_names : config section and option -> config-key names used in error
+        messages (as :func:`make_optimizer`).
     """
-    p = key_prefix
-    if kind not in LR_SCHEDULES:
-        raise _bad(p, "lr_schedule", kind, f"choose one of {', '.join(LR_SCHEDULES)}")
-    if not (_finite_number(lr0) and lr0 > 0):
-        raise _bad(p, "lr", lr0, "must be a finite number > 0 (use maximize=True for ascent)")
-    if not (_finite_number(power) and 0 < power <= 1):
-        raise _bad(p, "lr_power", power, "must be in (0, 1]")
-    if not (_finite_number(decay) and 0 < decay <= 1):
-        raise _bad(p, "lr_decay", decay, "must be in (0, 1]")
-    if not (isinstance(every, (int, np.integer)) and not isinstance(every, bool) and every >= 1):
-        raise _bad(p, "lr_every", every, "must be an integer >= 1")
+    key = _key_namer(key_prefix, key_names)
+    require(key("lr_schedule"), kind, checks.one_of(LR_SCHEDULES))
+    require(key("lr"), lr0, checks.finite, _ascent_rate)
+    require(key("lr_power"), power, checks.finite, checks.unit_open_closed)
+    require(key("lr_decay"), decay, checks.finite, checks.unit_open_closed)
+    require(key("lr_every"), every, checks.integer, checks.at_least(1))
     return LRSchedule(kind=kind, lr0=float(lr0), power=float(power), decay=float(decay),
                       every=int(every))
 
@@ -630,89 +633,51 @@ def make_optimizer(name: str, lr: float, *, key_prefix: str = "optimizer",
 
     An option that does not belong to the chosen optimizer raises ConfigError.
     """
-    names = dict(key_names or {})
-
-    def bad(opt, value, why):
-        return _bad(key_prefix, names.get(opt, opt), value, why)
-
-    if name not in OPTIMIZERS:
-        raise _bad(key_prefix, names.get("name", "name"), name,
-                   f"choose one of {', '.join(OPTIMIZERS)}")
+    key = _key_namer(key_prefix, key_names)
+    require(key("name"), name, checks.one_of(OPTIMIZERS))
     allowed = _COMMON + _OPTIONS[name]
     for k in options:
         if k not in allowed:
-            raise bad(k, options[k], f"not an option of the {name!r} optimizer")
-    if not (_finite_number(lr) and lr > 0):
-        raise bad("lr", lr, "must be a finite number > 0 (use maximize=True for ascent)")
+            raise ConfigError(f"{key(k)} is not an option of the {name!r} optimizer, got {options[k]!r}")
+    require(key("lr"), lr, checks.finite, _ascent_rate)
     sched = options.pop("lr_schedule", "constant")
     sched_kw = {k[3:]: options.pop(k) for k in ("lr_power", "lr_decay", "lr_every") if k in options}
     if isinstance(sched, LRSchedule):
         schedule = sched
     else:
-        try:
-            schedule = make_lr_schedule(sched, lr, key_prefix=key_prefix, **sched_kw)
-        except ConfigError as exc:
-            # re-label with the user's key names
-            msg = str(exc)
-            for opt in ("lr_schedule", "lr_power", "lr_decay", "lr_every"):
-                if opt in names:
-                    msg = msg.replace(f"{key_prefix}.{opt} ", f"{key_prefix}.{names[opt]} ")
-            raise ConfigError(msg) from None
-    wd = options.pop("weight_decay", 0.0)
-    if not (_finite_number(wd) and wd >= 0):
-        raise bad("weight_decay", wd, "must be >= 0")
-    common = {"weight_decay": float(wd),
-              "reset_each_outer_step": _flag(options.pop("reset_each_outer_step", False),
-                                             "reset_each_outer_step", bad)}
+        schedule = make_lr_schedule(sched, lr, key_prefix=key_prefix, key_names=key_names, **sched_kw)
+    wd = require(key("weight_decay"), options.pop("weight_decay", 0.0), checks.finite, checks.nonneg)
+
+    def flag(opt):
+        return bool(require(key(opt), options.pop(opt, False), checks.flag))
+
+    common = {"weight_decay": float(wd), "reset_each_outer_step": flag("reset_each_outer_step")}
     if name == "sgd":
         return SGD(schedule, **common)
     if name == "momentum":
-        mom = options.get("momentum", 0.9)
-        if not (_finite_number(mom) and 0 <= mom < 1):
-            raise bad("momentum", mom, "must be in [0, 1)")
-        return Momentum(schedule, momentum=float(mom),
-                        nesterov=_flag(options.get("nesterov", False), "nesterov", bad), **common)
+        mom = require(key("momentum"), options.get("momentum", 0.9), checks.finite, checks.unit_half_open)
+        return Momentum(schedule, momentum=float(mom), nesterov=flag("nesterov"), **common)
     if name == "adam":
-        betas = options.get("betas", (0.9, 0.999))
-        try:
-            ok = len(betas) == 2 and all(_finite_number(b) and 0 <= b < 1 for b in betas)
-        except TypeError:
-            ok = False
-        if not ok:
-            raise bad("betas", betas, "must be two numbers in [0, 1)")
-        eps = options.get("eps", 1e-8)
-        if not (_finite_number(eps) and eps > 0):
-            raise bad("eps", eps, "must be > 0")
-        return Adam(schedule, betas=tuple(float(b) for b in betas), eps=float(eps),
-                    amsgrad=_flag(options.get("amsgrad", False), "amsgrad", bad), **common)
+        betas = require(key("betas"), options.get("betas", (0.9, 0.999)),
+                        checks.pair_of(lambda b: checks.finite(b) or checks.unit_half_open(b), "numbers in [0, 1)"))
+        eps = require(key("eps"), options.get("eps", 1e-8), checks.finite, checks.positive)
+        return Adam(schedule, betas=tuple(float(b) for b in betas), eps=float(eps), amsgrad=flag("amsgrad"),
+                    **common)
     rule = options.get("rule", "FR")
     rule_u = rule.upper() if isinstance(rule, str) else rule
-    if rule_u not in CG_RULES:
-        raise bad("rule", rule, f"choose one of {', '.join(CG_RULES)}")
-    scale = options.get("beta_scale", 1.0)
-    if not (_finite_number(scale) and scale >= 0):
-        raise bad("beta_scale", scale, "must be >= 0")
-    clip = options.get("beta_clip", "default")
-    if clip not in CG_BETA_CLIPS:
-        raise bad("beta_clip", clip, f"choose one of {', '.join(CG_BETA_CLIPS)}")
-    mu = options.get("mu", 2.0)
-    if not (_finite_number(mu) and mu >= 0):
-        raise bad("mu", mu, "must be >= 0")
-    per_tensor = _flag(options.get("per_tensor", False), "per_tensor", bad)
+    if rule_u not in CG_RULES:  # (case-insensitive; the error shows the value as given)
+        require(key("rule"), rule, checks.one_of(CG_RULES))
+    scale = require(key("beta_scale"), options.get("beta_scale", 1.0), checks.finite, checks.nonneg)
+    clip = require(key("beta_clip"), options.get("beta_clip", "default"), checks.one_of(CG_BETA_CLIPS))
+    mu = require(key("mu"), options.get("mu", 2.0), checks.finite, checks.nonneg)
+    per_tensor = flag("per_tensor")
     slices = options.get("slices")
     if per_tensor and (slices is None or len(slices) == 0
                        or not all(isinstance(s, slice) for s in slices)):
-        raise bad("slices", slices, "per_tensor=True needs a non-empty list of slices")
-    flags = {k: _flag(options.get(k, False), k, bad)
-             for k in ("legacy_first_step_ascent", "legacy_direction_update", "legacy_alias_bug")}
+        raise ConfigError(f"{key('slices')} must be a non-empty list of slices for per_tensor=True, got {slices!r}")
+    flags = {k: flag(k) for k in ("legacy_first_step_ascent", "legacy_direction_update", "legacy_alias_bug")}
     return ConjugateGradient(schedule, rule=rule_u, beta_scale=float(scale), beta_clip=clip,
                              mu=float(mu), per_tensor=per_tensor, slices=slices, **flags, **common)
-
-
-def _flag(value, key, bad) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise bad(key, value, "must be true or false")
-    return bool(value)
 
 
 # config key (in a player section) -> make_optimizer option, and the optimizers it applies to

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from particlegan.errors import ConfigError
+from particlegan.store import checks
 from particlegan.numba_setup import default_backend
 
 SCHEMA_VERSION = 1
@@ -45,56 +46,8 @@ class Key:
     check: Callable[[Any], str | None] | None = None
 
 
-def _positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _nonneg(v):
-    return None if v >= 0 else "must be >= 0"
-
-
-def _at_least(lo):
-    return lambda v: None if v >= lo else f"must be >= {lo}"
-
-
-def _open_unit(v):
-    return None if 0 < v < 1 else "must be in (0, 1)"
-
-
 def _alpha(v):
     return None if v > 0 else "must be > 0 (use inf for alpha = infinity)"
-
-
-def _all_positive(vs):
-    return None if len(vs) > 0 and all(v > 0 for v in vs) else "must be a non-empty list of numbers > 0"
-
-
-def _all_rates(vs):
-    return None if all(0 <= v < 1 for v in vs) else "must be rates in [0, 1)"
-
-
-def _all_nonneg_ints(vs):
-    return None if all(v >= 0 for v in vs) else "must hold integers >= 0"
-
-
-def _all_at_least_one(vs):
-    return None if all(v >= 1 for v in vs) else "must hold integers >= 1"
-
-
-def _adam_betas(vs):
-    return None if len(vs) == 2 and all(0 <= v < 1 for v in vs) else "must be two numbers in [0, 1)"
-
-
-def _unit_closed(v):
-    return None if 0 <= v <= 1 else "must be in [0, 1]"
-
-
-def _unit_interval_open_closed(v):
-    return None if 0 < v <= 1 else "must be in (0, 1]"
-
-
-def _unit_interval_half_open(v):
-    return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
 def _optimizer_keys(who: str) -> dict[str, Key]:
@@ -102,18 +55,18 @@ def _optimizer_keys(who: str) -> dict[str, Key]:
     each applies only to the optimizers named in its doc, the others ignore it)."""
     return {
         "momentum": Key(0.9, "float", f"{who}: momentum coefficient mu (optimizer = momentum)",
-                        check=_unit_interval_half_open),
+                        check=checks.unit_half_open),
         "nesterov": Key(False, "bool", f"{who}: Nesterov momentum (optimizer = momentum)"),
         "betas": Key([0.9, 0.999], "floats", f"{who}: Adam (beta1, beta2) (optimizer = adam)",
-                     check=_adam_betas),
+                     check=checks.pair_of(checks.unit_half_open, "numbers in [0, 1)")),
         "amsgrad": Key(False, "bool", f"{who}: AMSGrad variant (optimizer = adam)"),
-        "adam_eps": Key(1e-8, "float", f"{who}: Adam epsilon (optimizer = adam)", check=_positive),
+        "adam_eps": Key(1e-8, "float", f"{who}: Adam epsilon (optimizer = adam)", check=checks.positive),
         "adam_reset": Key(False, "bool", f"{who}: reset optimizer moments/directions at every "
                           "outer step (USD's Adam re-created each step; any optimizer)"),
         "cg_rule": Key("FR", "str", f"{who}: conjugate-gradient beta rule (optimizer = cg)",
                        choices=("FR", "PRP", "HS", "DY", "HS_DY", "FR_PRP", "HZ")),
         "cg_beta_scale": Key(1.0, "float", f"{who}: CG scale c, gamma = c beta (optimizer = cg)",
-                             check=_nonneg),
+                             check=checks.nonneg),
         "cg_beta_clip": Key("default", "str", f"{who}: CG beta clip: default [0, 1/2], code "
                             "(reference code: min(beta, 1/2) only), none (textbook)",
                             choices=("default", "code", "none")),
@@ -122,11 +75,11 @@ def _optimizer_keys(who: str) -> dict[str, Key]:
                            "lr lr_decay^(n // lr_every)",
                            choices=("constant", "diminishing", "inv_sqrt", "inv", "step_decay")),
         "lr_power": Key(0.5, "float", f"{who}: exponent of lr_schedule = diminishing",
-                        check=_unit_interval_open_closed),
+                        check=checks.unit_open_closed),
         "lr_decay": Key(0.9, "float", f"{who}: factor of lr_schedule = step_decay",
-                        check=_unit_interval_open_closed),
+                        check=checks.unit_open_closed),
         "lr_every": Key(10000, "int", f"{who}: period (steps) of lr_schedule = step_decay",
-                        check=_at_least(1)),
+                        check=checks.at_least(1)),
     }
 
 
@@ -139,18 +92,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kind": Key("ring", "str", "target distribution (file: .npy/.npz samples; idx: an MNIST-style "
                     "IDX image file, each image flattened to one sample)", choices=("ring", "grid", "file", "idx")),
         "dim": Key(2, "int", "data dimension d (ring/grid live in the first two coordinates)",
-                   check=_at_least(2)),
-        "modes": Key(8, "int", "number of ring modes", check=_at_least(1)),
-        "radius": Key(0.75, "float", "ring radius", check=_positive),
-        "grid_size": Key(5, "int", "modes per side of the square grid", check=_at_least(1)),
-        "grid_spacing": Key(0.5, "float", "distance between neighbouring grid modes", check=_positive),
+                   check=checks.at_least(2)),
+        "modes": Key(8, "int", "number of ring modes", check=checks.at_least(1)),
+        "radius": Key(0.75, "float", "ring radius", check=checks.positive),
+        "grid_size": Key(5, "int", "modes per side of the square grid", check=checks.at_least(1)),
+        "grid_spacing": Key(0.5, "float", "distance between neighbouring grid modes", check=checks.positive),
         "sigma": Key(0.075, "float", "isotropic std of each mode (also the 3-sigma quality scale)",
-                     check=_positive),
-        "n_samples": Key(4000, "int", "number M of target samples drawn", check=_at_least(2)),
+                     check=checks.positive),
+        "n_samples": Key(4000, "int", "number M of target samples drawn", check=checks.at_least(2)),
         "path": Key("", "path", "(kind='file') .npy/.npz of target samples, shape (M, d); (kind='idx') "
                     "an IDX file such as train-images-idx3-ubyte(.gz)"),
         "indices": Key([], "ints", "(file / idx) which samples to use, by row; empty: all rows of a "
-                       "file, the first n_samples images of an IDX file", check=_all_nonneg_ints),
+                       "file, the first n_samples images of an IDX file", check=checks.each(checks.nonneg, "integers >= 0")),
         "normalize": Key("none", "str", "(file / idx) pixel scaling of the samples: none, unit "
                          "(x / 255), mnist ((x / 255 - 0.1307) / 0.3081, the paper's)",
                          choices=("none", "unit", "mnist")),
@@ -158,12 +111,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "resolved; a stored one must match the file)"),
     },
     "particles": {
-        "n": Key(256, "int", "number N of particles", check=_at_least(2)),
+        "n": Key(256, "int", "number N of particles", check=checks.at_least(2)),
         "init": Key("gaussian", "str", "particle initialisation: N(0, init_sigma^2 I), "
                     "N(target mean, init_sigma^2 I) (target_mean) or a file",
                     choices=("gaussian", "target_mean", "file")),
         "init_sigma": Key(0.1, "float", "std of the Gaussian initialisation (at the origin or at "
-                          "the target mean)", check=_positive),
+                          "the target mean)", check=checks.positive),
         "init_path": Key("", "path", "(init='file') .npy/.npz of initial particles, shape (N, d)"),
         "init_path_sha256": Key("", "sha256", "content hash of particles.init_path (filled in when "
                                 "the config is resolved; a stored one must match the file)"),
@@ -171,7 +124,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "generator": {
         "kernel": Key("universal", "str", "generator coupling kernel",
                       choices=("universal", "identity", "ntk_relu", "ntk_erf", "matrix")),
-        "g1": Key(1.0, "float", "universal kernel: same-particle constant g1", check=_positive),
+        "g1": Key(1.0, "float", "universal kernel: same-particle constant g1", check=checks.positive),
         "phi": Key(0.0, "float", "universal kernel: coupling ratio g2/g1 (PSD: -1/(N-1) <= phi <= 1)"),
         "g2": Key(None, "float?", "universal kernel: g2 (overrides phi when set; phi := g2/g1)"),
         "normalization": Key("ntk", "str", "coupling C = K/N ('ntk'), C = K ('none'), or for the "
@@ -180,17 +133,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              "('spectral', [derived]: the fastest mode at rate 1; dense kernels only)",
                              choices=("ntk", "none", "mean", "spectral")),
         "latent_dim": Key(64, "int", "dimension d_z of the latent codes (sphere of radius sqrt(d_z))",
-                          check=_at_least(1)),
-        "sigma_w": Key(1.0, "float", "NTK weight std", check=_positive),
-        "sigma_b": Key(0.0, "float", "NTK bias std", check=_nonneg),
+                          check=checks.at_least(1)),
+        "sigma_w": Key(1.0, "float", "NTK weight std", check=checks.positive),
+        "sigma_b": Key(0.0, "float", "NTK bias std", check=checks.nonneg),
         "matrix_path": Key("", "path", "(kernel='matrix') .npy of a symmetric PSD (N, N) kernel"),
         "matrix_path_sha256": Key("", "sha256", "content hash of generator.matrix_path (filled in "
                                   "when the config is resolved; a stored one must match the file)"),
         "dense_max": Key(4096, "int", "build NTK kernels densely up to this N, else matrix-free",
-                         check=_at_least(1)),
+                         check=checks.at_least(1)),
         # neural generator (model.type = 'neural')
-        "width": Key(256, "int", "neural generator: hidden width", check=_at_least(1)),
-        "depth": Key(1, "int", "neural generator: number of hidden layers", check=_at_least(1)),
+        "width": Key(256, "int", "neural generator: hidden width", check=checks.at_least(1)),
+        "depth": Key(1, "int", "neural generator: number of hidden layers", check=checks.at_least(1)),
         "activation": Key("relu", "str", "neural generator activation",
                           choices=("relu", "leaky_relu", "tanh")),
         "bias": Key(False, "bool", "neural generator: use biases"),
@@ -206,40 +159,40 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "type": Key("rff", "str", "critic (discriminator) model",
                     choices=("rff", "relu_features", "kernel", "mmd", "energy", "riesz", "mlp",
                              "learned_features")),
-        "sigma": Key(0.2, "float", "RBF width of the random-feature / kernel critic", check=_positive),
-        "features": Key(512, "int", "number K of random features", check=_at_least(1)),
+        "sigma": Key(0.2, "float", "RBF width of the random-feature / kernel critic", check=checks.positive),
+        "features": Key(512, "int", "number K of random features", check=checks.at_least(1)),
         "memory": Key(0, "int", "kernel critic: past particle snapshots kept (0 = current witness)",
-                      check=_nonneg),
+                      check=checks.nonneg),
         "ridge": Key(0.0, "float", "kernel critic: RKHS ridge lambda_r (memory decay 1 - eta_d lambda_r)",
-                     check=_nonneg),
-        "weight_decay": Key(0.0, "float", "L2 decay on trainable critic parameters", check=_nonneg),
+                     check=checks.nonneg),
+        "weight_decay": Key(0.0, "float", "L2 decay on trainable critic parameters", check=checks.nonneg),
         "optimizer": Key("sgd", "str", "critic optimizer (gradient ascent, learning rate dynamics.eta_d)",
                          choices=("sgd", "momentum", "adam", "cg")),
         **_optimizer_keys("critic"),
         "riesz_s": Key(1.0, "float", "riesz critic exponent s (default m - 1 = 1 in d = 2)",
-                       check=_positive),
-        "riesz_eps": Key(1e-3, "float", "riesz critic regularisation eps", check=_positive),
+                       check=checks.positive),
+        "riesz_eps": Key(1e-3, "float", "riesz critic regularisation eps", check=checks.positive),
         "mmd_sigmas": Key([0.2], "floats", "mmd critic: Gaussian widths of the mixture",
-                          check=_all_positive),
-        "width": Key(128, "int", "mlp / learned_features critic: hidden width", check=_at_least(1)),
+                          check=checks.each(checks.positive, "numbers > 0", nonempty=True)),
+        "width": Key(128, "int", "mlp / learned_features critic: hidden width", check=checks.at_least(1)),
         "widths": Key([], "ints", "mlp critic: hidden widths layer by layer, e.g. [64, 1024, 64] "
-                      "(empty: depth layers of width)", check=_all_at_least_one),
-        "depth": Key(2, "int", "mlp / learned_features critic: hidden layers", check=_at_least(1)),
+                      "(empty: depth layers of width)", check=checks.each(checks.at_least(1), "integers >= 1")),
+        "depth": Key(2, "int", "mlp / learned_features critic: hidden layers", check=checks.at_least(1)),
         "dropout": Key([], "floats", "mlp critic: dropout rate after each hidden "
                        "layer, one per hidden layer (e.g. [0, 0.2, 0], USD's critic); applied in "
-                       "the critic steps, not in the particle forces; empty: none", check=_all_rates),
+                       "the critic steps, not in the particle forces; empty: none", check=checks.each(checks.unit_half_open, "rates in [0, 1)")),
         "output_bias": Key(True, "bool", "mlp critic: bias on the output layer (false: USD's "
                            "Linear(64, 1, bias=False))"),
         "activation": Key("relu", "str", "mlp / learned_features critic activation",
                           choices=("relu", "leaky_relu", "tanh")),
         "feature_dim": Key(2, "int", "learned_features critic: feature-space dimension m",
-                           check=_at_least(1)),
+                           check=checks.at_least(1)),
         "feature_kernel": Key("gaussian", "str", "learned_features critic: feature-space kernel "
                               "(gaussian: widths mmd_sigmas; riesz: riesz_s, riesz_eps)",
                               choices=("gaussian", "energy", "riesz")),
         "beta": Key(0.0, "float", "learned_features critic: weight of the stabilising term "
                     "[derived construction; beta > 1 removes the linear instability; 0: off]",
-                    check=_nonneg),
+                    check=checks.nonneg),
         "stabilizer": Key("real", "str", "learned_features critic: stabilising self-interaction on "
                           "the target features (real) or on both feature clouds (symmetric)",
                           choices=("real", "symmetric")),
@@ -253,7 +206,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "saturating": Key(True, "bool", "alpha loss: saturating generator (False: non-saturating)"),
         "penalty": Key("fake", "str", "gradient penalty location",
                        choices=("none", "fake", "real", "interpolates")),
-        "penalty_weight": Key(1.0, "float", "gradient penalty strength lambda", check=_nonneg),
+        "penalty_weight": Key(1.0, "float", "gradient penalty strength lambda", check=checks.nonneg),
         "penalty_form": Key("lambda", "str",
                             "penalty convention: lambda E||grad f||^2, (lambda/2) E||grad f||^2, or "
                             "mean_grad: lambda E||grad_x mean_j f(x_j)||^2 = (lambda/n^2) E||grad f||^2 "
@@ -261,19 +214,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             choices=("lambda", "half_lambda", "mean_grad")),
     },
     "dynamics": {
-        "eta_g": Key(1.0, "float", "particle (generator) step size eta_G", check=_positive),
-        "eta_d": Key(0.01, "float", "critic learning rate eta_D", check=_positive),
-        "critic_steps": Key(5, "int", "critic steps n_c per particle step", check=_at_least(1)),
+        "eta_g": Key(1.0, "float", "particle (generator) step size eta_G", check=checks.positive),
+        "eta_d": Key(0.01, "float", "critic learning rate eta_D", check=checks.positive),
+        "critic_steps": Key(5, "int", "critic steps n_c per particle step", check=checks.at_least(1)),
         "critic_steps_startup": Key(100, "int", "critic steps before the first particle step",
-                                    check=_nonneg),
+                                    check=checks.nonneg),
         "update": Key("alternating", "str", "alternating or simultaneous updates",
                       choices=("alternating", "simultaneous")),
     },
     "observables": {
-        "mmd_sigma": Key(0.2, "float", "Gaussian width of the recorded MMD^2", check=_positive),
+        "mmd_sigma": Key(0.2, "float", "Gaussian width of the recorded MMD^2", check=checks.positive),
         "mmd_samples": Key(1000, "int", "target samples used for the recorded MMD^2",
-                           check=_at_least(2)),
-        "hq_sigmas": Key(3.0, "float", "high-quality radius in units of target.sigma", check=_positive),
+                           check=checks.at_least(2)),
+        "hq_sigmas": Key(3.0, "float", "high-quality radius in units of target.sigma", check=checks.positive),
         "kid": Key(False, "bool", "record the KID (P1.5: cubic polynomial kernel, gamma = 1/d, on the "
                    "raw positions: particles as fake, target samples as real features) as series "
                    "kid and kid_std (absent when false)"),
@@ -281,9 +234,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "MNIST measures: collapse_cos = log M - H(p) with nearest-target cosine assignment, "
                       "quality_cos, spread_cos, targets_hit; absent when false)"),
         "kid_subsets": Key(10, "int", "KID: number of random subsets (drawn from the observables "
-                           "random stream)", check=_at_least(1)),
+                           "random stream)", check=checks.at_least(1)),
         "kid_subset_size": Key(200, "int", "KID: rows per subset, capped at min(particles.n, "
-                               "target.n_samples)", check=_at_least(2)),
+                               "target.n_samples)", check=checks.at_least(2)),
     },
     "schedule": {
         "kind": Key("none", "str", "learning-rate schedule of the run: none, or kid (KID-driven "
@@ -293,32 +246,32 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     choices=("none", "kid")),
         "every": Key(50, "int", "kid schedule: evaluate every this many particle steps (spec: 2000, "
                      "for ~1e5-step GAN training; with 50 a 1500-step run fills a 10-entry window "
-                     "by step 450 and tests from step 500 on)", check=_at_least(1)),
+                     "by step 450 and tests from step 500 on)", check=checks.at_least(1)),
         "window": Key(10, "int", "kid schedule: FIFO memory of past evaluations; the current "
-                      "particles are tested against the oldest", check=_at_least(1)),
+                      "particles are tested against the oldest", check=checks.at_least(1)),
         "p_threshold": Key(0.1, "float", "kid schedule: a test with p above this is a failure "
-                           "(no significant improvement)", check=_unit_closed),
+                           "(no significant improvement)", check=checks.unit_closed),
         "patience": Key(3, "int", "kid schedule: consecutive failures that trigger a decay",
-                        check=_at_least(1)),
+                        check=checks.at_least(1)),
         "factor": Key(0.5, "float", "kid schedule: decay factor of eta_G and eta_D",
-                      check=_open_unit),
+                      check=checks.unit_open),
         "floor": Key(1e-6, "float", "kid schedule: lower bound of the decayed eta_G (eta_D keeps "
-                     "the ratio eta_D / eta_G)", check=_nonneg),
+                     "the ratio eta_D / eta_G)", check=checks.nonneg),
     },
     "run": {
-        "steps": Key(1500, "int", "number of particle steps", check=_at_least(1)),
-        "record_every": Key(10, "int", "record observables every this many steps", check=_at_least(1)),
+        "steps": Key(1500, "int", "number of particle steps", check=checks.at_least(1)),
+        "record_every": Key(10, "int", "record observables every this many steps", check=checks.at_least(1)),
         "snapshots": Key(6, "int", "particle snapshots stored (evenly spaced, incl. start and end)",
-                         check=_at_least(2)),
-        "seed": Key(0, "int", "master seed", check=_nonneg),
+                         check=checks.at_least(2)),
+        "seed": Key(0, "int", "master seed", check=checks.nonneg),
         "backend": Key("auto", "str", "compute backend; 'auto': cpu when numba is installed, else "
                        "numpy (resolved, and stored as the one chosen)", choices=("auto", "numpy", "cpu", "cuda")),
         "dtype": Key("float64", "str", "floating point type", choices=("float64", "float32")),
         "checkpoint_every": Key(0, "int", "write a checkpoint every this many steps (0: never)",
-                                check=_nonneg),
+                                check=checks.nonneg),
         "divergence_bound": Key(1e6, "float",
                                 "stop as diverged when max |x_i| exceeds this times (1 + max |y|) "
-                                "(runaway growth; 0: only NaN/inf)", check=_nonneg),
+                                "(runaway growth; 0: only NaN/inf)", check=checks.nonneg),
     },
 }
 
@@ -425,13 +378,11 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
             raise ConfigError(f"{name} holds a number too large for a floating-point number") from None
         if not all(math.isfinite(v) for v in value):
             raise ConfigError(f"{name} must hold finite numbers, got {value!r}")
-    if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, spec.choices))}, got {value!r}"
+    if spec.choices is not None and checks.one_of(spec.choices)(value):
+        raise ConfigError(f"{name} {checks.one_of(spec.choices)(value)}, got {value!r}"
                           f"{_suggest(str(value), spec.choices)}")
     if spec.check is not None and value is not None:
-        msg = spec.check(value)
-        if msg:
-            raise ConfigError(f"{name} {msg}, got {value!r}")
+        checks.require(name, value, spec.check)
     return value
 
 
