@@ -17,7 +17,8 @@ top-level ``errors`` / ``progress`` / ``numba_setup``):
 * :mod:`particlegan.backends` -- numpy (reference oracle), cpu (numba prange) and cuda drivers of
   the pair sums;
 * :mod:`particlegan.model` -- the model parts: targets, generator couplings, the generator
-  objects (particles or an MLP generator), critics, losses, optimizers, random streams;
+  objects (particles or an MLP generator), critics, losses, optimizers, random streams, and
+  ``from_config`` (config sections -> model parts, the one place keys are read at build time);
 * :mod:`particlegan.engine` -- the one outer step of any generator with any critic
   (``dynamics``), the empirical NTK, observables, checkpoints, resource estimates and the run
   loop (``simulate``);

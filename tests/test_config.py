@@ -257,7 +257,7 @@ def test_bias_with_sigma_b_changes_the_ntk_generator_outputs():
     """The combination that is allowed does act: biases (sigma_b > 0) move G(z)."""
     import numpy as np
 
-    from particlegan.model.generators import make_generator
+    from particlegan.model.from_config import make_generator
     from particlegan.maths import nn
 
     base = ["model.type=neural", "particles.n=8", "generator.width=16"]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from particlegan.store.config import resolve_config
-from particlegan.model.coupling import (apply_coupling, coupling_matrix, make_coupling, sample_sphere,
+from particlegan.model.from_config import make_coupling
+from particlegan.model.coupling import (apply_coupling, coupling_matrix, sample_sphere,
                                   universal_mode_rates)
 from particlegan.errors import DataError
 

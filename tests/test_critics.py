@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from particlegan.model import critics as cr
+from particlegan.model.from_config import target_feature_needs
 from particlegan.backends import get_backend
 from particlegan.model.losses import make_objective
 
@@ -96,7 +97,7 @@ def test_target_features_kept_are_those_the_objective_reads(loss, want):
     items = [i.replace("'", '"') for i in items]
     cfg = resolve_config(overrides=items + ["particles.n=16", "target.n_samples=64", "critic.features=16",
                                             "dynamics.critic_steps_startup=1", "observables.mmd_samples=16"])
-    assert cr.target_feature_needs(cfg["loss"]) == want
+    assert target_feature_needs(cfg["loss"]) == want
     model, _ = build_model(cfg)
     real = model.critic.real
     assert (real.psi is not None, real.dpsi is not None) == want

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from particlegan.model import feature_critic as fc
+from particlegan.model.from_config import build_learned_critic
 from particlegan.maths import nn
 from particlegan.backends import get_backend
 from particlegan.store.config import resolve_config
@@ -20,7 +21,7 @@ def _critic(kind, beta=0.0, stabilizer="real", dim=2, seed=0):
                                     f"critic.stabilizer={stabilizer}", "critic.width=8", "critic.depth=2",
                                     "critic.feature_dim=3", "critic.activation=tanh",
                                     "critic.mmd_sigmas=[0.5, 2.0]", "critic.riesz_eps=0.3"])
-    return fc.build_learned_critic(cfg["critic"], dim, np.random.default_rng(seed))
+    return build_learned_critic(cfg["critic"], dim, np.random.default_rng(seed))
 
 
 def _data(seed=1, n=7, m=9, d=2):

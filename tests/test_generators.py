@@ -14,7 +14,7 @@ from particlegan.engine import dynamics as dyn
 from particlegan.maths import nn
 from particlegan.store.config import resolve_config
 from particlegan.engine.empirical_ntk import empirical_ntk
-from particlegan.model.losses import objective_from_config
+from particlegan.model.from_config import objective_from_config
 from particlegan.model.particle_critics import mlp_critic_objective
 from particlegan.engine.simulate import run_to_dir, simulate
 from finite_differences import fd_grad

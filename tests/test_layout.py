@@ -39,3 +39,17 @@ def test_the_top_level_holds_only_the_entry_points_and_helpers():
     top = sorted(p.stem for p in PKG.glob("*.py"))
     assert top == ["__init__", "__main__", "api", "bench", "cli", "errors", "numba_setup", "progress"]
     assert sorted(p.name for p in PKG.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(LAYERS)
+
+
+def test_only_from_config_reads_config_sections_in_the_model_layer():
+    """The model parts take explicit arguments: no function of particlegan/model/ but those of
+    from_config.py takes a config dict (a parameter named cfg or <section>cfg)."""
+    bad = []
+    for path in sorted((PKG / "model").glob("*.py")):
+        if path.name == "from_config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                bad += [f"{path.name}:{node.lineno} {node.name}({n})" for n in names if n.endswith("cfg")]
+    assert not bad, bad

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from particlegan.model.losses import (alpha_loss_fake, alpha_loss_real, make_objective, penalty_coefficient,
-                                sigmoid)
+from particlegan.model.from_config import penalty_coefficient
+from particlegan.model.losses import alpha_loss_fake, alpha_loss_real, make_objective, sigmoid
 
 ALPHAS = [0.2, 0.3, 0.5, 1.0, 1.2, 2.0, 5.0, np.inf]
 S = np.linspace(-8, 8, 33)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from particlegan.model import optimizers as opt
+from particlegan.model.from_config import optimizer_from_config
 from particlegan.errors import ConfigError
 
 RULES = ("FR", "PRP", "HS", "DY", "HS_DY", "FR_PRP", "HZ")
@@ -566,33 +567,32 @@ def test_make_optimizer_errors(name, lr, options, pattern):
 def test_optimizer_from_config_maps_keys():
     section = {"optimizer": "adam", "betas": [0.5, 0.9], "amsgrad": True, "adam_reset": True,
                "momentum": 0.3, "cg_rule": "PRP", "lr_schedule": "inv_sqrt"}
-    o = opt.optimizer_from_config(section, 0.01, "critic")
+    o = optimizer_from_config(section, 0.01, "critic")
     assert isinstance(o, opt.Adam)
     assert o.betas == (0.5, 0.9) and o.amsgrad and o.reset_each_outer_step
     assert o.lr(o.init()) == pytest.approx(0.01)
-    o = opt.optimizer_from_config({**section, "optimizer": "cg", "cg_beta_scale": 0.5}, 0.01,
+    o = optimizer_from_config({**section, "optimizer": "cg", "cg_beta_scale": 0.5}, 0.01,
                                   "generator", slices=[slice(0, 2), slice(2, 5)])
     assert isinstance(o, opt.ConjugateGradient)
     assert o.rule == "PRP" and o.beta_scale == 0.5 and o.per_tensor
     with pytest.raises(ConfigError, match=r"critic\.betas"):
-        opt.optimizer_from_config({**section, "betas": [0.5, 1.5]}, 0.01, "critic")
+        optimizer_from_config({**section, "betas": [0.5, 1.5]}, 0.01, "critic")
     with pytest.raises(ConfigError, match=r"critic\.optimizer"):
-        opt.optimizer_from_config({"optimizer": "lbfgs"}, 0.01, "critic")
+        optimizer_from_config({"optimizer": "lbfgs"}, 0.01, "critic")
     with pytest.raises(ConfigError, match=r"generator\.cg_rule"):
-        opt.optimizer_from_config({"optimizer": "cg", "cg_rule": "ZZ"}, 0.01, "generator")
+        optimizer_from_config({"optimizer": "cg", "cg_rule": "ZZ"}, 0.01, "generator")
     with pytest.raises(ConfigError, match=r"dynamics\.eta_d"):
-        opt.optimizer_from_config({"optimizer": "sgd"}, 0.0, "critic", lr_key="dynamics.eta_d")
+        optimizer_from_config({"optimizer": "sgd"}, 0.0, "critic", lr_key="dynamics.eta_d")
 
 
 # ------------------------------------------------- config keys of both players (--set) ----
 def _built(player, *overrides):
     """The optimizer the simulator builds for ``player`` from a config with ``overrides``."""
-    from particlegan.engine import dynamics
-    from particlegan.model.generators import generator_optimizer
+    from particlegan.model.from_config import generator_optimizer, make_critic_optimizer
     from particlegan.store.config import resolve_config
 
     cfg = resolve_config(overrides=list(overrides))
-    return (dynamics.make_critic_optimizer(cfg) if player == "critic"
+    return (make_critic_optimizer(cfg) if player == "critic"
             else generator_optimizer(cfg))
 
 

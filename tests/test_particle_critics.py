@@ -7,6 +7,7 @@ import pytest
 
 from particlegan.engine import dynamics as dyn
 from particlegan.model import particle_critics as pc
+from particlegan.model.from_config import critic_layer_sizes
 from particlegan.store.config import resolve_config
 from particlegan.model.critics import FEATURE_CRITICS, KERNEL_CRITICS
 
@@ -30,8 +31,8 @@ def test_every_critic_type_runs_through_the_one_engine(ctype):
 
 
 def test_mlp_critic_layers_follow_widths_or_width_and_depth():
-    assert pc.critic_layer_sizes(tiny("critic.widths=[64, 1024, 64]")) == [2, 64, 1024, 64, 1]
-    assert pc.critic_layer_sizes(tiny()) == [2, 16, 16, 1]
+    assert critic_layer_sizes(tiny("critic.widths=[64, 1024, 64]")) == [2, 64, 1024, 64, 1]
+    assert critic_layer_sizes(tiny()) == [2, 16, 16, 1]
     model, _ = dyn.build_model(tiny("critic.type=mlp", "critic.widths=[8, 32, 8]"))
     assert [model.critic.net.weight(k).shape for k in range(4)] in (
         [(8, 2), (32, 8), (8, 32), (1, 8)], [(2, 8), (8, 32), (32, 8), (8, 1)])

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from particlegan.store.config import resolve_config
-from particlegan.model.targets import grid_centres, init_particles, make_target, ring_centres
+from particlegan.model.from_config import init_particles, make_target
+from particlegan.model.targets import grid_centres, ring_centres
 
 
 @pytest.mark.parametrize("dim", [2, 3, 5])
@@ -63,7 +64,6 @@ def _write_idx(path, imgs):
 
 def test_idx_target_takes_first_images_or_indices_and_normalizes(tmp_path):
     from particlegan.store.config import resolve_config
-    from particlegan.model.targets import make_target
 
     imgs = np.random.default_rng(0).integers(0, 256, size=(10, 3, 3)).astype(np.uint8)
     _write_idx(tmp_path / "imgs-idx3-ubyte", imgs)

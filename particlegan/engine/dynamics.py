@@ -30,12 +30,12 @@ import numpy as np
 
 from particlegan.backends import get_backend
 from particlegan.model import critics as cr
-from particlegan.model.generators import build_generator
-from particlegan.model.losses import Objective, objective_from_config
-from particlegan.model.optimizers import Optimizer, OptState, optimizer_from_config
-from particlegan.model.particle_critics import build_critic
+from particlegan.model.from_config import (build_critic, build_generator, make_critic_optimizer, make_target,
+                                           objective_from_config)
+from particlegan.model.losses import Objective
+from particlegan.model.optimizers import Optimizer, OptState
 from particlegan.model.streams import advanced_copy, seed_streams
-from particlegan.model.targets import Target, make_target
+from particlegan.model.targets import Target
 
 
 @dataclass(frozen=True)
@@ -113,17 +113,10 @@ class State:
     gen: object | None = None
 
 
-def make_critic_optimizer(cfg: dict):
-    """Critic optimizer of ``critic.optimizer`` and the ``critic`` optimizer keys (momentum,
-    betas, cg_rule, lr_schedule, ...; see :func:`particlegan.model.optimizers.optimizer_from_config`),
-    learning rate eta_D = ``dynamics.eta_d``; used for gradient ascent."""
-    return optimizer_from_config(cfg["critic"], cfg["dynamics"]["eta_d"], "critic",
-                                 lr_key="dynamics.eta_d")
-
-
 def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None) -> tuple[Model, State]:
     """Build the static model and the initial state (critic start-up steps included) of any
-    ``model.type`` with any ``critic.type``."""
+    ``model.type`` with any ``critic.type``: the parts come from the config through
+    :mod:`particlegan.model.from_config`, composed here."""
     streams = streams or seed_streams(cfg["run"]["seed"])
     dtype = np.dtype(cfg["run"]["dtype"])
     backend = get_backend(cfg["run"]["backend"])

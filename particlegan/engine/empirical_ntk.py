@@ -241,10 +241,10 @@ def _two_layer_relu_applies(gcfg: dict) -> bool:
 def _initial_generator(cfg: dict, dtype):
     """The MLP generator at initialisation and its latents z (N, d_z), exactly as a
     ``model.type = "neural"`` run with the same config and seed builds them."""
-    from particlegan.model.generators import MLPGenerator
+    from particlegan.model.from_config import mlp_generator
     from particlegan.model.streams import seed_streams
 
-    gen, _, state = MLPGenerator.from_config(cfg, seed_streams(cfg["run"]["seed"]), None, None, dtype)
+    gen, _, state = mlp_generator(cfg, seed_streams(cfg["run"]["seed"]), None, None, dtype)
     return gen.net, state.z
 
 
@@ -252,7 +252,7 @@ def generator_ntk_report(cfg: dict, method: str = "layerwise") -> tuple[dict, np
     """Empirical NTK of a config's neural generator at initialisation on its fixed latents.
 
     The generator and latents are exactly those of a ``model.type = "neural"`` run with the same
-    config and seed (:class:`particlegan.model.generators.MLPGenerator`: same random streams), so the
+    config and seed (:func:`particlegan.model.from_config.mlp_generator`: same random streams), so the
     measured constants describe that run's generator at step 0.
 
     Parameters

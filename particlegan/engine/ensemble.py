@@ -54,7 +54,7 @@ ENSEMBLE_VARYING = (("run", "seed"), ("generator", "phi"), ("generator", "g1"), 
 
 def ensemble_refusal(cfg: dict) -> str | None:
     """Why the resolved config ``cfg`` cannot run as an ensemble member (one line), or None."""
-    from particlegan.model.losses import objective_from_config
+    from particlegan.model.from_config import objective_from_config
 
     if cfg["model"]["type"] != "particle":
         return "model.type is not 'particle'"

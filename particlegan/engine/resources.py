@@ -12,7 +12,7 @@ step (in bytes, ``dtype`` itemsize per number; float64 for the reference-backend
     targets     (M, d) samples in float64 and the run dtype:     2 M d
     features    rff / relu_features: psi and dpsi of the particles (N K x 2), of the interpolates
                 with the WGAN-GP penalty (N K x 2), those of the targets that the loss reads
-                (M K x 0..2: none for the IPM loss, see critics.target_feature_needs), and the
+                (M K x 0..2: none for the IPM loss, see from_config.target_feature_needs), and the
                 temporaries of the largest batch while it is built
     coupling    a dense (N, N) kernel (matrix, or ntk_* with N <= dense_max)
     snapshots   S N d;  kernel-critic memory: memory N d
@@ -49,7 +49,8 @@ def estimate_memory(cfg: dict) -> dict[str, int]:
         "blocks": 4 * max(_BLOCK_ELEMS, max(m, n) * d) * 8,
     }
     if crit["type"] in ("rff", "relu_features"):
-        from particlegan.model.critics import TARGET_CHUNK_ELEMS, target_feature_needs
+        from particlegan.model.critics import TARGET_CHUNK_ELEMS
+        from particlegan.model.from_config import target_feature_needs
 
         k = crit["features"]
         keep = sum(target_feature_needs(cfg["loss"]))

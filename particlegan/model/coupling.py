@@ -24,12 +24,10 @@ Kernels are applied, never required dense: :func:`apply_coupling` is the only ho
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from particlegan.errors import ConfigError, DataError
-from particlegan.store.storage import load_sample_array
 
 
 @dataclass(frozen=True)
@@ -71,61 +69,6 @@ def universal_top_eigenvalue(g1: float, g2: float, n: int) -> float:
     """Largest eigenvalue of K = (g1 - g2) I + g2 1 1^T, shape (n, n): g1 + (n - 1) g2 for
     g2 >= 0 (the centre of mass), g1 - g2 otherwise (the relative modes)."""
     return max(g1 + (n - 1) * g2, g1 - g2) if n > 1 else g1
-
-
-def make_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
-    """Build the coupling of config section ``generator`` for N = n particles."""
-    c = _unnormalised_coupling(gcfg, n, rng)
-    norm = gcfg["normalization"]
-    if norm == "ntk":
-        return replace(c, scale=1.0 / n)
-    if norm == "mean":
-        return replace(c, collective=1.0 / n)
-    if norm == "spectral":
-        if c.kind in ("universal", "identity"):
-            top = universal_top_eigenvalue(c.g1, c.g2, n)
-        elif c.dense is not None:
-            top = float(np.linalg.eigvalsh(c.dense)[-1])
-        else:
-            raise ConfigError(f"generator.normalization = 'spectral' needs the kernel held densely: "
-                              f"particles.n = {n} exceeds generator.dense_max = {gcfg['dense_max']}")
-        if not top > 0:
-            raise DataError(f"generator.normalization = 'spectral': the coupling kernel's largest "
-                            f"eigenvalue is {top:.3g} (must be > 0)")
-        return replace(c, scale=1.0 / top)
-    return c
-
-
-def _unnormalised_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
-    """The coupling C = K (scale 1, collective 1) of config section ``generator``."""
-    kind = gcfg["kernel"]
-    g1 = float(gcfg["g1"])
-    if kind == "universal":
-        return Coupling(kind, n, 1.0, g1=g1, g2=g1 * float(gcfg["phi"]))
-    if kind == "identity":
-        return Coupling(kind, n, 1.0, g1=g1, g2=0.0)
-    if kind in ("ntk_relu", "ntk_erf"):
-        from particlegan.maths.kernels import ntk_matrix
-
-        ntk_kind = kind.split("_")[1]
-        z = sample_sphere(n, gcfg["latent_dim"], rng)
-        dense = None
-        if n <= gcfg["dense_max"]:
-            dense = ntk_matrix(z, z, ntk_kind, gcfg["sigma_w"], gcfg["sigma_b"])
-        return Coupling(kind, n, 1.0, dense=dense, latents=z, ntk_kind=ntk_kind,
-                        sigma_w=float(gcfg["sigma_w"]), sigma_b=float(gcfg["sigma_b"]))
-    # user matrix
-    path = gcfg["matrix_path"]
-    k = load_sample_array(path, "generator.matrix_path")
-    if k.shape != (n, n):
-        raise DataError(f"generator.matrix_path file '{path}' has shape {k.shape}, expected ({n}, {n})")
-    if not np.allclose(k, k.T, rtol=1e-10, atol=1e-12 * np.abs(k).max()):
-        raise DataError(f"generator.matrix_path file '{path}' is not symmetric")
-    eig_min = np.linalg.eigvalsh(k)[0]
-    if eig_min < -1e-8 * max(1.0, np.abs(k).max()):
-        raise DataError(f"generator.matrix_path file '{path}' is not positive semi-definite "
-                        f"(smallest eigenvalue {eig_min:.3g})")
-    return Coupling(kind, n, 1.0, dense=k)
 
 
 def apply_coupling(c: Coupling, forces: np.ndarray, backend=None) -> np.ndarray:

@@ -27,12 +27,11 @@ plus (weight_decay/2) ||w||^2.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from particlegan.maths.kernels import KernelSpec, make_kernel
+from particlegan.maths.kernels import KernelSpec
 from particlegan.model.losses import Objective
 
 FEATURE_CRITICS = ("rff", "relu_features")
@@ -85,19 +84,6 @@ class FeatureBatch:
 TARGET_CHUNK_ELEMS = 1 << 22  # features of the targets built this many (row x feature) at a time
 
 
-def target_feature_needs(lcfg: dict) -> tuple[bool, bool]:
-    """Which per-sample features of the targets the critic objective of config section
-    ``loss`` reads: (psi, dpsi).
-
-    The IPM objective reads only their mean; the other objectives read psi_m w (psi); the
-    penalty on the real samples reads the input gradients (dpsi). Nothing else does.
-    """
-    from particlegan.model.losses import objective_from_config
-
-    return (objective_from_config(lcfg).name != "ipm",
-            lcfg["penalty"] == "real" and lcfg["penalty_weight"] > 0)
-
-
 def target_feature_batch(fm: FeatureMap, y: np.ndarray, backend, keep_psi: bool = True,
                          keep_dpsi: bool = True, chunk_elems: int = TARGET_CHUNK_ELEMS) -> FeatureBatch:
     """Features of the targets y (M, d), keeping only what is asked for.
@@ -129,20 +115,6 @@ def target_feature_batch(fm: FeatureMap, y: np.ndarray, backend, keep_psi: bool 
             dpsi_parts.append(dpsi)
     return FeatureBatch(np.concatenate(psi_parts) if keep_psi else None,
                         np.concatenate(dpsi_parts) if keep_dpsi else None, total / m)
-
-
-def build_feature_critic(ccfg: dict, y: np.ndarray, backend, rng: np.random.Generator,
-                         needs: tuple[bool, bool] = (True, True)):
-    """Random-feature critic of config section ``critic`` (type rff / relu_features) in y's dtype.
-
-    ``needs``: (psi, dpsi) of the targets to keep (:func:`target_feature_needs`).
-    Returns (feature map, features of the targets y (M, d), zero initial weights (K,)).
-    """
-    dtype = y.dtype
-    fmap = make_feature_map(ccfg["type"], ccfg["sigma"], ccfg["features"], y.shape[1], rng)
-    fmap = dataclasses.replace(fmap, A=fmap.A.astype(dtype), b=fmap.b.astype(dtype))
-    return (fmap, target_feature_batch(fmap, y, backend, *needs),
-            np.zeros(ccfg["features"], dtype=dtype))
 
 
 def feature_batch(fm: FeatureMap, X: np.ndarray, backend, keep_psi: bool = True) -> FeatureBatch:
@@ -309,21 +281,6 @@ def interpolates(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.n
 
 
 # ------------------------------------------------------------------------ kernel critics ---
-def critic_kernel(ccfg: dict) -> KernelSpec:
-    """Kernel of a fixed-kernel critic type."""
-    kind = ccfg["type"]
-    if kind == "kernel":
-        return make_kernel("gaussian", sigma=ccfg["sigma"])
-    if kind == "mmd":
-        sig = ccfg["mmd_sigmas"]
-        if len(sig) == 1:
-            return make_kernel("gaussian", sigma=sig[0])
-        return make_kernel("gaussian_mixture", sigmas=tuple(sig))
-    if kind == "energy":
-        return make_kernel("energy")
-    if kind == "riesz":
-        return make_kernel("riesz", s=ccfg["riesz_s"], eps=ccfg["riesz_eps"])
-    raise ValueError(f"{kind!r} is not a fixed-kernel critic")
 
 
 @dataclass(frozen=True)

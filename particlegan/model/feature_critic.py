@@ -35,10 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from particlegan.maths import nn
-from particlegan.maths.kernels import KernelSpec, make_kernel
+from particlegan.maths.kernels import KernelSpec
 
-__all__ = ["LearnedFeatureCritic", "FEATURE_KERNELS", "build_learned_critic", "feature_kernel",
-           "feature_space_gradients",
+__all__ = ["LearnedFeatureCritic", "FEATURE_KERNELS", "feature_space_gradients",
            "interaction_energy", "learned_critic_objective", "learned_critic_values_and_grads"]
 
 FEATURE_KERNELS = ("gaussian", "energy", "riesz")
@@ -59,36 +58,6 @@ class LearnedFeatureCritic:
     kernel: KernelSpec
     beta: float
     stabilizer: str
-
-
-def feature_kernel(ccfg: dict) -> KernelSpec:
-    """Feature-space kernel of config section ``critic``: ``feature_kernel`` = gaussian (widths
-    ``mmd_sigmas``), energy, or riesz (``riesz_s``, ``riesz_eps``)."""
-    kind = ccfg["feature_kernel"]
-    if kind == "gaussian":
-        sig = ccfg["mmd_sigmas"]
-        return (make_kernel("gaussian", sigma=sig[0]) if len(sig) == 1
-                else make_kernel("gaussian_mixture", sigmas=tuple(sig)))
-    if kind == "energy":
-        return make_kernel("energy")
-    if kind == "riesz":
-        return make_kernel("riesz", s=ccfg["riesz_s"], eps=ccfg["riesz_eps"])
-    raise ValueError(f"critic.feature_kernel must be one of {FEATURE_KERNELS}, got {kind!r}")
-
-
-def build_learned_critic(ccfg: dict, dim: int, rng: np.random.Generator,
-                         dtype=np.float64) -> tuple[LearnedFeatureCritic, np.ndarray]:
-    """Learned-feature critic of config section ``critic`` for data of dimension ``dim``.
-
-    The feature MLP is (dim, width x depth, feature_dim) with biases and the PyTorch-default
-    initialisation (as the MLP critic). Returns the critic and its initial parameters theta.
-    """
-    sizes = [dim] + [ccfg["width"]] * ccfg["depth"] + [ccfg["feature_dim"]]
-    net = nn.init_mlp(sizes, ccfg["activation"], True, "standard", rng, dtype=dtype,
-                      config_prefix="critic")
-    critic = LearnedFeatureCritic(net=net, kernel=feature_kernel(ccfg), beta=float(ccfg["beta"]),
-                                  stabilizer=ccfg["stabilizer"])
-    return critic, net.theta.copy()
 
 
 def _weights(n: int, value: float, dtype) -> np.ndarray:

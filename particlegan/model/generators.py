@@ -10,8 +10,9 @@ Every generator object has the same small interface, and the engine
 * ``result_arrays(gen_state) -> dict``: what a run stores of them in result.npz.
 
 ``gen_state`` is whatever the kind needs beyond x (None for particles); it lives in the engine's
-state as ``state.gen`` and is checkpointed with it. :func:`build_generator` builds the object,
-the initial points and the initial generator state from the config (``model.type``).
+state as ``state.gen`` and is checkpointed with it.
+:func:`particlegan.model.from_config.build_generator` builds the object, the initial points and
+the initial generator state from the config (``model.type``).
 
 Particles (``model.type = "particle"``, :class:`ParticleGenerator`)
 --------------------------------------------------------------------
@@ -45,10 +46,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from particlegan.maths import nn
-from particlegan.model.coupling import Coupling, apply_coupling, make_coupling
-from particlegan.model.optimizers import Optimizer, OptState, optimizer_from_config
+from particlegan.model.coupling import Coupling, apply_coupling
+from particlegan.model.optimizers import Optimizer, OptState
 from particlegan.model.streams import advanced_copy
-from particlegan.model.targets import Target, init_particles
 
 
 # ------------------------------------------------------------------------ particles ----
@@ -60,15 +60,6 @@ class ParticleGenerator:
     eta_g: float
     backend: object
     dtype: np.dtype
-
-    @classmethod
-    def from_config(cls, cfg: dict, streams: dict, target: Target, backend, dtype):
-        """(generator, x0 (N, d), None): initial particles from stream ``particles``
-        (``particles.*``), the coupling from ``coupling`` (``generator.*``)."""
-        x0 = init_particles(cfg["particles"], cfg["target"]["dim"], streams["particles"],
-                            target_mean=target.samples.mean(axis=0)).astype(dtype)
-        coupling = make_coupling(cfg["generator"], cfg["particles"]["n"], streams["coupling"])
-        return cls(coupling, float(cfg["dynamics"]["eta_g"]), backend, dtype), x0, None
 
     def step(self, gen_state, x: np.ndarray, forces: np.ndarray, lr_scale: float):
         moved = apply_coupling(self.coupling, forces, self.backend)
@@ -94,31 +85,10 @@ class MLPGeneratorState:
     latents: np.random.Generator
 
 
-def make_generator(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.MLP:
-    """Generator MLP of config section ``generator`` (output dimension ``target.dim``)."""
-    g = cfg["generator"]
-    sizes = [g["latent_dim"]] + [g["width"]] * g["depth"] + [cfg["target"]["dim"]]
-    return nn.init_mlp(sizes, g["activation"], g["bias"], g["parameterization"], rng,
-                       sigma_w=g["sigma_w"], sigma_b=g["sigma_b"], dtype=dtype,
-                       config_prefix="generator")
-
-
-def latent_shape(cfg: dict) -> tuple:
-    """(N, d_z, kind) = (particles.n, generator.latent_dim, generator.latent)."""
-    g = cfg["generator"]
-    return (int(cfg["particles"]["n"]), int(g["latent_dim"]), str(g["latent"]))
-
-
 def draw_latents(shape: tuple, rng: np.random.Generator, dtype) -> np.ndarray:
-    """N latents (N, d_z) of the kind in ``shape`` = :func:`latent_shape`."""
+    """N latents (N, d_z) of the kind in ``shape`` = (N, d_z, kind)."""
     n, dim, kind = shape
     return nn.sample_latents(n, dim, kind, rng, dtype)
-
-
-def generator_optimizer(cfg: dict):
-    """Generator optimizer (``generator.*`` optimizer keys, learning rate dynamics.eta_g)."""
-    return optimizer_from_config(cfg["generator"], cfg["dynamics"]["eta_g"], "generator",
-                                 lr_key="dynamics.eta_g")
 
 
 @dataclass(frozen=True)
@@ -138,17 +108,6 @@ class MLPGenerator:
     latent_shape: tuple
     fresh_latents: bool
     dtype: np.dtype
-
-    @classmethod
-    def from_config(cls, cfg: dict, streams: dict, target: Target, backend, dtype):
-        """(generator, x0 = G_theta0(z) (N, d), initial :class:`MLPGeneratorState`)."""
-        net = make_generator(cfg, streams["coupling"], dtype)
-        shape = latent_shape(cfg)
-        z = draw_latents(shape, streams["particles"], dtype)
-        opt = generator_optimizer(cfg)
-        gen = cls(net, opt, shape, bool(cfg["generator"]["fresh_latents"]), dtype)
-        state = MLPGeneratorState(theta=net.theta.copy(), z=z, opt=opt.init(), latents=streams["particles"])
-        return gen, nn.mlp_apply(net, z), state
 
     def param_grad(self, gen_state: MLPGeneratorState, forces: np.ndarray) -> np.ndarray:
         """grad_theta L_G = J_G^T (-F / N) (P_G,), L_G = (1/N) sum_i c(f(G_theta(z_i))), for
@@ -175,11 +134,3 @@ class MLPGenerator:
         return {"generator_theta": gen_state.theta}
 
 
-#: ``model.type`` -> the generator kind's builder
-GENERATORS = {"particle": ParticleGenerator.from_config, "neural": MLPGenerator.from_config}
-
-
-def build_generator(cfg: dict, streams: dict, target: Target, backend, dtype):
-    """(generator object, initial points x0 (N, d) in ``dtype``, initial generator state) of
-    ``model.type``."""
-    return GENERATORS[cfg["model"]["type"]](cfg, streams, target, backend, dtype)

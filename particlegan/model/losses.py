@@ -131,32 +131,3 @@ def make_objective(kind: str, alpha_d: float = 1.0, alpha_g: float = 1.0,
     return Objective(label, real_term, fake_term, gen_term)
 
 
-def objective_from_config(lcfg: dict) -> Objective:
-    """:func:`make_objective` from config section ``loss``."""
-    return make_objective(lcfg["kind"], lcfg["alpha_d"], lcfg["alpha_g"], lcfg["saturating"])
-
-
-def penalty_coefficient(lcfg: dict, n_points: int | None = None) -> float:
-    """Effective lambda multiplying E||grad f||^2: lambda, lambda/2 for 'half_lambda', or
-    lambda / n_points^2 for 'mean_grad' (the penalty on the gradient of the batch mean
-    (1/n) sum_j f(x_j), whose per-point part is grad f(x_i) / n: IBM/USD's convention).
-
-    n_points : number n of points the penalty is evaluated on (needed for 'mean_grad').
-    """
-    if lcfg["penalty"] == "none":
-        return 0.0
-    lam = float(lcfg["penalty_weight"])
-    form = lcfg["penalty_form"]
-    if form == "mean_grad":
-        if n_points is None:
-            raise ValueError("penalty_form 'mean_grad' needs the number of penalty points")
-        return lam / float(n_points) ** 2
-    return 0.5 * lam if form == "half_lambda" else lam
-
-
-def run_penalty_coefficient(cfg: dict, n_targets: int) -> float:
-    """:func:`penalty_coefficient` of a run: the penalty points are the M = ``n_targets`` target
-    samples for ``loss.penalty = 'real'``, else the N = ``particles.n`` particles (or their
-    interpolates)."""
-    n = n_targets if cfg["loss"]["penalty"] == "real" else cfg["particles"]["n"]
-    return penalty_coefficient(cfg["loss"], int(n))

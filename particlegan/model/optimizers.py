@@ -38,7 +38,7 @@ Methods
 Learning rates alpha_n come from :func:`make_lr_schedule` (n = total steps taken so far).
 
 Config keys (per player section, e.g. ``critic`` or ``generator``; see
-:func:`optimizer_from_config`)
+:func:`particlegan.model.from_config.optimizer_from_config`)
 -----------------------------------------------------------------------------------------------
 ``<player>.optimizer`` -> name; ``.momentum`` -> momentum; ``.nesterov`` -> nesterov;
 ``.betas`` -> betas; ``.amsgrad`` -> amsgrad; ``.adam_eps`` -> eps;
@@ -680,45 +680,3 @@ def make_optimizer(name: str, lr: float, *, key_prefix: str = "optimizer",
                              mu=float(mu), per_tensor=per_tensor, slices=slices, **flags, **common)
 
 
-# config key (in a player section) -> make_optimizer option, and the optimizers it applies to
-_CONFIG_KEYS = {
-    "momentum": ("momentum", ("momentum",)),
-    "nesterov": ("nesterov", ("momentum",)),
-    "betas": ("betas", ("adam",)),
-    "amsgrad": ("amsgrad", ("adam",)),
-    "adam_eps": ("eps", ("adam",)),
-    "adam_reset": ("reset_each_outer_step", OPTIMIZERS),
-    "cg_rule": ("rule", ("cg",)),
-    "cg_beta_scale": ("beta_scale", ("cg",)),
-    "cg_beta_clip": ("beta_clip", ("cg",)),
-    "lr_schedule": ("lr_schedule", OPTIMIZERS),
-    "lr_power": ("lr_power", OPTIMIZERS),
-    "lr_decay": ("lr_decay", OPTIMIZERS),
-    "lr_every": ("lr_every", OPTIMIZERS),
-}
-
-
-def optimizer_from_config(section: Mapping, lr: float, player: str,
-                          slices: Sequence[slice] | None = None,
-                          lr_key: str = "lr") -> Optimizer:
-    """Optimizer of a player's config section (e.g. ``cfg["critic"]``), learning rate ``lr``.
-
-    Reads ``section["optimizer"]`` and, where present, the keys listed in the module docstring;
-    keys that do not apply to the chosen optimizer are ignored. ``slices`` (e.g.
-    ``MLP.tensor_slices()``) switches CG to one beta per tensor. Errors name
-    ``<player>.<key>``; ``lr_key`` (e.g. "dynamics.eta_d") names the learning rate. A player's
-    weight decay is not read here (the critic objective applies ``critic.weight_decay``).
-    """
-    name = section.get("optimizer", "sgd")
-    options, names = {}, {"name": "optimizer", "lr": lr_key}
-    for key, (opt, applies) in _CONFIG_KEYS.items():
-        if key in section and name in applies:
-            value = section[key]
-            if opt == "betas" and isinstance(value, list):
-                value = tuple(value)
-            options[opt] = value
-            names[opt] = key
-    if name == "cg" and slices is not None:
-        options["per_tensor"] = True
-        options["slices"] = list(slices)
-    return make_optimizer(name, lr, key_prefix=player, key_names=names, **options)

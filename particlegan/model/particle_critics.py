@@ -2,7 +2,7 @@
 
 :mod:`particlegan.engine.dynamics` composes the particles (moved through a coupling kernel) with any of
 these objects; adding a critic means writing one class here and one line in
-:func:`build_critic`, not editing the engine. Every object answers:
+:func:`particlegan.model.from_config.build_critic`, not editing the engine. Every object answers:
 
 * ``trainable`` -- True when the critic has parameters ``state.w`` trained by gradient ascent
   with the model's critic optimizer, whose state is ``state.critic_opt`` (the engine runs the
@@ -15,7 +15,8 @@ these objects; adding a critic means writing one class here and one line in
   ``draws_noise`` (WGAN-GP interpolates, dropout masks), None otherwise.
 * ``draws_noise`` -- True when ``objective_grad`` draws from ``rng`` (the engine then hands it a
   copy of the state's stream and keeps the advanced copy in the new state).
-* ``train(kernel_state, x, n_steps, cfg, lr_scale) -> kernel_state`` -- (fixed-kernel critics).
+* ``train(kernel_state, x, n_steps, eta_d) -> kernel_state`` -- (fixed-kernel critics; ``eta_d``
+  already scaled by the state's ``lr_scale``).
 * ``values_and_grads(state, ctx, need_values) -> (values (N,) or None, grads (N, d))`` -- f(x_i)
   and grad f(x_i) at ``state.x``, from which the engine forms the particle forces.
 
@@ -32,7 +33,7 @@ from particlegan.model import critics as cr
 from particlegan.model import feature_critic as fc
 from particlegan.maths import nn
 from particlegan.maths.kernels import KernelSpec
-from particlegan.model.losses import Objective, objective_from_config, run_penalty_coefficient
+from particlegan.model.losses import Objective
 
 
 @dataclass(frozen=True)
@@ -271,42 +272,3 @@ class KernelCritic:
                                      need_values)
 
 
-def critic_layer_sizes(cfg: dict) -> list[int]:
-    """Layer sizes of an MLP critic: d, then ``critic.widths`` (or ``critic.depth`` x
-    ``critic.width`` when widths is empty), then 1."""
-    c = cfg["critic"]
-    hidden = list(c["widths"]) or [c["width"]] * c["depth"]
-    return [cfg["target"]["dim"], *hidden, 1]
-
-
-def make_critic_mlp(cfg: dict, rng: np.random.Generator, dtype=np.float64) -> nn.MLP:
-    """Critic MLP of :func:`critic_layer_sizes` with biases (the output layer's only with
-    ``critic.output_bias``), PyTorch-default init; output = f(x)."""
-    return nn.init_mlp(critic_layer_sizes(cfg), cfg["critic"]["activation"], True, "standard", rng,
-                       dtype=dtype, config_prefix="critic", output_bias=cfg["critic"]["output_bias"])
-
-
-def build_critic(cfg: dict, y: np.ndarray, backend, rng: np.random.Generator):
-    """The critic object of config section ``critic`` and its initial parameters (or None).
-
-    Parameters
-    ----------
-    y : (M, d) target samples in the run dtype.  rng : the critic's random stream (features,
-    initial weights). The noise the critic steps draw (interpolates, dropout) comes from the
-    engine's state (``objective_grad``'s ``rng``).
-    """
-    ccfg, lcfg = cfg["critic"], cfg["loss"]
-    ctype, dtype, wd = ccfg["type"], y.dtype, ccfg["weight_decay"]
-    loss = CriticLoss(y, objective_from_config(lcfg), lcfg["penalty"], run_penalty_coefficient(cfg, len(y)), wd)
-    if ctype in cr.FEATURE_CRITICS:
-        fmap, real, w = cr.build_feature_critic(ccfg, y, backend, rng, cr.target_feature_needs(lcfg))
-        return FeatureCritic(fmap, real, loss, backend), w
-    if ctype == "learned_features":
-        learned, w = fc.build_learned_critic(ccfg, cfg["target"]["dim"], rng, dtype)
-        return LearnedCritic(learned, y, wd, backend), w
-    if ctype == "mlp":
-        net = make_critic_mlp(cfg, rng, dtype)
-        return MLPCritic(net, loss, tuple(ccfg["dropout"])), net.theta.copy()
-    if ctype in cr.KERNEL_CRITICS:
-        return KernelCritic(cr.critic_kernel(ccfg), y, backend, float(ccfg["ridge"]), int(ccfg["memory"])), None
-    raise NotImplementedError(f"critic.type = {ctype!r} is not available in the particle model")

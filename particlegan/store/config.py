@@ -51,7 +51,7 @@ def _alpha(v):
 
 
 def _optimizer_keys(who: str) -> dict[str, Key]:
-    """Optimizer option keys of one player section (read by optimizers.optimizer_from_config;
+    """Optimizer option keys of one player section (read by model.from_config.optimizer_from_config;
     each applies only to the optimizers named in its doc, the others ignore it)."""
     return {
         "momentum": Key(0.9, "float", f"{who}: momentum coefficient mu (optimizer = momentum)",

@@ -365,8 +365,8 @@ def critical_penalties(cfg: Mapping, point_mass: float = 1.0) -> dict[str, float
         return None
     if not (point_mass > 0 and math.isfinite(point_mass)):
         raise DataError(f"point_mass must be a positive number, got {point_mass!r}")
-    from particlegan.model.coupling import make_coupling, universal_mode_rates
-    from particlegan.model.losses import run_penalty_coefficient
+    from particlegan.model.coupling import universal_mode_rates
+    from particlegan.model.from_config import make_coupling, run_penalty_coefficient
     from particlegan.maths.stability import critical_penalty, relu_feature_curvature, rff_curvature
 
     if crit["type"] == "rff":

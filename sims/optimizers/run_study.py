@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from particlegan.maths import nn  # noqa: E402
 from particlegan.store.config import resolve_config  # noqa: E402
-from particlegan.model.generators import make_generator  # noqa: E402
+from particlegan.model.from_config import make_generator  # noqa: E402
 from particlegan.engine.observables import modes_covered  # noqa: E402
 from particlegan.engine.simulate import simulate  # noqa: E402
 from particlegan.store.storage import atomic_write_csv  # noqa: E402
