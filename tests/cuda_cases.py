@@ -114,3 +114,42 @@ def test_random_features(cuda_backend, activation, dtype):
     w = rng.normal(size=20).astype(dtype)
     np.testing.assert_allclose(cuda_backend.feature_input_grads(dpsi, A, w), (dpsi * w) @ A,
                                rtol=1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("activation, dtype", [("cos", np.float32), ("relu", np.float64)])
+def test_feature_ops_of_an_ensemble_are_each_members_own_call(cuda_backend, activation, dtype):
+    """One launch over the member axis (blockIdx.z) gives member m bitwise what its own call
+    gives (the ensembles' contract, tests/test_ensemble.py); members differ in A, b and X."""
+    from particlegan.backends import members
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(3, 11, 2)).astype(dtype)
+    A, b = rng.normal(size=(3, 17, 2)).astype(dtype), rng.uniform(-3, 3, size=(3, 17)).astype(dtype)
+    ops = members(cuda_backend)
+    assert ops.random_features is cuda_backend.random_features_members  # the one-launch form, not the loop
+    psi, dpsi = ops.random_features(X, A, b, activation, 0.3)
+    mean, dpsi2 = ops.feature_mean_and_dpsi(X, A, b, activation, 0.3)
+    assert psi.shape == dpsi.shape == (3, 11, 17) and psi.dtype == dtype and mean.shape == (3, 17)
+    for m in range(3):
+        own_psi, own_dpsi = cuda_backend.random_features(X[m], A[m], b[m], activation, 0.3)
+        np.testing.assert_array_equal(psi[m], own_psi)
+        np.testing.assert_array_equal(dpsi[m], own_dpsi)
+        own_mean, _ = cuda_backend.feature_mean_and_dpsi(X[m], A[m], b[m], activation, 0.3)
+        np.testing.assert_array_equal(mean[m], own_mean)
+    np.testing.assert_array_equal(dpsi2, dpsi)
+
+
+def test_an_ensemble_on_cuda_is_each_members_own_run():
+    """A two-member ensemble on the cuda backend (feature ops over the member axis in one launch)
+    gives each member bitwise its own run's particles."""
+    from particlegan.engine.ensemble import simulate_ensemble
+    from particlegan.engine.simulate import simulate
+    from particlegan.store.config import resolve_config
+
+    base = ["run.backend=cuda", "particles.n=8", "target.n_samples=16", "critic.features=16", "run.steps=3",
+            "dynamics.critic_steps=2", "dynamics.critic_steps_startup=2", "observables.mmd_samples=8",
+            "run.record_every=3"]
+    cfgs = [resolve_config(overrides=base + [f"generator.phi={phi}"], seed=s) for s, phi in ((0, 0.2), (1, 0.7))]
+    batched = simulate_ensemble(cfgs)
+    for cfg, res in zip(cfgs, batched):
+        np.testing.assert_array_equal(res.final_state.x, simulate(cfg).final_state.x)

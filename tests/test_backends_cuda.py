@@ -58,13 +58,13 @@ def kernel_and_types(which, dtype_name, d=3):
 
     from particlegan.backends import cuda_backend as cb
     f = types.float32 if dtype_name == "float32" else types.float64
-    a1, a2, i64 = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.int64
+    a1, a2, a3, i64 = types.Array(f, 1, "C"), types.Array(f, 2, "C"), types.Array(f, 3, "C"), types.int64
     if which in ("gauss", "generic"):  # one kernel source, the Gaussian path a compile-time branch
         return (cb.make_pair_kernel(d, dtype_name, 256, True, which == "generic"),
                 (a2, a2, a1, a1, a1, i64, a1, a2, i64, a1, a2, a1))
     if which == "ntk":
         return cb.make_ntk_kernel(d, dtype_name, 64, 32), (a2, a2, a1, i64, a1, i64, a2)
-    return cb.make_feature_kernel(dtype_name, True), (a2, a2, a1, f, a2, a2)
+    return cb.make_feature_kernel(dtype_name, True), (a3, a3, a2, f, a3, a3)
 
 
 DOUBLE_ARITH = re.compile(r"= f(add|sub|mul|div)( [a-z]+)* double |fpext float")

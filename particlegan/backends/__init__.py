@@ -17,8 +17,9 @@
 Ensembles (:mod:`particlegan.engine.ensemble`) call the feature ops through
 :func:`members`: the same ops with a leading member axis B on their array arguments, each
 member bitwise as its own call; a backend may define ``<op>_members`` running all members as
-one program (the cpu backend does, over (member, row group) work items), otherwise the members
-are looped. A backend may also define ``feature_ascent_members`` (the cpu backend does): the
+one program (the cpu backend does, over (member, row group) work items; the cuda backend's
+feature kernels take the member axis as blockIdx.z, one launch for all members), otherwise the
+members are looped. A backend may also define ``feature_ascent_members`` (the cpu backend does): the
 critic steps of an IPM random-feature critic with an element-wise optimizer in one call
 (:meth:`particlegan.model.particle_critics.FeatureCritic.fused_ascent`), for single runs
 (one member) and ensembles alike.

@@ -24,7 +24,7 @@ from numba import types as nbtypes
 
 from particlegan.maths import pairmath as pm
 from particlegan.maths.kernels import KernelSpec, anchor
-from particlegan.backends.numpy_backend import check_features, check_ntk, check_points, out_dtype
+from particlegan.backends.numpy_backend import check_features, check_members, check_ntk, check_points, out_dtype
 # host-side, no pair loop: skinny GEMMs over dpsi
 from particlegan.backends.numpy_backend import feature_input_grads, feature_penalty  # noqa: F401
 
@@ -219,18 +219,20 @@ def make_ntk_kernel(d: int, dtype_name: str, threads: int, chunk: int):
 
 @lru_cache(maxsize=None)
 def make_feature_kernel(dtype_name: str, is_cos: bool):
-    """Random features: psi[i, k] = scale act(x_i.a_k + b_k), dpsi[i, k] = scale act'(...)."""
+    """Random features of B ensemble members (a single run is B = 1), one thread per (i, k, m):
+    psi[m, i, k] = scale act(x_mi.a_mk + b_mk), dpsi[m, i, k] = scale act'(...), for X (B, n, d),
+    A (B, K, d), b (B, K); the member is blockIdx.z."""
     np_t = np.dtype(dtype_name).type
     zero = np_t(0)
     COS = is_cos
 
     def feature_kernel(X, A, b, scale, psi, dpsi):
-        i, k = cuda.grid(2)
-        if i < X.shape[0] and k < A.shape[0]:
-            h = b[k]
-            for c in range(X.shape[1]):
-                h += X[i, c] * A[k, c]
-            psi[i, k], dpsi[i, k] = dev.feature_act(h, COS, scale, zero)
+        i, k, m = cuda.grid(3)
+        if i < X.shape[1] and k < A.shape[1] and m < X.shape[0]:
+            h = b[m, k]
+            for c in range(X.shape[2]):
+                h += X[m, i, c] * A[m, k, c]
+            psi[m, i, k], dpsi[m, i, k] = dev.feature_act(h, COS, scale, zero)
 
     return cuda.jit(fastmath=True)(feature_kernel)
 
@@ -335,25 +337,45 @@ def pair_sum(X, Y, kernel: KernelSpec) -> float:
     return float(vals.astype(np.float64).sum())
 
 
+def _member_features(X, A, b, activation: str, scale: float):
+    """psi, dpsi (B, n, K) numpy arrays of B members (X (B, n, d), A (B, K, d), b (B, K)) from
+    one launch over the member axis."""
+    dt = out_dtype(X)
+    B, n, K = X.shape[0], X.shape[1], A.shape[1]
+    psi = cuda.device_array((B, n, K), dtype=dt)
+    dpsi = cuda.device_array((B, n, K), dtype=dt)
+    if B and n and K:
+        bx, by = FEATURE_BLOCK
+        grid = (-(-n // bx), -(-K // by), B)
+        kern = make_feature_kernel(np.dtype(dt).name, activation == "cos")
+        kern[grid, (bx, by, 1)](_dev(X, dt), _dev(A, dt), _dev(b, dt), dt(scale), psi, dpsi)
+    return psi.copy_to_host(), dpsi.copy_to_host()
+
+
 def random_features(X, A, b, activation: str, scale: float):
     """psi = scale act(X A^T + b), dpsi = scale act'(X A^T + b): -> (n, K) numpy arrays each."""
     X, A, b = check_features(_host(X), _host(A), _host(b), activation)
-    dt = out_dtype(X)
-    n, K = X.shape[0], A.shape[0]
-    psi = cuda.device_array((n, K), dtype=dt)
-    dpsi = cuda.device_array((n, K), dtype=dt)
-    if n and K:
-        bx, by = FEATURE_BLOCK
-        grid = (-(-n // bx), -(-K // by))
-        kern = make_feature_kernel(np.dtype(dt).name, activation == "cos")
-        kern[grid, FEATURE_BLOCK](_dev(X, dt), _dev(A, dt), _dev(b, dt), dt(scale), psi, dpsi)
-    return psi.copy_to_host(), dpsi.copy_to_host()
+    psi, dpsi = _member_features(X[None], A[None], b[None], activation, scale)
+    return psi[0], dpsi[0]
+
+
+def random_features_members(X, A, b, activation: str, scale: float):
+    """:func:`random_features` of B ensemble members in one launch: X (B, n, d), A (B, K, d),
+    b (B, K) -> psi, dpsi (B, n, K), member m bitwise its own call."""
+    X, A, b = check_members(_host(X), _host(A), _host(b), activation)
+    return _member_features(X, A, b, activation, scale)
 
 
 def feature_mean_and_dpsi(X, A, b, activation: str, scale: float):
     """(mean_i psi_i (K,), dpsi (n, K)): the features from the GPU, averaged on the host."""
     psi, dpsi = random_features(X, A, b, activation, scale)
     return psi.mean(axis=0), dpsi
+
+
+def feature_mean_and_dpsi_members(X, A, b, activation: str, scale: float):
+    """:func:`feature_mean_and_dpsi` of B members in one launch: ((B, K) means, (B, n, K) dpsi)."""
+    psi, dpsi = random_features_members(X, A, b, activation, scale)
+    return np.stack([p.mean(axis=0) for p in psi]), dpsi  # each member's mean as its own call takes it
 
 
 def ntk_apply(Z, F, kind: str, sigma_w: float = 1.0, sigma_b: float = 0.0) -> np.ndarray:

@@ -5,7 +5,8 @@ weights w (B, K), the critic optimizer state's moments (B, K). One :func:`ensemb
 advances every member with the critic object of :mod:`particlegan.model.particle_critics`
 built over stacked arrays (feature directions (B, K, d), per-member penalty weights, ...) and
 the backend ops in their ensemble form (:func:`particlegan.backends.members`: on the cpu backend
-one parallel numba program over (member, row group) work items; on numpy the members looped).
+one parallel numba program over (member, row group) work items; on cuda the feature kernels
+launched once over the member axis, the host-side GEMMs looped; on numpy the members looped).
 Each member is computed with the same code, in the same order, as its own run, so its result
 is bitwise the result of :func:`particlegan.engine.simulate.simulate` (tested over mixed
 grids); the Python and dispatch overhead of one outer step is paid once per group instead of
