@@ -21,6 +21,8 @@ NTKs held densely).
 * ``matrix``: a user-supplied symmetric PSD (N, N) matrix from ``.npy``.
 
 Kernels are applied, never required dense: :func:`apply_coupling` is the only hot entry point.
+The coupling of config section ``generator`` is built by
+:func:`particlegan.model.from_config.make_coupling`.
 """
 from __future__ import annotations
 

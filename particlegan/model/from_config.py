@@ -36,7 +36,7 @@ from particlegan.store.storage import load_sample_array, read_idx
 
 # --------------------------------------------------------------------- targets, particles ----
 def make_target(tcfg: dict, rng: np.random.Generator) -> Target:
-    """Build the target of config section ``target`` (see module docstring)."""
+    """Build the target of config section ``target`` (kinds: :mod:`particlegan.model.targets`)."""
     dim = tcfg["dim"]
     if tcfg["kind"] == "ring":
         centres = ring_centres(tcfg["modes"], tcfg["radius"], dim)

@@ -9,6 +9,8 @@
   Both data kinds take ``target.indices`` (which rows) and ``target.normalize`` (pixel scaling).
 
 Particles start as a Gaussian at the origin (std 0.1, USD ``gauss`` source) or from a file.
+Both are built from their config sections by :func:`particlegan.model.from_config.make_target`
+and :func:`particlegan.model.from_config.init_particles`.
 """
 from __future__ import annotations
 
