@@ -23,6 +23,7 @@ from particlegan.store import checks
     (checks.unit_open_closed, [1, 0.5], [0]),
     (checks.unit_half_open, [0, 0.5], [1]),
     (checks.one_of(("a", "b")), ["a", "b"], ["c", None]),
+    (checks.all_of(checks.real, checks.positive), [1, 0.5], [0, -1, "a"]),
     (checks.each(checks.positive, "numbers > 0", nonempty=True), [[1], [1, 2]], [[], [1, 0]]),
     (checks.each(checks.nonneg, "integers >= 0"), [[], [0, 3]], [[-1]]),
     (checks.pair_of(checks.unit_half_open, "numbers in [0, 1)"), [(0, 0.9), [0.5, 0.5]], [(0.5,), (0.1, 1), 3]),

@@ -52,7 +52,7 @@ def _put(key: str, value, arrays: dict, scalars: dict) -> None:
         for name in names:
             _put(f"{key}__{name}", getattr(value, name), arrays, scalars)
     elif value is None or isinstance(value, (bool, int, float, str, list, tuple, dict)):
-        scalars[key] = value  # (plain containers: JSON, as the schedules' and CG's state dicts hold)
+        scalars[key] = value  # (plain containers: JSON, as the KID schedule's state dict holds)
     elif isinstance(value, np.generic):
         scalars[key] = value.item()
     else:

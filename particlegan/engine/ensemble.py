@@ -41,7 +41,7 @@ from particlegan.backends import members
 from particlegan.engine import dynamics as dyn
 from particlegan.model import critics as cr
 from particlegan.model.coupling import Coupling, apply_coupling
-from particlegan.model.optimizers import OptState
+from particlegan.model.optimizers import Optimizer, OptState
 from particlegan.model.particle_critics import CriticLoss, FeatureCritic
 from particlegan.progress import Reporter, null_reporter
 
@@ -105,7 +105,7 @@ class EnsembleModel:
 
     models: tuple
     critic: FeatureCritic
-    critic_optimizer: object
+    critic_optimizer: Optimizer
     couplings: tuple[Coupling, ...]
     eta_g: np.ndarray
     schedules: tuple

@@ -116,15 +116,13 @@ def _finite(name, key, value, nonneg=False):
 def _float_tuple(name, key, value, positive):
     if np.isscalar(value):
         value = (value,)
-    what = "finite numbers > 0" if positive else "finite numbers"
-    one = (lambda v: checks.finite(v) or checks.positive(v)) if positive else checks.finite
     try:
-        vals = tuple(value)
+        vals = list(value)
     except TypeError:
-        vals = None
-    require(_param(name, key), value if vals is None else list(vals),
-            lambda vs: "must be a sequence of numbers" if vals is None else None,
-            checks.each(one, what, nonempty=True))
+        raise ConfigError(f"{_param(name, key)} must be a sequence of numbers, got {value!r}") from None
+    one, what = (checks.all_of(checks.finite, checks.positive), "finite numbers > 0") if positive \
+        else (checks.finite, "finite numbers")
+    require(_param(name, key), vals, checks.each(one, what, nonempty=True))
     return tuple(float(v) for v in vals)
 
 

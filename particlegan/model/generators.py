@@ -132,5 +132,3 @@ class MLPGenerator:
 
     def result_arrays(self, gen_state: MLPGeneratorState) -> dict:
         return {"generator_theta": gen_state.theta}
-
-

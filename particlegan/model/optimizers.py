@@ -659,7 +659,7 @@ def make_optimizer(name: str, lr: float, *, key_prefix: str = "optimizer",
         return Momentum(schedule, momentum=float(mom), nesterov=flag("nesterov"), **common)
     if name == "adam":
         betas = require(key("betas"), options.get("betas", (0.9, 0.999)),
-                        checks.pair_of(lambda b: checks.finite(b) or checks.unit_half_open(b), "numbers in [0, 1)"))
+                        checks.pair_of(checks.all_of(checks.finite, checks.unit_half_open), "numbers in [0, 1)"))
         eps = require(key("eps"), options.get("eps", 1e-8), checks.finite, checks.positive)
         return Adam(schedule, betas=tuple(float(b) for b in betas), eps=float(eps), amsgrad=flag("amsgrad"),
                     **common)

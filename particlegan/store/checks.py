@@ -77,6 +77,13 @@ unit_open_closed = interval(0, 1, "(]")
 unit_half_open = interval(0, 1, "[)")
 
 
+def all_of(*parts: Check) -> Check:
+    """One check made of several: the reason of the first that fails (as :func:`require` reports)."""
+    def check(v):
+        return next((msg for msg in (part(v) for part in parts) if msg), None)
+    return check
+
+
 def each(check: Check, what: str, nonempty: bool = False) -> Check:
     """A check of every element of a list: "must hold <what>" when one fails."""
     def check_all(vs):
@@ -100,8 +107,7 @@ def pair_of(check: Check, what: str) -> Check:
 def require(name: str, value, *checks: Check):
     """``value`` when every check passes (in order), else ConfigError ``"<name> <reason>, got
     <value!r>"``."""
-    for check in checks:
-        msg = check(value)
-        if msg:
-            raise ConfigError(f"{name} {msg}, got {value!r}")
+    msg = all_of(*checks)(value)
+    if msg:
+        raise ConfigError(f"{name} {msg}, got {value!r}")
     return value

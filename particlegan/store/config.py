@@ -378,9 +378,10 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
             raise ConfigError(f"{name} holds a number too large for a floating-point number") from None
         if not all(math.isfinite(v) for v in value):
             raise ConfigError(f"{name} must hold finite numbers, got {value!r}")
-    if spec.choices is not None and checks.one_of(spec.choices)(value):
-        raise ConfigError(f"{name} {checks.one_of(spec.choices)(value)}, got {value!r}"
-                          f"{_suggest(str(value), spec.choices)}")
+    if spec.choices is not None:
+        msg = checks.one_of(spec.choices)(value)
+        if msg:
+            raise ConfigError(f"{name} {msg}, got {value!r}{_suggest(str(value), spec.choices)}")
     if spec.check is not None and value is not None:
         checks.require(name, value, spec.check)
     return value
