@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from particlegan.errors import ConfigError
+from particlegan.maths import stability
 from particlegan.store import checks
+from particlegan.sweeps import sweep
 
 
 @pytest.mark.parametrize("check,good,bad", [
@@ -67,3 +69,22 @@ def test_the_config_and_the_optimizer_factory_report_a_rule_the_same_way(overrid
     reason = lambda e: str(e.value).split(", got")[0]  # noqa: E731 (the values print as given)
     assert reason(from_config) == reason(from_factory)
     assert reason(from_config).startswith(f"critic.{key} must ")
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: stability.kernel_eigenvalues(1.0, 0.1, 0),
+     "number of particles n must be >= 1, got 0"),
+    (lambda: stability.timescale_ratio(0.1, 2.5),
+     "number of particles n must be an integer, got 2.5"),
+    (lambda: stability.dispersion_relation(
+        "gaussian", [1.0], rho0=-1.0, sigma=1.0), "rho0 must be > 0, got -1.0"),
+    (lambda: stability.fourier_symbol(
+        "distance_induced", [1.0], beta=2.0), "kernel 'distance_induced' parameter beta must be in (0, 1], got 2.0"),
+    (lambda: sweep.parse_seeds("1,-2"),
+     "--seeds: a seed must be >= 0, got -2"),
+])
+def test_stability_and_sweep_arguments_use_the_same_family(call, message):
+    """The analysis functions and the sweep's options report through checks.require too."""
+    with pytest.raises(ConfigError) as info:
+        call()
+    assert str(info.value) == message

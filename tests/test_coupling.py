@@ -3,8 +3,8 @@ import pytest
 
 from particlegan.store.config import resolve_config
 from particlegan.model.from_config import make_coupling
-from particlegan.model.coupling import (apply_coupling, coupling_matrix, sample_sphere,
-                                  universal_mode_rates)
+from particlegan.model.coupling import (apply_coupling, apply_coupling_members, coupling_matrix, sample_sphere,
+                                        universal_mode_rates)
 from particlegan.errors import DataError
 
 
@@ -28,6 +28,26 @@ def test_universal_rank_one_apply_equals_dense_product(phi, norm, dtype):
     assert out.dtype == dtype
     np.testing.assert_allclose(out, K @ F.astype(np.float64), rtol=tol, atol=tol)
     np.testing.assert_allclose(coupling_matrix(c), K, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["universal", "identity", "ntk_relu"])
+@pytest.mark.parametrize("norm", ["ntk", "none", "mean", "spectral"])
+@pytest.mark.parametrize("d", [1, 2, 5])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_members_apply_is_bitwise_each_members_own(kernel, norm, d, dtype):
+    """The ensemble form (all members at once for universal / identity) against the loop."""
+    if norm == "mean" and kernel != "universal":
+        pytest.skip("'mean' is for the universal kernel only")
+    n = 23
+    phis, g1s = [0.0, 0.3, 0.99, -0.002], [1.0, 1.7, 0.4, 2.5]
+    cs = [make_coupling(_gen(f"generator.kernel={kernel}", f"generator.phi={p}", f"generator.g1={g}",
+                             f"generator.normalization={norm}"), n, np.random.default_rng(m))
+          for m, (p, g) in enumerate(zip(phis, g1s))]
+    F = np.random.default_rng(1).normal(size=(len(cs), n, d)).astype(dtype)
+    out = apply_coupling_members(cs, F)
+    assert out.dtype == dtype and out.shape == F.shape
+    for m, c in enumerate(cs):
+        np.testing.assert_array_equal(out[m], apply_coupling(c, F[m]))
 
 
 def test_universal_eigenmodes():

@@ -113,10 +113,12 @@ class State:
     gen: object | None = None
 
 
-def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None) -> tuple[Model, State]:
-    """Build the static model and the initial state (critic start-up steps included) of any
-    ``model.type`` with any ``critic.type``: the parts come from the config through
-    :mod:`particlegan.model.from_config`, composed here."""
+def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None,
+                startup: bool = True) -> tuple[Model, State]:
+    """Build the static model and the initial state of any ``model.type`` with any
+    ``critic.type``: the parts come from the config through :mod:`particlegan.model.from_config`,
+    composed here. The state has had the ``dynamics.critic_steps_startup`` critic steps unless
+    ``startup`` is False (an ensemble runs its members' start-up steps together)."""
     streams = streams or seed_streams(cfg["run"]["seed"])
     dtype = np.dtype(cfg["run"]["dtype"])
     backend = get_backend(cfg["run"]["backend"])
@@ -131,7 +133,8 @@ def build_model(cfg: dict, streams: dict[str, np.random.Generator] | None = None
     state = State(step=0, x=x0, w=w, kernel_state=None,
                   critic_opt=critic_optimizer.init() if w is not None else None,
                   noise=streams["noise"], gen=gen_state)
-    state = train_critic(model, state, cfg["dynamics"]["critic_steps_startup"], critic.prepare(x0))
+    if startup:
+        state = train_critic(model, state, cfg["dynamics"]["critic_steps_startup"], critic.prepare(x0))
     return model, state
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from particlegan.backends import members
 from particlegan.engine import dynamics as dyn
 from particlegan.model import critics as cr
-from particlegan.model.coupling import Coupling, apply_coupling
+from particlegan.model.coupling import Coupling, apply_coupling_members
 from particlegan.model.optimizers import Optimizer, OptState
 from particlegan.model.particle_critics import CriticLoss, FeatureCritic
 from particlegan.progress import Reporter, null_reporter
@@ -98,9 +98,10 @@ class EnsembleModel:
         weights and weight decays (B,)) with the backend's ensemble ops.
     critic_optimizer : the members' critic optimizer rule (they agree but on the learning rate,
         which ``schedules`` carries per member).
-    couplings : the members' couplings (applied member by member: O(N d) each for the
-        universal kernel).  eta_g : (B,) particle step sizes.  schedules : the members'
-        critic learning-rate rules.  critic_steps, update : shared step constants.
+    couplings : the members' couplings (applied together by
+        :func:`particlegan.model.coupling.apply_coupling_members`).  eta_g : (B,) particle step
+        sizes.  schedules : the members' critic learning-rate rules.  critic_steps, update :
+        shared step constants.
     """
 
     models: tuple
@@ -142,8 +143,8 @@ def _stacked_opt_state(states) -> OptState:
 
 
 def build_ensemble(cfgs: list[dict]):
-    """Build every member as its own run would (:func:`particlegan.engine.dynamics.build_model`,
-    start-up critic steps included) and stack them.
+    """Build every member as its own run would (:func:`particlegan.engine.dynamics.build_model`),
+    stack them, and run the members' start-up critic steps together (bitwise each member's own).
 
     Returns
     -------
@@ -156,7 +157,7 @@ def build_ensemble(cfgs: list[dict]):
     built = []
     for cfg in cfgs:
         streams = dyn.seed_streams(cfg["run"]["seed"])
-        model, state = dyn.build_model(cfg, streams)
+        model, state = dyn.build_model(cfg, streams, startup=False)
         built.append((model, state, streams["observables"]))
     models = tuple(m for m, _, _ in built)
     states = [s for _, s, _ in built]
@@ -183,24 +184,27 @@ def build_ensemble(cfgs: list[dict]):
     es = EnsembleState(step=0, x=np.stack([s.x for s in states]), w=np.stack([s.w for s in states]),
                        critic_opt=_stacked_opt_state([s.critic_opt for s in states]),
                        critic_finite=np.array([s.critic_finite for s in states]))
+    # a member may diverge here (it is then recorded as diverged at step 0): unwarned, as in the steps
+    with np.errstate(over="ignore", invalid="ignore"):
+        es = train_ensemble_critic(em, es, em.critic.prepare(es.x), cfgs[0]["dynamics"]["critic_steps_startup"])
     return em, es, [(m, rng) for m, _, rng in built]
 
 
-def train_ensemble_critic(em: EnsembleModel, es: EnsembleState, ctx) -> EnsembleState:
-    """``em.critic_steps`` critic steps of every member, particles frozen (the ensemble form of
-    :func:`particlegan.engine.dynamics.train_critic`; learning rates from each member's rule).
-    A member whose step is not finite keeps its last finite weights and is marked (it is then
-    stopped as diverged, as its own run would be)."""
-    if em.critic_steps == 0:
+def train_ensemble_critic(em: EnsembleModel, es: EnsembleState, ctx, n_steps: int | None = None) -> EnsembleState:
+    """``n_steps`` (default ``em.critic_steps``) critic steps of every member, particles frozen
+    (the ensemble form of :func:`particlegan.engine.dynamics.train_critic`; learning rates from
+    each member's rule). A member whose step is not finite keeps its last finite weights and is
+    marked (it is then stopped as diverged, as its own run would be)."""
+    n_steps = em.critic_steps if n_steps is None else n_steps
+    if n_steps == 0:
         return es
     opt = em.critic_optimizer
     opt_state = opt.begin_outer_step(es.critic_opt)
-    out = em.critic.fused_ascent(opt, opt_state, es.w, ctx,
-                                 cr.step_rates(em.schedules, opt_state.count, em.critic_steps))
+    out = em.critic.fused_ascent(opt, opt_state, es.w, ctx, cr.step_rates(em.schedules, opt_state.count, n_steps))
     if out is not None:  # the backend's one-call loop (cpu)
         return dataclasses.replace(es, w=out[0], critic_opt=out[2], critic_finite=es.critic_finite & out[1])
     w, finite = es.w, es.critic_finite.copy()
-    for _ in range(em.critic_steps):
+    for _ in range(n_steps):
         lrs = [s(opt_state.count) for s in em.schedules]
         w_new, opt_state = opt.update_members(opt_state, w, em.critic.objective_grad(w, es.x, ctx), lrs, maximize=True)
         ok = np.isfinite(w_new).all(axis=1)
@@ -225,8 +229,7 @@ def ensemble_outer_step(em: EnsembleModel, es: EnsembleState):
     else:
         es = train_ensemble_critic(em, es, ctx)
         grad = ensemble_forces(em, es, ctx)
-    backend = em.models[0].backend
-    moved = np.stack([apply_coupling(c, grad[m], backend) for m, c in enumerate(em.couplings)])
+    moved = apply_coupling_members(em.couplings, grad, em.models[0].backend)
     x_new = es.x + cr.member_constant(em.eta_g, es.x) * moved
     return dataclasses.replace(es, step=es.step + 1, x=x_new.astype(em.dtype, copy=False)), grad
 

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.special import gammaln, gammasgn, kve
 
 from particlegan.errors import ConfigError
+from particlegan.store import checks as ck
 from particlegan.maths.kernels import _finite, _positive  # one family of kernel-parameter checks
 
 __all__ = [
@@ -68,9 +69,7 @@ def _check_k(k) -> np.ndarray:
 
 
 def _check_dim(dim) -> int:
-    if isinstance(dim, bool) or int(dim) != dim or dim < 1:
-        raise ConfigError(f"dimension dim must be a positive integer, got {dim!r}")
-    return int(dim)
+    return int(ck.require("dimension dim", dim, ck.integer, ck.at_least(1)))
 
 
 def gaussian_symbol(k, sigma: float, dim: int) -> np.ndarray:
@@ -233,9 +232,7 @@ def fourier_symbol(kernel, k, dim: int = 2, **params) -> np.ndarray:
     if name in ("energy", "distance"):
         return -bessel_potential_symbol(k, -0.5, _nonneg(name, "eps", p["eps"]), dim)
     # distance_induced
-    beta = _positive(name, "beta", p["beta"])
-    if beta > 1:
-        raise ConfigError(f"kernel 'distance_induced' parameter beta must be in (0, 1], got {beta:g}")
+    beta = float(ck.require("kernel 'distance_induced' parameter beta", p["beta"], ck.real, ck.unit_open_closed))
     return -bessel_potential_symbol(k, -beta, 0.0, dim) + 0.0  # + 0.0 turns -0 (beta = 1) into 0
 
 
@@ -266,10 +263,8 @@ def dispersion_relation(kernel_name, k, rho0: float = 1.0, dim: int = 2, beta: f
     dict with "k" (n,), "symbol" K_hat (n,), "generator_decay_rate" (n,),
     "critic_growth_rate" (n,), and "kernel", "dim", "rho0", "beta".
     """
-    if not (math.isfinite(rho0) and rho0 > 0):
-        raise ConfigError(f"rho0 must be > 0, got {rho0!r}")
-    if not (math.isfinite(beta) and beta >= 0):
-        raise ConfigError(f"stabiliser beta must be >= 0, got {beta!r}")
+    ck.require("rho0", rho0, ck.finite, ck.positive)
+    ck.require("stabiliser beta", beta, ck.finite, ck.nonneg)
     k = _check_k(k)
     all_params = {**(kernel_params or {}), **params}
     symbol = fourier_symbol(kernel_name, k, dim, **all_params)
@@ -296,8 +291,11 @@ def _damping_factor(convention: str) -> float:
 
 def _check_rates(**values):
     for key, v in values.items():
-        if not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"{key} must be > 0, got {v!r}")
+        ck.require(key, v, ck.finite, ck.positive)
+
+
+def _check_n(n) -> int:
+    return int(ck.require("number of particles n", n, ck.integer, ck.at_least(1)))
 
 
 def kernel_eigenvalues(g1: float, g2: float, n: int) -> tuple[float, float]:
@@ -312,15 +310,13 @@ def kernel_eigenvalues(g1: float, g2: float, n: int) -> tuple[float, float]:
     (centre_of_mass, relative) = (g1 + (N-1) g2, g1 - g2); the relative one has multiplicity
     N - 1. The per-mode rates of A2.9 are kappa_a = eigenvalue / N (NTK normalisation).
     """
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ConfigError(f"number of particles n must be a positive integer, got {n!r}")
+    n = _check_n(n)
     return float(g1 + (n - 1) * g2), float(g1 - g2)
 
 
 def timescale_ratio(phi, n: int):
     """Relative-to-collective time-scale ratio (1 - phi) / (1 + (N-1) phi), phi = g2/g1 (A2.4, A6.1)."""
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ConfigError(f"number of particles n must be a positive integer, got {n!r}")
+    n = _check_n(n)
     phi = np.asarray(phi, dtype=np.float64)
     out = (1.0 - phi) / (1.0 + (n - 1) * phi)
     return float(out) if out.ndim == 0 else out
@@ -415,8 +411,7 @@ def mode_trajectory(lam: float, eta_g: float, eta_d: float, kappa: float, h: flo
     """
     c = _damping_factor(convention)
     _check_rates(eta_g=eta_g, eta_d=eta_d, kappa=kappa, h=h)
-    if update not in ("alternating", "simultaneous"):
-        raise ConfigError(f"update must be 'alternating' or 'simultaneous', got {update!r}")
+    ck.require("update", update, ck.one_of(("alternating", "simultaneous")))
     # one outer step is linear in (e, v): build its 2x2 matrix once
     critic = np.array([[1.0, 0.0], [-eta_d * h, 1.0 - c * lam * eta_d * h]])
     critic_n = np.linalg.matrix_power(critic, int(critic_steps))
@@ -499,13 +494,9 @@ def feature_curvature_matrix(A, b, y, activation: str = "cos", scale: float | No
         raise ConfigError(f"feature map shapes do not match: A {A.shape}, b {b.shape}, y {y.shape}")
     if scale is None:
         scale = math.sqrt(2.0 / A.shape[0])
+    ck.require("activation", activation, ck.one_of(("cos", "relu")))
     u = A @ y + b
-    if activation == "cos":
-        deriv_sq = np.sin(u) ** 2
-    elif activation == "relu":
-        deriv_sq = (u > 0).astype(np.float64)
-    else:
-        raise ConfigError(f"activation must be 'cos' or 'relu', got {activation!r}")
+    deriv_sq = np.sin(u) ** 2 if activation == "cos" else (u > 0).astype(np.float64)
     return scale**2 * (A * deriv_sq[:, None]).T @ A
 
 

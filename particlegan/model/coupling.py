@@ -20,7 +20,8 @@ NTKs held densely).
   for N <= ``dense_max``, otherwise applied matrix-free by the backend.
 * ``matrix``: a user-supplied symmetric PSD (N, N) matrix from ``.npy``.
 
-Kernels are applied, never required dense: :func:`apply_coupling` is the only hot entry point.
+Kernels are applied, never required dense: :func:`apply_coupling` is the only hot entry point
+(:func:`apply_coupling_members` its ensemble form).
 The coupling of config section ``generator`` is built by
 :func:`particlegan.model.from_config.make_coupling`.
 """
@@ -92,6 +93,25 @@ def apply_coupling(c: Coupling, forces: np.ndarray, backend=None) -> np.ndarray:
         backend = get_backend("numpy")
     z = c.latents.astype(forces.dtype, copy=False)
     return c.scale * backend.ntk_apply(z, forces, c.ntk_kind, c.sigma_w, c.sigma_b)
+
+
+def apply_coupling_members(couplings, forces: np.ndarray, backend=None) -> np.ndarray:
+    """C_m F_m of B ensemble members: ``couplings`` (B,) of one kind, forces (B, N, d) -> (B, N, d),
+    bitwise each member's :func:`apply_coupling`. The universal and identity kernels are applied
+    to all members at once (their constants as (B, 1, 1) columns in the forces' dtype, which is how
+    a Python float enters the member's own product); other kinds member by member."""
+    kinds = {c.kind for c in couplings}
+
+    def column(values):
+        return np.array(values, dtype=forces.dtype).reshape(-1, 1, 1)
+
+    if kinds == {"universal"}:
+        total = forces.sum(axis=1, keepdims=True)
+        return column([c.scale for c in couplings]) * (column([c.g1 - c.g2 for c in couplings]) * forces
+                                                      + column([c.g2 * c.collective for c in couplings]) * total)
+    if kinds == {"identity"}:
+        return column([c.scale * c.g1 for c in couplings]) * forces
+    return np.stack([apply_coupling(c, f, backend) for c, f in zip(couplings, forces)])
 
 
 def universal_mode_rates(c: Coupling) -> tuple[float, float]:

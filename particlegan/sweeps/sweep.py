@@ -47,6 +47,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from particlegan.store.config import SCHEMA, _suggest, config_hash, load_toml, parse_override, resolve_config
 from particlegan.errors import ConfigError, DataError, ParticleGANError
+from particlegan.store import checks as ck
 from particlegan.progress import Reporter, null_reporter
 
 DEFAULT_MAX_RUNS = 10_000
@@ -212,9 +213,7 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
         except ValueError:
             raise ConfigError(f"--seeds {text!r} must be a count S (seeds 0..S-1), a list like "
                               "3,5,9 or a range like 0..4") from None
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"--seeds: seed {seed!r} must be an integer >= 0")
+    seeds = [int(ck.require("--seeds: a seed", seed, ck.integer, ck.nonneg)) for seed in seeds]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {text!r}: a seed is given twice")
     return seeds
@@ -982,8 +981,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
     """
     from particlegan.store.storage import atomic_write_json, ensure_dir
 
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    jobs = int(ck.require("--jobs", jobs, ck.integer, ck.at_least(1)))
     if dask is not None:
         if in_process:
             raise ConfigError("--in-process and --dask exclude each other")
