@@ -86,3 +86,21 @@ def test_full_study_reproduces_the_uncoupled_runs(tmp_path):
     cmp = s.compare(s.our_map(rows), s.paper_map(), s.STUDY_LRD, s.STUDY_PHI)
     checked = [r for r in cmp["rows"] if r["lrd"] >= 4.6e-4 and np.isfinite(r["c0_paper"])]
     assert checked and all(abs(r["c0_ours"] - r["c0_paper"]) <= 0.2 for r in checked)
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="shared reference data not present")
+def test_quick_seed_study_writes_the_median_map_goals(tmp_path):
+    s = _study()
+    assert s.main(["--quick", "--seeds", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    md = (tmp_path / "results_seeds.md").read_text()
+    seed_table = md.split("## Goals")[0]
+    rows = [line for line in seed_table.splitlines() if line.startswith("| 0.000464 | ")]
+    assert len(rows) == 2  # the quick grid's two phi on its first row, three seeds each
+    seeds = [[float(v) for v in r.split("|")[3:6]] for r in rows]
+    assert all(0 <= c <= math.log(12) + 1e-9 for row in seeds for c in row)
+    medians = [float(r.split("|")[6]) for r in rows]
+    assert medians == [pytest.approx(float(np.median(row)), abs=0.006) for row in seeds]
+    assert "median of three seeds" in md and (tmp_path / "seeds_0.000464" / "results.csv").exists()
+    # resumable: the seed sweep is found complete and the table is the same
+    assert s.main(["--quick", "--seeds", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    assert (tmp_path / "results_seeds.md").read_text() == md

@@ -6,11 +6,12 @@ paper's collapse map recomputed from its released particles
 Usage (from the repository root):
     python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~1 h)
     python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation runs (~50 min)
+    python sims/mnist/run_study.py --seeds [--jobs 2]               # seeds 1, 2 on two rows (~75 min)
     python sims/mnist/run_study.py --replot                         # figures/tables from DIR only
     python sims/mnist/run_study.py --quick --out DIR                # 2 x 2 cells, 5 steps (tests)
 Both sweeps are resumable (finished runs are kept; rerun the same command after a stop).
-Writes DIR/grid/ and DIR/ablation/ (run directories), sims/mnist/results.csv (our map),
-sims/mnist/results.md, figures/mnist_mode_collapse.png and figures/mnist_slices.png
+Writes DIR/grid/, DIR/ablation/ and DIR/seeds_<lrD>/ (run directories), sims/mnist/results.csv (our map),
+sims/mnist/results_tables.md (results_seeds.md with --seeds), figures/mnist_mode_collapse.png and figures/mnist_slices.png
 (the full study only; --quick writes its figures and tables into DIR).
 """
 from __future__ import annotations
@@ -70,6 +71,10 @@ ABLATIONS = {  # in the order they run (the cheap, decisive ones first)
     # phi = 0 is the chosen map itself ('mean' = 'spectral' = I there); the whole coupled grid otherwise
     "coupling (1 - phi) I + (phi/N) 1 1^T ('mean')": ([_MEAN], STUDY_PHI[1:], STUDY_LRD, "mean"),
 }
+# seed statistics: the slow-critic rows, where one seed does not fix the side of C = 2 near the
+# boundary (results.md); seeds 1 and 2 on every cell of the row the paper released, seed 0 is the map
+SEED_ROWS = [LRD_ROWS[0], LRD_ROWS[4]]
+EXTRA_SEEDS = (1, 2)
 QUICK_SETS = ["run.steps=5", "run.record_every=5", "dynamics.critic_steps=2",
               "dynamics.critic_steps_startup=2", "particles.n=12", "target.n_samples=12",
               "critic.widths=[8, 16, 8]", "observables.mmd_samples=12"]
@@ -80,13 +85,26 @@ def _axes(phis, lrds) -> list[GridAxis]:
             GridAxis("dynamics.eta_d", tuple(lrds), "dynamics.eta_d=" + ",".join(map(repr, lrds)))]
 
 
-def run_grid(out: Path, phis, lrds, sets: list[str], jobs: int, replace: bool = False) -> list[dict]:
-    """One resumable sweep over (phi, lrD) into ``out``; its finished rows (``replace``: ``out``
-    may hold a larger sweep whose finished runs in this plan are kept)."""
-    plan = plan_sweep(load_base(CONFIG, sets), _axes(phis, lrds), [0], config_path=str(CONFIG),
+def _run(out: Path, sets: list[str], axes, seeds, jobs: int, replace: bool) -> list[dict]:
+    """One resumable sweep from the study's config with ``sets`` into ``out``; its finished rows
+    (``replace``: ``out`` may hold another sweep, whose finished runs in this plan are kept)."""
+    plan = plan_sweep(load_base(CONFIG, sets), axes, list(seeds), config_path=str(CONFIG),
                       fixed_keys=[s.split("=")[0] for s in sets])
     run_sweep(plan, out, jobs=jobs, reporter=Reporter(), replace=replace)
     return [r for r in load_results(out / "results.csv") if r["status"] == "ok"]
+
+
+def run_grid(out: Path, phis, lrds, sets: list[str], jobs: int, replace: bool = False) -> list[dict]:
+    """The (phi, lrD) grid, seed 0, into ``out``."""
+    return _run(out, sets, _axes(phis, lrds), [0], jobs, replace)
+
+
+def run_seed_row(out: Path, lrd: float, phis, sets: list[str], jobs: int) -> list[dict]:
+    """Seeds :data:`EXTRA_SEEDS` of one lrD row over ``phis``: the sweep
+    ``particlegan sweep sims/mnist/config.toml --set dynamics.eta_d=LRD --grid generator.phi=...
+    --seeds 1,2`` (the same run ids; a directory holding part of it is completed)."""
+    axis = GridAxis("generator.phi", tuple(phis), "generator.phi=" + ",".join(map(repr, phis)))
+    return _run(out, sets + [f"dynamics.eta_d={lrd!r}"], [axis], EXTRA_SEEDS, jobs, replace=True)
 
 
 def our_map(rows: list[dict]) -> dict[tuple[float, float], float]:
@@ -257,6 +275,81 @@ def write_map_csv(path: Path, ours: dict, paper: dict) -> None:
     atomic_write_csv(path, rows, ["lr_d", "phi", "collapse", "paper_collapse"])
 
 
+def seed_study(args, sets: list[str], seed0: dict, paper: dict, rows, phis) -> dict:
+    """Seeds 1 and 2 on ``rows`` (the cells of ``phis`` the paper released, all of them with
+    ``--quick``), read (``--replot``) or run; returns {(lrD, phi): [C seed 0, seed 1, seed 2]}."""
+    cells = {}
+    for lr in rows:
+        row_phis = [p for p in phis if args.quick or (lr, p) in paper]
+        d = args.out / f"seeds_{lr:.3g}"
+        if args.replot:
+            found = [r for r in load_results(d / "results.csv") if r["status"] == "ok"] if d.exists() else []
+        else:
+            found = run_seed_row(d, lr, row_phis, sets, args.jobs)
+        by_seed = {(_snap(r["generator.phi"], PHI_GRID), int(r["seed"])): r["collapse_cos"] for r in found}
+        for p in row_phis:
+            cells[(lr, p)] = [seed0.get((lr, p), math.nan)] + [by_seed.get((p, k), math.nan) for k in EXTRA_SEEDS]
+    return cells
+
+
+def write_seed_tables(path: Path, cells: dict, seed0: dict, paper: dict, lrds, phis) -> dict:
+    """results_seeds.md: C per seed on the seed rows, and the goals for the map whose cells on
+    those rows are the median of the three seeds (seed 0 elsewhere). Returns that comparison."""
+    from particlegan.store.storage import atomic_write_bytes
+
+    median = {k: float(np.median(v)) for k, v in cells.items() if np.all(np.isfinite(v))}
+    mixed = {**seed0, **median}
+    cmp0, cmp = compare(seed0, paper, lrds, phis), compare(mixed, paper, lrds, phis)
+    seeds = ", ".join(map(str, (0, *EXTRA_SEEDS)))
+    lines = ["<!-- written by sims/mnist/run_study.py --seeds; see results.md for the reading -->",
+             "## Seeds on the slow-critic rows", "",
+             f"C at the last step for seeds {seeds} (seed 0: the map), their median, the paper's value "
+             f"(one run per cell), how many of the three seeds are collapsed (C > {LEVEL:g}) and whether the "
+             f"median is on the paper's side of C = {LEVEL:g}.", "",
+             "| lrD | phi | " + " | ".join(f"seed {k}" for k in (0, *EXTRA_SEEDS)) + " | median | paper | "
+             "seeds collapsed | median on the paper's side |", "|---|---|---|---|---|---|---|---|---|"]
+    for (lr, p), vals in sorted(cells.items()):
+        med, pap = median.get((lr, p), math.nan), paper.get((lr, p), math.nan)
+        agree = "-" if not (np.isfinite(med) and np.isfinite(pap)) else ("yes" if (med > LEVEL) == (pap > LEVEL) else "no")
+        lines.append(f"| {lr:.3g} | {p:.3g} | " + " | ".join(_f(v, "{:.2f}") for v in vals)
+                     + f" | {_f(med, '{:.2f}')} | {_f(pap, '{:.2f}')} | {sum(v > LEVEL for v in vals)} of "
+                     f"{int(np.isfinite(vals).sum())} | {agree} |")
+    lines += ["", "## Goals with the median of three seeds on those rows (seed 0 elsewhere)", "",
+              f"- Common cells on the same side of C = 2: **{_f(cmp['same_side'], '{:.0%}')}** of "
+              f"{cmp['n_common']} (seed-0 map: {_f(cmp0['same_side'], '{:.0%}')}; goal >= 90%).", "",
+              "| lrD | phi_c (median map) | phi_c paper (full row) | paper grid steps apart | C(phi=0) median "
+              "| C(phi=0) paper | diff |", "|---|---|---|---|---|---|---|"]
+    for r in cmp["rows"]:
+        lines.append(f"| {r['lrd']:.3g} | {_f(r['phi_c_ours'])} | {_f(r['phi_c_paper_full_row'])} | "
+                     f"{_f(r['steps_apart'], '{:.0f}')} | {_f(r['c0_ours'], '{:.2f}')} | "
+                     f"{_f(r['c0_paper'], '{:.2f}')} | {_f(r['c0_ours'] - r['c0_paper'], '{:+.2f}')} |")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return cmp
+
+
+def chosen_map() -> dict[tuple[float, float], float]:
+    """The committed map (sims/mnist/results.csv, seed 0), grid values snapped to this machine's
+    (np.logspace may differ in the last bit across CPUs)."""
+    with open(HERE / "results.csv", newline="") as fh:
+        return _snapped({(float(r["lr_d"]), float(r["phi"])): float(r["collapse"]) for r in csv.DictReader(fh)})
+
+
+def run_seeds(args, sets: list[str], phis, lrds) -> int:
+    """``--seeds``: seeds 1 and 2 on the slow-critic rows, seed 0 from the committed map (with
+    ``--quick``: the quick grid, run first), and results_seeds.md."""
+    if args.quick:
+        seed0, seed_rows = our_map(run_grid(args.out / "grid", phis, lrds, sets, args.jobs)), lrds[:1]
+    else:
+        seed0, seed_rows = chosen_map(), SEED_ROWS
+    paper = paper_map()
+    cells = seed_study(args, sets, seed0, paper, seed_rows, phis)
+    out_md = (args.write_to or HERE) / "results_seeds.md"
+    cmp = write_seed_tables(out_md, cells, seed0, paper, lrds, phis)
+    print(f"with the median of three seeds on lrD = {', '.join(f'{v:.3g}' for v in seed_rows)}: "
+          f"same side of C = 2: {_f(cmp['same_side'], '{:.0%}')} of {cmp['n_common']} common cells; tables: {out_md}")
+    return 0
+
+
 def run_candidate(args, sets: list[str]) -> int:
     """``--only NAME``: one ablation sweep read as a candidate map against the paper's."""
     by_dir = {v[3]: (label, v) for label, v in ABLATIONS.items()}
@@ -272,12 +365,8 @@ def run_candidate(args, sets: list[str]) -> int:
         variant = our_map([r for r in load_results(d / "results.csv") if r["status"] == "ok"])
     else:
         variant = our_map(run_grid(d, abl_phis, abl_lrds, sets + extra, args.jobs, replace=True))
-    chosen = {}
-    if not args.quick:
-        with open(HERE / "results.csv", newline="") as fh:
-            chosen = {(float(r["lr_d"]), float(r["phi"])): float(r["collapse"]) for r in csv.DictReader(fh)}
-    # grid values snapped to this machine's: np.logspace may differ in the last bit across CPUs
-    chosen, variant = _snapped(chosen), _snapped(variant)
+    chosen = {} if args.quick else chosen_map()
+    variant = _snapped(variant)
     candidate = {**{k: v for k, v in chosen.items() if k[0] in abl_lrds}, **variant}
     paper = paper_map()
     lrds = sorted({k[0] for k in candidate})
@@ -303,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="run (or with --replot read) one ablation sweep, by directory name, and write "
                          "its map as a candidate, completed by the chosen map's committed results.csv "
                          "where it has no runs, to sims/mnist/results_NAME.md (or --write-to)")
+    ap.add_argument("--seeds", action="store_true",
+                    help="run (or with --replot read) seeds 1 and 2 on the slow-critic rows (lrD = 1e-4, 4.64e-4; "
+                         "~1 h 15 min on 2 cores), seed 0 from the committed results.csv, and write "
+                         "results_seeds.md: the goals with the median of three seeds there")
     ap.add_argument("--replot", action="store_true", help="no runs: tables and figures from --out")
     ap.add_argument("--write-to", type=Path, default=None,
                     help="directory for the tables and figures (default: sims/mnist and figures/)")
@@ -314,10 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         phis, lrds, sets = [0.0, PHI_GRID[25]], [LRD_ROWS[4], LRD_ROWS[8]], list(QUICK_SETS)
         args.write_to = args.write_to or args.out
     if args.write_to is not None:
+        args.write_to.mkdir(parents=True, exist_ok=True)
         md, fig_dir, map_csv = (args.write_to / "results_tables.md", args.write_to,
                                 args.write_to / "results.csv")
     if args.only is not None:
         return run_candidate(args, sets)
+    if args.seeds:
+        return run_seeds(args, sets, phis, lrds)
     grid_dir = args.out / "grid"
     if args.replot:
         rows = [r for r in load_results(grid_dir / "results.csv") if r["status"] == "ok"]
