@@ -884,10 +884,16 @@ def _check_workers_see(executor: cf.Executor, directory: Path, address: str) -> 
                           "with them, at the same path)")
 
 
+def check_jobs(jobs) -> int:
+    """``--jobs``: an integer >= 1 (ConfigError otherwise)."""
+    return int(ck.require("--jobs", jobs, ck.integer, ck.at_least(1)))
+
+
 def describe_plan(plan: SweepPlan, out_dir: str | Path, jobs: int = 1) -> str:
     """What ``sweep --dry-run`` prints: the grid, how many runs there are, how many of them
     ``out_dir`` already holds finished, and an estimated time for the rest (from the wall times
     of the finished runs, spread over ``jobs`` workers). Reads only; writes nothing."""
+    jobs = check_jobs(jobs)
     out = Path(out_dir)
     walls = []
     for run in plan.runs:
@@ -907,7 +913,7 @@ def describe_plan(plan: SweepPlan, out_dir: str | Path, jobs: int = 1) -> str:
         from particlegan.progress import format_duration
 
         per_run = sum(finite) / len(finite)
-        eta = (f"about {format_duration(per_run * todo / max(1, jobs))} on {jobs} worker(s) "
+        eta = (f"about {format_duration(per_run * todo / jobs)} on {jobs} worker(s) "
                f"({per_run:.3g} s per run, mean of the finished ones)")
     else:
         eta = "time unknown (no finished run to time from yet)"
@@ -981,7 +987,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | Path, jobs: int = 1, dask: str | N
     """
     from particlegan.store.storage import atomic_write_json, ensure_dir
 
-    jobs = int(ck.require("--jobs", jobs, ck.integer, ck.at_least(1)))
+    jobs = check_jobs(jobs)
     if dask is not None:
         if in_process:
             raise ConfigError("--in-process and --dask exclude each other")
