@@ -123,6 +123,8 @@ def test_cpu_blocked_high_d_path_and_tiles(monkeypatch):
     spec = make_kernel("gaussian_mixture", sigmas=(0.7, 2.0))
     one_block = cpu_backend.kernel_value_and_grad_sum(X, Y, w, spec)
     monkeypatch.setattr(cpu_backend, "GRAM_ELEMS", 5 * 301)
+    monkeypatch.setattr(cpu_backend, "GRAM_MIN_ROWS", 1)
+    assert cpu_backend.gram_block_rows(301) == 5
     many = cpu_backend.kernel_value_and_grad_sum(X, Y, w, spec)
     for a, b in zip(one_block, many):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -38,7 +38,9 @@ NAME = "cpu"
 HIGH_D = 32          # from this dimension on, pair products come from BLAS
 TILE = 256           # centres per tile in the low-d Gaussian loops
 ROWS = 16            # target points per parallel work item (they share each centre tile)
-GRAM_ELEMS = 1 << 21  # entries of one BLAS Gram block (16 MB in float64)
+GRAM_ELEMS = 1 << 21  # entries of one BLAS Gram block (16 MB in float64) ...
+GRAM_MIN_ROWS = 256   # ... but at least this many rows (a skinnier GEMM runs slower: sims/bench/results.md) ...
+GRAM_MAX_ELEMS = 1 << 23  # ... as long as the block stays within this many entries (64 MB in float64)
 
 # fast-math without nnan/ninf, so that NaN/inf still propagate to the divergence checks
 _FM = {"contract", "reassoc", "arcp", "nsz", "afn"}
@@ -301,6 +303,13 @@ def _anchor_norms(X64, Y64, kernel):
     return x0, ((X64 - x0) ** 2).sum(axis=1), ((Y64 - x0) ** 2).sum(axis=1)
 
 
+def gram_block_rows(m: int) -> int:
+    """Rows of X per BLAS Gram block against m centres: GRAM_ELEMS / m, raised to GRAM_MIN_ROWS
+    while the block stays within GRAM_MAX_ELEMS entries, and at least 1."""
+    m = max(m, 1)
+    return max(1, GRAM_ELEMS // m, min(GRAM_MIN_ROWS, GRAM_MAX_ELEMS // m))
+
+
 def _high_d(X, X64, Y64, w64, kernel, want_grad):
     """BLAS row-block path for any kernel; returns (values (n,), grads (n, d) or None), float64."""
     n, d = X64.shape
@@ -313,7 +322,7 @@ def _high_d(X, X64, Y64, w64, kernel, want_grad):
     Xs_g = np.ascontiguousarray(Xs, dtype=gemm_dtype)
     vals = np.empty(n)
     grads = np.empty((n, d)) if want_grad else None
-    block = max(1, GRAM_ELEMS // max(m, 1))
+    block = gram_block_rows(m)
     gauss = _is_gaussian(kernel)
     code, p, mix = pm.encode_kernel(kernel, d)
     if not gauss:
