@@ -6,7 +6,7 @@ paper's collapse map recomputed from its released particles
 Usage (from the repository root):
     python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~1 h)
     python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation runs (~50 min)
-    python sims/mnist/run_study.py --seeds [--jobs 2]               # seeds 1, 2 on two rows (~75 min)
+    python sims/mnist/run_study.py --seeds [--jobs 2]               # seeds 1, 2 on two rows (~45 min)
     python sims/mnist/run_study.py --replot                         # figures/tables from DIR only
     python sims/mnist/run_study.py --quick --out DIR                # 2 x 2 cells, 5 steps (tests)
 Both sweeps are resumable (finished runs are kept; rerun the same command after a stop).
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                          "where it has no runs, to sims/mnist/results_NAME.md (or --write-to)")
     ap.add_argument("--seeds", action="store_true",
                     help="run (or with --replot read) seeds 1 and 2 on the slow-critic rows (lrD = 1e-4, 4.64e-4; "
-                         "~1 h 15 min on 2 cores), seed 0 from the committed results.csv, and write "
+                         "~45 min on 2 cores), seed 0 from the committed results.csv, and write "
                          "results_seeds.md: the goals with the median of three seeds there")
     ap.add_argument("--replot", action="store_true", help="no runs: tables and figures from --out")
     ap.add_argument("--write-to", type=Path, default=None,
