@@ -130,6 +130,13 @@ def test_cpu_blocked_high_d_path_and_tiles(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_gram_block_rows_rule():
+    """GRAM_ELEMS / m rows, raised to 256 while within 2^23 entries, at least one row."""
+    rows = cpu_backend.gram_block_rows
+    assert rows(1000) == (1 << 21) // 1000 and rows(30000) == 256 and rows(10000) == 256
+    assert rows(100_000) == (1 << 23) // 100_000 and rows(10**8) == 1 and rows(0) == 1 << 21
+
+
 def test_far_from_origin_points_keep_precision_in_high_d():
     """The d >= 32 path shifts points by the centres' mean before the ||x||^2 - 2xy + ||y||^2 expansion."""
     rng = np.random.default_rng(4)
