@@ -266,27 +266,10 @@ def build_feature_critic(ccfg: dict, y: np.ndarray, backend, rng: np.random.Gene
             np.zeros(ccfg["features"], dtype=dtype))
 
 
-def critic_kernel(ccfg: dict) -> KernelSpec:
-    """Kernel of a fixed-kernel critic type."""
-    kind = ccfg["type"]
-    if kind == "kernel":
-        return make_kernel("gaussian", sigma=ccfg["sigma"])
-    if kind == "mmd":
-        sig = ccfg["mmd_sigmas"]
-        if len(sig) == 1:
-            return make_kernel("gaussian", sigma=sig[0])
-        return make_kernel("gaussian_mixture", sigmas=tuple(sig))
-    if kind == "energy":
-        return make_kernel("energy")
-    if kind == "riesz":
-        return make_kernel("riesz", s=ccfg["riesz_s"], eps=ccfg["riesz_eps"])
-    raise ValueError(f"{kind!r} is not a fixed-kernel critic")
-
-
-def feature_kernel(ccfg: dict) -> KernelSpec:
-    """Feature-space kernel of config section ``critic``: ``feature_kernel`` = gaussian (widths
-    ``mmd_sigmas``), energy, or riesz (``riesz_s``, ``riesz_eps``)."""
-    kind = ccfg["feature_kernel"]
+def _distance_kernel(kind: str, ccfg: dict) -> KernelSpec | None:
+    """The kernel a critic section names for an MMD-type distance: "gaussian" (widths
+    ``mmd_sigmas``, a mixture when several), "energy", or "riesz" (``riesz_s``, ``riesz_eps``);
+    None for any other name."""
     if kind == "gaussian":
         sig = ccfg["mmd_sigmas"]
         return (make_kernel("gaussian", sigma=sig[0]) if len(sig) == 1
@@ -295,7 +278,29 @@ def feature_kernel(ccfg: dict) -> KernelSpec:
         return make_kernel("energy")
     if kind == "riesz":
         return make_kernel("riesz", s=ccfg["riesz_s"], eps=ccfg["riesz_eps"])
-    raise ValueError(f"critic.feature_kernel must be one of {FEATURE_KERNELS}, got {kind!r}")
+    return None
+
+
+def critic_kernel(ccfg: dict) -> KernelSpec:
+    """Kernel of a fixed-kernel critic type: "kernel" (a Gaussian of width ``sigma``), "mmd" (the
+    Gaussian widths ``mmd_sigmas``), "energy" or "riesz"."""
+    kind = ccfg["type"]
+    if kind == "kernel":
+        return make_kernel("gaussian", sigma=ccfg["sigma"])
+    spec = _distance_kernel({"mmd": "gaussian", "energy": "energy", "riesz": "riesz"}.get(kind, ""), ccfg)
+    if spec is None:
+        raise ValueError(f"{kind!r} is not a fixed-kernel critic")
+    return spec
+
+
+def feature_kernel(ccfg: dict) -> KernelSpec:
+    """Feature-space kernel of config section ``critic``: ``feature_kernel`` = gaussian (widths
+    ``mmd_sigmas``), energy, or riesz (``riesz_s``, ``riesz_eps``)."""
+    kind = ccfg["feature_kernel"]
+    spec = _distance_kernel(kind, ccfg)
+    if spec is None:
+        raise ValueError(f"critic.feature_kernel must be one of {FEATURE_KERNELS}, got {kind!r}")
+    return spec
 
 
 def build_learned_critic(ccfg: dict, dim: int, rng: np.random.Generator,
