@@ -31,8 +31,8 @@ def test_universal_rank_one_apply_equals_dense_product(phi, norm, dtype):
 
 
 @pytest.mark.parametrize("kernel,norm", [(k, nm) for k in ("universal", "identity", "ntk_relu")
-                                         for nm in ("ntk", "none", "mean", "spectral")
-                                         if nm != "mean" or k == "universal"])  # 'mean': universal only
+                                         for nm in ("ntk", "none", "mean", "spectral", "interpolated")
+                                         if nm not in ("mean", "interpolated") or k == "universal"])
 @pytest.mark.parametrize("d", [1, 2, 5])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_members_apply_is_bitwise_each_members_own(kernel, norm, d, dtype):
@@ -175,10 +175,60 @@ def test_spectral_normalisation_refuses_matrix_free_kernels():
                                   "generator.normalization=spectral"])
 
 
+@pytest.mark.parametrize("phi,c", [(p, c) for p in (0.0, 0.3, 0.977, -0.1) for c in (0.0, 2.5, 8.0, 20.0)
+                                   if 1 + c * p > 0])  # (-0.1, 20): refused, test below
+def test_interpolated_normalisation_sets_the_relative_rate_and_keeps_the_centre_of_mass(phi, c):
+    """'interpolated': C = g1 [a I + ((1 - a)/N) 1 1^T], a = (g1 - g2)/(g1 + c g2), built here
+    from the projectors on the centre of mass and the relative modes (not from scale/collective);
+    its spectrum is g1 once and g1 a N - 1 times (numpy's eigvalsh)."""
+    n, g1 = 9, 1.5
+    cfg = resolve_config(overrides=[f"particles.n={n}", f"generator.g1={g1}", f"generator.phi={phi}",
+                                    "generator.normalization=interpolated", f"generator.interp_c={c}"])
+    cpl = make_coupling(cfg["generator"], n, np.random.default_rng(0))
+    g2 = g1 * phi
+    a = (g1 - g2) / (g1 + c * g2)
+    P = np.ones((n, n)) / n                       # projector on the centre of mass
+    want = g1 * (P + a * (np.eye(n) - P))
+    np.testing.assert_allclose(coupling_matrix(cpl), want, rtol=1e-12, atol=1e-15)
+    ev = np.linalg.eigvalsh(want)
+    np.testing.assert_allclose(sorted([g1, g1 * a]), [ev[0], ev[-1]], rtol=1e-12)
+    assert universal_mode_rates(cpl) == pytest.approx((g1, g1 * a), rel=1e-12)
+    F = np.random.default_rng(1).standard_normal((n, 3))
+    np.testing.assert_allclose(apply_coupling(cpl, F), want @ F, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.4, 0.977])
+def test_interpolated_normalisation_ends_at_mean_and_spectral(phi):
+    """c = 0 is 'mean', c = N - 1 is g1 x 'spectral' (the two readings it interpolates)."""
+    n, g1 = 11, 1.5
+
+    def matrix(norm, *extra):
+        cfg = resolve_config(overrides=[f"particles.n={n}", f"generator.g1={g1}", f"generator.phi={phi}",
+                                        f"generator.normalization={norm}", *extra])
+        return coupling_matrix(make_coupling(cfg["generator"], n, np.random.default_rng(0)))
+
+    np.testing.assert_allclose(matrix("interpolated", "generator.interp_c=0"), matrix("mean"), rtol=1e-12)
+    np.testing.assert_allclose(matrix("interpolated", f"generator.interp_c={n - 1}"), g1 * matrix("spectral"),
+                               rtol=1e-12)
+
+
+def test_interpolated_normalisation_refuses_other_kernels_and_a_vanishing_denominator():
+    from particlegan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="generator.normalization = 'interpolated' is defined"):
+        resolve_config(overrides=["generator.kernel=identity", "generator.normalization=interpolated"])
+    with pytest.raises(ConfigError, match="generator.interp_c"):
+        resolve_config(overrides=["particles.n=100", "generator.phi=-0.01", "generator.normalization=interpolated",
+                                  "generator.interp_c=150"])
+    with pytest.raises(ConfigError, match="generator.interp_c"):
+        resolve_config(overrides=["generator.normalization=interpolated", "generator.interp_c=-1"])
+
+
 def test_mode_rates_of_every_normalisation_match_the_dense_spectrum():
     n = 6
-    for norm in ("ntk", "none", "mean", "spectral"):
-        cfg = resolve_config(overrides=[f"particles.n={n}", "generator.phi=0.25", f"generator.normalization={norm}"])
+    for norm in ("ntk", "none", "mean", "spectral", "interpolated"):
+        cfg = resolve_config(overrides=[f"particles.n={n}", "generator.phi=0.25", f"generator.normalization={norm}",
+                                        "generator.interp_c=3"])
         c = make_coupling(cfg["generator"], n, np.random.default_rng(0))
         ev = np.linalg.eigvalsh(coupling_matrix(c))
         cm, rel = universal_mode_rates(c)

@@ -276,3 +276,76 @@ def test_fused_critic_steps_are_declined_where_the_loop_does_not_exist(extra):
     opt = model.critic_optimizer
     rates = cr.step_rates([opt.schedule], state.critic_opt.count, 3)
     assert model.critic.fused_ascent(opt, state.critic_opt, state.w, model.critic.prepare(state.x), rates) is None
+
+
+# ------------------------------------------- the MNIST setting against an independent torch run --
+def _usd_descent_in_torch(theta_layers, x0, y, C, *, steps, n_c, n_c_startup, lr_d, lr_q, wd, lam):
+    """The paper's MNIST loop (IBM/USD's unbalanced descent, alpha = rho = 0, no dropout)
+    transcribed with torch autograd and torch.optim.Adam: the critic maximises
+    E_y f - E_x f - lam mean_i ||d/dx_i E_x f||^2 with Adam(amsgrad, weight decay) re-created every
+    critic block; then x <- x + lr_q C grad f(x). ``theta_layers``: [(W_k, b_k or None)], float64.
+
+    Block order as particlegan's engine: ``n_c_startup`` critic steps, then every outer step
+    ``n_c`` critic steps and one particle step (USD's first outer step runs its ``n_c_startup``
+    steps instead of, not before, its ``n_c``; see sims/mnist/results.md)."""
+    torch = pytest.importorskip("torch")
+    layers = []
+    for k, (W, b) in enumerate(theta_layers):
+        lin = torch.nn.Linear(W.shape[1], W.shape[0], bias=b is not None, dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W))
+            if b is not None:
+                lin.bias.copy_(torch.from_numpy(b))
+        layers += [lin] if k == len(theta_layers) - 1 else [lin, torch.nn.ReLU()]
+    D = torch.nn.Sequential(*layers)
+    x, yt, Ct = (torch.from_numpy(np.array(a, dtype=np.float64)) for a in (x0, y, C))
+
+    def critic_block(n_steps):
+        opt = torch.optim.Adam(D.parameters(), lr=lr_d, weight_decay=wd, amsgrad=True)
+        for _ in range(n_steps):
+            opt.zero_grad()
+            xq = x.clone().requires_grad_(True)
+            eq = D(xq).mean()
+            g = torch.autograd.grad(eq, xq, create_graph=True)[0]
+            loss = -(D(yt).mean() - eq - lam * (g ** 2).sum(1).mean())
+            loss.backward()
+            opt.step()
+
+    critic_block(n_c_startup)
+    for _ in range(steps):
+        critic_block(n_c)
+        xq = x.clone().requires_grad_(True)
+        g = torch.autograd.grad(D(xq).sum(), xq)[0]
+        x = (x + lr_q * Ct @ g).detach()
+    return x.numpy()
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.5])
+def test_mlp_critic_particle_run_matches_an_independent_torch_run_of_the_mnist_setting(phi):
+    """sims/mnist's settings (USD penalty convention, Adam amsgrad re-created each outer step with
+    coupled weight decay, no output bias, spectral coupling) at a small size, float64, dropout
+    off (the two RNGs differ): the particles after 3 outer steps agree with a torch autograd run
+    from the same initial weights and particles to ~1e-9 relative (float64 rounding only)."""
+    n, d, lr_d, lr_q = 12, 10, 1e-2, 0.5
+    cfg = resolve_config(overrides=[
+        "target.kind=ring", f"particles.n={n}", "target.n_samples=16", f"target.dim={d}",
+        "critic.type=mlp", "critic.widths=[6, 20, 6]", "critic.activation=relu",
+        "critic.output_bias=false", "critic.optimizer=adam", "critic.amsgrad=true", "critic.adam_reset=true",
+        "critic.weight_decay=1e-2", "loss.kind=ipm", "loss.penalty=fake", "loss.penalty_weight=1.25",
+        "loss.penalty_form=mean_grad", f"dynamics.eta_g={lr_q}", f"dynamics.eta_d={lr_d}",
+        "dynamics.critic_steps=4", "dynamics.critic_steps_startup=7", "generator.kernel=universal",
+        f"generator.phi={phi}", "generator.normalization=spectral", "run.dtype=float64"], seed=3)
+    model, state = dyn.build_model(cfg, startup=False)
+    net = model.critic.net.with_theta(state.w)
+    layers = [(net.weight(k).copy(), None if net.bias_vector(k) is None else net.bias_vector(k).copy())
+              for k in range(net.n_layers)]
+    x0 = state.x.copy()
+    state = dyn.train_critic(model, state, 7)
+    for _ in range(3):
+        state, _ = dyn.outer_step(model, state)
+    C = ((1 - phi) * np.eye(n) + phi) / (1 + (n - 1) * phi)
+    ref = _usd_descent_in_torch(layers, x0, model.y, C, steps=3, n_c=4, n_c_startup=7, lr_d=lr_d,
+                                lr_q=lr_q, wd=1e-2, lam=1.25)
+    moved = np.abs(ref - x0).max()
+    assert moved > 1e-3  # the particles moved: the comparison is not of x0 with itself
+    np.testing.assert_allclose(state.x, ref, rtol=0, atol=1e-9 * np.abs(ref).max())

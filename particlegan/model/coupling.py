@@ -11,6 +11,11 @@ C = K / lambda_max(K): the fastest mode moves at rate 1 whatever N and phi (for 
 kernel with g2 >= 0, lambda_max = g1 + (N - 1) g2, the centre of mass; the relative modes then
 move at (1 - phi) / (1 + (N - 1) phi)). Dense kernels only (universal, identity, matrix, and the
 NTKs held densely).
+``"interpolated"`` [derived; a one-parameter family between the two, fitted in sims/mnist]: for the
+universal kernel, C = g1 [a I + ((1 - a)/N) 1 1^T] with a = (g1 - g2) / (g1 + c g2), c =
+``generator.interp_c``: the centre of mass at rate g1, the relative modes at g1 a; c = 0 is
+``"mean"``, c = N - 1 is g1 x ``"spectral"``. Held as scale g1 / (g1 + c g2) and collective
+(1 + c) / N.
 
 * ``universal``: K = (g1 - g2) I + g2 1 1^T (A-2). Applied in O(N d) via its rank-one structure:
   K F = (g1 - g2) F + g2 1 (1^T F).
@@ -41,9 +46,11 @@ class Coupling:
     ----------
     kind : kernel name (see module docstring).
     n : number of particles N.
-    scale : 1/N for normalisation 'ntk', 1/lambda_max(K) for 'spectral', 1 for 'none' and 'mean'.
+    scale : 1/N for normalisation 'ntk', 1/lambda_max(K) for 'spectral', 1 for 'none' and 'mean',
+        g1/(g1 + c g2) for 'interpolated'.
     g1, g2 : universal/identity constants (g2 = 0 for identity).
-    collective : factor on the rank-one term g2 1 1^T of the universal kernel (1/N for 'mean').
+    collective : factor on the rank-one term g2 1 1^T of the universal kernel (1/N for 'mean',
+        (1 + c)/N for 'interpolated').
     dense : (N, N) unnormalised kernel K when held densely, else None.
     latents : (N, d_z) latent codes for matrix-free NTK kernels, else None.
     ntk_kind, sigma_w, sigma_b : NTK parameters for the matrix-free apply.

@@ -102,6 +102,9 @@ def make_coupling(gcfg: dict, n: int, rng: np.random.Generator) -> Coupling:
         return replace(c, scale=1.0 / n)
     if norm == "mean":
         return replace(c, collective=1.0 / n)
+    if norm == "interpolated":  # relative modes x g1 / (g1 + c g2); centre of mass kept at g1
+        cc = float(gcfg["interp_c"])
+        return replace(c, scale=c.g1 / (c.g1 + cc * c.g2), collective=(1.0 + cc) / n)
     if norm == "spectral":
         if c.kind in ("universal", "identity"):
             top = universal_top_eigenvalue(c.g1, c.g2, n)

@@ -130,8 +130,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "normalization": Key("ntk", "str", "coupling C = K/N ('ntk'), C = K ('none'), or for the "
                              "universal kernel C = (g1 - g2) I + (g2/N) 1 1^T ('mean', [derived]: "
                              "collective force = g2 x the mean critic gradient), or C = K / lambda_max(K) "
-                             "('spectral', [derived]: the fastest mode at rate 1; dense kernels only)",
-                             choices=("ntk", "none", "mean", "spectral")),
+                             "('spectral', [derived]: the fastest mode at rate 1; dense kernels only), or "
+                             "for the universal kernel the centre of mass at rate g1 and the relative modes "
+                             "at g1 (g1 - g2) / (g1 + c g2), c = generator.interp_c ('interpolated', "
+                             "[derived, fitted]: c = 0 is 'mean', c = N - 1 is g1 x 'spectral')",
+                             choices=("ntk", "none", "mean", "spectral", "interpolated")),
+        "interp_c": Key(0.0, "float", "(normalization='interpolated') c >= 0 in the relative-mode rate "
+                        "g1 (g1 - g2) / (g1 + c g2): 0 is 'mean', N - 1 is g1 x 'spectral'",
+                        check=checks.nonneg),
         "latent_dim": Key(64, "int", "dimension d_z of the latent codes (sphere of radius sqrt(d_z))",
                           check=checks.at_least(1)),
         "sigma_w": Key(1.0, "float", "NTK weight std", check=checks.positive),
@@ -217,7 +223,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "eta_g": Key(1.0, "float", "particle (generator) step size eta_G", check=checks.positive),
         "eta_d": Key(0.01, "float", "critic learning rate eta_D", check=checks.positive),
         "critic_steps": Key(5, "int", "critic steps n_c per particle step", check=checks.at_least(1)),
-        "critic_steps_startup": Key(100, "int", "critic steps before the first particle step",
+        "critic_steps_startup": Key(100, "int", "critic steps before the first outer step (whose own "
+                                     "dynamics.critic_steps then precede the first particle step)",
                                     check=checks.nonneg),
         "update": Key("alternating", "str", "alternating or simultaneous updates",
                       choices=("alternating", "simultaneous")),
@@ -412,9 +419,12 @@ def _check_cross(cfg: dict) -> None:
         raise ConfigError(f"target.path must be set when target.kind = '{cfg['target']['kind']}'")
     if cfg["particles"]["init"] == "file" and not cfg["particles"]["init_path"]:
         raise ConfigError("particles.init_path must be set when particles.init = 'file'")
-    if gen["normalization"] == "mean" and gen["kernel"] != "universal":
-        raise ConfigError("generator.normalization = 'mean' is defined for generator.kernel = "
-                          "'universal' only (use 'ntk' or 'none')")
+    if gen["normalization"] in ("mean", "interpolated") and gen["kernel"] != "universal":
+        raise ConfigError(f"generator.normalization = '{gen['normalization']}' is defined for "
+                          "generator.kernel = 'universal' only (use 'ntk' or 'none')")
+    if gen["normalization"] == "interpolated" and not 1.0 + gen["interp_c"] * gen["phi"] > 0:
+        raise ConfigError(f"generator.interp_c = {gen['interp_c']!r} with phi = {gen['phi']!r} gives "
+                          "g1 + c g2 <= 0 (normalization = 'interpolated' needs 1 + c phi > 0)")
     if (gen["normalization"] == "spectral" and gen["kernel"] in ("ntk_relu", "ntk_erf")
             and n > gen["dense_max"]):
         raise ConfigError(f"generator.normalization = 'spectral' needs the kernel held densely: "

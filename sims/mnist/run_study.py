@@ -70,6 +70,10 @@ ABLATIONS = {  # in the order they run (the cheap, decisive ones first)
                                         [SLICE_LRD], "init_mean"),
     # phi = 0 is the chosen map itself ('mean' = 'spectral' = I there); the whole coupled grid otherwise
     "coupling (1 - phi) I + (phi/N) 1 1^T ('mean')": ([_MEAN], STUDY_PHI[1:], STUDY_LRD, "mean"),
+    # between 'mean' (c = 0) and 'spectral' (c = 99): relative modes at (1 - phi)/(1 + c phi), the
+    # centre of mass at 1; c = 28 was picked from a 4-cell probe (results.md): fitted, not a test
+    "coupling 'interpolated', c = 28 (fitted)": (["generator.normalization=interpolated", "generator.interp_c=28"],
+                                                STUDY_PHI[1:], STUDY_LRD, "interp28"),
 }
 # seed statistics: the slow-critic rows, where one seed does not fix the side of C = 2 near the
 # boundary (results.md); seeds 1 and 2 on every cell of the row the paper released, seed 0 is the map
