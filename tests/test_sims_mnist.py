@@ -72,6 +72,26 @@ def test_quick_candidate_normalisation_writes_its_own_tables(tmp_path, capsys):
     assert "not an ablation" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not PAPER.exists(), reason="shared reference data not present")
+def test_quick_heldout_rows_run_the_candidate_off_the_study_grid(tmp_path):
+    s = _study()
+    assert not set(s.HELDOUT_LRD) & set(s.STUDY_LRD) and len(s.HELDOUT_LRD) == len(s.LRD_ROWS) - len(s.STUDY_LRD)
+    assert s.main(["--quick", "--only", "interp28", "--heldout", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    d = tmp_path / "heldout" / "interp28" / f"lrd_{s.HELDOUT_LRD[0]:.3g}"
+    rows = s.load_results(d / "results.csv")
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    cfg = s.load_run(d / "runs" / rows[0]["run_id"])["config"]
+    assert cfg["generator"]["normalization"] == "interpolated" and cfg["generator"]["interp_c"] == 28
+    assert cfg["dynamics"]["eta_d"] == s.HELDOUT_LRD[0]
+    md = (tmp_path / "results_interp28_heldout.md").read_text()
+    assert "--heldout" in md and f"{s.HELDOUT_LRD[0]:.3g}" in md
+    assert s.main(["--quick", "--heldout", "--out", str(tmp_path), "--jobs", "1"]) == 0  # the chosen settings
+    rows = s.load_results(tmp_path / "heldout" / "chosen" / d.name / "results.csv")
+    cfg = s.load_run(tmp_path / "heldout" / "chosen" / d.name / "runs" / rows[0]["run_id"])["config"]
+    assert cfg["generator"]["normalization"] == "spectral"
+    assert "--heldout:" in (tmp_path / "results_chosen_heldout.md").read_text()
+
+
 @pytest.mark.slow
 def test_full_study_reproduces_the_uncoupled_runs(tmp_path):
     """The full grid (~1 h on 2 cores). Asserted: the part of the paper's map the study

@@ -5,8 +5,10 @@ paper's collapse map recomputed from its released particles
 
 Usage (from the repository root):
     python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~1 h)
-    python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation runs (~50 min)
+    python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation runs (~2 h)
     python sims/mnist/run_study.py --seeds [--jobs 2]               # seeds 1, 2 on two rows (~45 min)
+    python sims/mnist/run_study.py --heldout [--only NAME]          # the 5 rows the grid leaves out (~40 min)
+    python sims/mnist/run_study.py --only NAME                      # one ablation as a candidate map
     python sims/mnist/run_study.py --replot                         # figures/tables from DIR only
     python sims/mnist/run_study.py --quick --out DIR                # 2 x 2 cells, 5 steps (tests)
 Both sweeps are resumable (finished runs are kept; rerun the same command after a stop).
@@ -78,6 +80,9 @@ ABLATIONS = {  # in the order they run (the cheap, decisive ones first)
 # seed statistics: the slow-critic rows, where one seed does not fix the side of C = 2 near the
 # boundary (results.md); seeds 1 and 2 on every cell of the row the paper released, seed 0 is the map
 SEED_ROWS = [LRD_ROWS[0], LRD_ROWS[4]]
+# the calibration rows the study grid leaves out: a held-out test of a reading fitted on the grid
+# (``--heldout [--only NAME]``: the paper's released cells among STUDY_PHI on these rows, seed 0)
+HELDOUT_LRD = [lr for lr in LRD_ROWS if lr not in STUDY_LRD]
 EXTRA_SEEDS = (1, 2)
 QUICK_SETS = ["run.steps=5", "run.record_every=5", "dynamics.critic_steps=2",
               "dynamics.critic_steps_startup=2", "particles.n=12", "target.n_samples=12",
@@ -103,12 +108,12 @@ def run_grid(out: Path, phis, lrds, sets: list[str], jobs: int, replace: bool = 
     return _run(out, sets, _axes(phis, lrds), [0], jobs, replace)
 
 
-def run_seed_row(out: Path, lrd: float, phis, sets: list[str], jobs: int) -> list[dict]:
-    """Seeds :data:`EXTRA_SEEDS` of one lrD row over ``phis``: the sweep
-    ``particlegan sweep sims/mnist/config.toml --set dynamics.eta_d=LRD --grid generator.phi=...
-    --seeds 1,2`` (the same run ids; a directory holding part of it is completed)."""
+def run_row(out: Path, lrd: float, phis, sets: list[str], jobs: int, seeds=EXTRA_SEEDS) -> list[dict]:
+    """``seeds`` of one lrD row over ``phis``: the sweep ``particlegan sweep sims/mnist/config.toml
+    --set dynamics.eta_d=LRD --grid generator.phi=... --seeds 1,2`` (the same run ids; a directory
+    holding part of it is completed)."""
     axis = GridAxis("generator.phi", tuple(phis), "generator.phi=" + ",".join(map(repr, phis)))
-    return _run(out, sets + [f"dynamics.eta_d={lrd!r}"], [axis], EXTRA_SEEDS, jobs, replace=True)
+    return _run(out, sets + [f"dynamics.eta_d={lrd!r}"], [axis], seeds, jobs, replace=True)
 
 
 def our_map(rows: list[dict]) -> dict[tuple[float, float], float]:
@@ -289,7 +294,7 @@ def seed_study(args, sets: list[str], seed0: dict, paper: dict, rows, phis) -> d
         if args.replot:
             found = [r for r in load_results(d / "results.csv") if r["status"] == "ok"] if d.exists() else []
         else:
-            found = run_seed_row(d, lr, row_phis, sets, args.jobs)
+            found = run_row(d, lr, row_phis, sets, args.jobs)
         by_seed = {(_snap(r["generator.phi"], PHI_GRID), int(r["seed"])): r["collapse_cos"] for r in found}
         for p in row_phis:
             cells[(lr, p)] = [seed0.get((lr, p), math.nan)] + [by_seed.get((p, k), math.nan) for k in EXTRA_SEEDS]
@@ -362,6 +367,8 @@ def run_candidate(args, sets: list[str]) -> int:
               file=sys.stderr)
         return 2
     label, (extra, abl_phis, abl_lrds, name) = by_dir[args.only]
+    if args.heldout:
+        return run_heldout(args, sets, label, extra, name)
     if args.quick:
         abl_phis, abl_lrds = [PHI_GRID[25]], [LRD_ROWS[4]]
     d = args.out / "ablation" / name
@@ -386,6 +393,33 @@ def run_candidate(args, sets: list[str]) -> int:
     return 0
 
 
+def run_heldout(args, sets: list[str], label: str, extra: list[str], name: str) -> int:
+    """``--heldout [--only NAME]``: the chosen settings or a candidate on the rows :data:`HELDOUT_LRD`, at the paper's
+    released cells among :data:`STUDY_PHI` (with ``--quick``: phi = 0 on the first of them),
+    scored against the paper's map alone (results_NAME_heldout.md)."""
+    paper = paper_map()
+    rows, phis = (HELDOUT_LRD[:1], [0.0]) if args.quick else (HELDOUT_LRD, STUDY_PHI)
+    found = []
+    for lr in rows:
+        row_phis = [p for p in phis if args.quick or (lr, p) in paper]
+        d = args.out / "heldout" / name / f"lrd_{lr:.3g}"
+        if args.replot:
+            found += [r for r in load_results(d / "results.csv") if r["status"] == "ok"] if d.exists() else []
+        else:
+            found += run_row(d, lr, row_phis, sets + extra, args.jobs, seeds=(0,))
+    variant = _snapped(our_map(found))
+    cmp = compare(variant, paper, rows, phis)
+    out_md = (args.write_to or HERE) / f"results_{name}_heldout.md"
+    write_tables(out_md, variant, paper, cmp, rows, phis,
+                 header=f"<!-- written by sims/mnist/run_study.py --heldout"
+                        f"{'' if name == 'chosen' else ' --only ' + name}: '{label}' ({' '.join(extra)}) "
+                        f"on the calibration rows the study grid leaves out, {len(variant)} runs at the "
+                        f"paper's released cells; see results.md -->")
+    print(f"{label}, held-out rows: same side of C = 2: {_f(cmp['same_side'], '{:.0%}')} of "
+          f"{cmp['n_common']} cells; tables: {out_md}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2)
@@ -396,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="run (or with --replot read) one ablation sweep, by directory name, and write "
                          "its map as a candidate, completed by the chosen map's committed results.csv "
                          "where it has no runs, to sims/mnist/results_NAME.md (or --write-to)")
+    ap.add_argument("--heldout", action="store_true",
+                    help="run (or with --replot read) the chosen settings (with --only NAME: that candidate) "
+                         "on the 5 calibration rows the grid leaves out, at the paper's released cells "
+                         "(~40 min), and write results_chosen_heldout.md (results_NAME_heldout.md)")
     ap.add_argument("--seeds", action="store_true",
                     help="run (or with --replot read) seeds 1 and 2 on the slow-critic rows (lrD = 1e-4, 4.64e-4; "
                          "~45 min on 2 cores), seed 0 from the committed results.csv, and write "
@@ -414,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         args.write_to.mkdir(parents=True, exist_ok=True)
         md, fig_dir, map_csv = (args.write_to / "results_tables.md", args.write_to,
                                 args.write_to / "results.csv")
+    if args.heldout and args.only is None:
+        return run_heldout(args, sets, "chosen settings ('spectral')", [], "chosen")
     if args.only is not None:
         return run_candidate(args, sets)
     if args.seeds:
