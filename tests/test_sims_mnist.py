@@ -68,6 +68,7 @@ def test_quick_candidate_normalisation_writes_its_own_tables(tmp_path, capsys):
     assert cfg["generator"]["normalization"] == "mean"
     md = (tmp_path / "results_mean.md").read_text()
     assert "--only mean" in md and "phi_c ours" in md
+    assert (tmp_path / "mnist_mode_collapse_mean.png").stat().st_size > 0
     assert s.main(["--only", "nonsense", "--out", str(tmp_path)]) == 2
     assert "not an ablation" in capsys.readouterr().err
 

@@ -174,7 +174,7 @@ def _map_image(m: dict, lrds, phis) -> np.ndarray:
     return np.array([[m.get((lr, p), np.nan) for p in phis] for lr in lrds])
 
 
-def plot_maps(ours: dict, paper: dict, path: Path) -> None:
+def plot_maps(ours: dict, paper: dict, path: Path, label: str = "particlegan (this study)") -> None:
     """Our map beside the paper's on the paper's calibration grid, one colour scale."""
     from matplotlib import colormaps
 
@@ -183,7 +183,7 @@ def plot_maps(ours: dict, paper: dict, path: Path) -> None:
     fig, axes = new_figure(1, 2, figsize=(13, 4.8), layout="constrained")
     cmap = colormaps["viridis"].with_extremes(bad="0.85")
     xt = [0] + [i for i in range(2, len(PHI_GRID) - 1) if i % 4 == 1] + [len(PHI_GRID) - 1]
-    for ax, (title, m) in zip(axes, (("particlegan (this study)", ours), ("paper (released particles)", paper))):
+    for ax, (title, m) in zip(axes, ((label, ours), ("paper (released particles)", paper))):
         im = ax.imshow(_map_image(m, LRD_ROWS, PHI_GRID), origin="lower", aspect="auto", cmap=cmap,
                        vmin=0.0, vmax=math.log(100), interpolation="nearest")
         ax.set_xticks(xt, [f"{PHI_GRID[i]:.2g}" for i in xt])
@@ -390,6 +390,12 @@ def run_candidate(args, sets: list[str]) -> int:
                         f"results.csv where it has none; see results.md -->")
     print(f"{label}: same side of C = 2: {_f(cmp['same_side'], '{:.0%}')} of {cmp['n_common']} common cells; "
           f"tables: {out_md}")
+    # the candidate's map, with its held-out rows where they were run (--heldout)
+    held = [r for d in sorted((args.out / "heldout" / name).glob("lrd_*"))
+            for r in load_results(d / "results.csv") if r["status"] == "ok"]
+    fig = (args.write_to or FIGURES) / f"mnist_mode_collapse_{name}.png"
+    plot_maps({**candidate, **_snapped(our_map(held))}, paper, fig, label=f"particlegan, {label}")
+    print(f"figure: {fig}")
     return 0
 
 
