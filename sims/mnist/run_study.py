@@ -100,7 +100,17 @@ def _run(out: Path, sets: list[str], axes, seeds, jobs: int, replace: bool) -> l
     plan = plan_sweep(load_base(CONFIG, sets), axes, list(seeds), config_path=str(CONFIG),
                       fixed_keys=[s.split("=")[0] for s in sets])
     run_sweep(plan, out, jobs=jobs, reporter=Reporter(), replace=replace)
-    return [r for r in load_results(out / "results.csv") if r["status"] == "ok"]
+    return finished_rows(out)
+
+
+def finished_rows(sweep_dir: Path) -> list[dict]:
+    """The finished (status ok) rows of the sweep in ``sweep_dir``."""
+    return [r for r in load_results(sweep_dir / "results.csv") if r["status"] == "ok"]
+
+
+def heldout_dir(out: Path, name: str, lrd: float) -> Path:
+    """Where ``--heldout`` keeps the sweep of reading ``name`` on the row ``lrd``."""
+    return out / "heldout" / name / f"lrd_{lrd:.3g}"
 
 
 def run_grid(out: Path, phis, lrds, sets: list[str], jobs: int, replace: bool = False) -> list[dict]:
@@ -292,7 +302,7 @@ def seed_study(args, sets: list[str], seed0: dict, paper: dict, rows, phis) -> d
         row_phis = [p for p in phis if args.quick or (lr, p) in paper]
         d = args.out / f"seeds_{lr:.3g}"
         if args.replot:
-            found = [r for r in load_results(d / "results.csv") if r["status"] == "ok"] if d.exists() else []
+            found = finished_rows(d) if d.exists() else []
         else:
             found = run_row(d, lr, row_phis, sets, args.jobs)
         by_seed = {(_snap(r["generator.phi"], PHI_GRID), int(r["seed"])): r["collapse_cos"] for r in found}
@@ -373,7 +383,7 @@ def run_candidate(args, sets: list[str]) -> int:
         abl_phis, abl_lrds = [PHI_GRID[25]], [LRD_ROWS[4]]
     d = args.out / "ablation" / name
     if args.replot:
-        variant = our_map([r for r in load_results(d / "results.csv") if r["status"] == "ok"])
+        variant = our_map(finished_rows(d))
     else:
         variant = our_map(run_grid(d, abl_phis, abl_lrds, sets + extra, args.jobs, replace=True))
     chosen = {} if args.quick else chosen_map()
@@ -391,8 +401,7 @@ def run_candidate(args, sets: list[str]) -> int:
     print(f"{label}: same side of C = 2: {_f(cmp['same_side'], '{:.0%}')} of {cmp['n_common']} common cells; "
           f"tables: {out_md}")
     # the candidate's map, with its held-out rows where they were run (--heldout)
-    held = [r for d in sorted((args.out / "heldout" / name).glob("lrd_*"))
-            for r in load_results(d / "results.csv") if r["status"] == "ok"]
+    held = [r for lr in HELDOUT_LRD if (d := heldout_dir(args.out, name, lr)).exists() for r in finished_rows(d)]
     fig = (args.write_to or FIGURES) / f"mnist_mode_collapse_{name}.png"
     plot_maps({**candidate, **_snapped(our_map(held))}, paper, fig, label=f"particlegan, {label}")
     print(f"figure: {fig}")
@@ -408,9 +417,9 @@ def run_heldout(args, sets: list[str], label: str, extra: list[str], name: str) 
     found = []
     for lr in rows:
         row_phis = [p for p in phis if args.quick or (lr, p) in paper]
-        d = args.out / "heldout" / name / f"lrd_{lr:.3g}"
+        d = heldout_dir(args.out, name, lr)
         if args.replot:
-            found += [r for r in load_results(d / "results.csv") if r["status"] == "ok"] if d.exists() else []
+            found += finished_rows(d) if d.exists() else []
         else:
             found += run_row(d, lr, row_phis, sets + extra, args.jobs, seeds=(0,))
     variant = _snapped(our_map(found))
@@ -466,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_seeds(args, sets, phis, lrds)
     grid_dir = args.out / "grid"
     if args.replot:
-        rows = [r for r in load_results(grid_dir / "results.csv") if r["status"] == "ok"]
+        rows = finished_rows(grid_dir)
     else:
         rows = run_grid(grid_dir, phis, lrds, sets, args.jobs)
     ablation = None
@@ -477,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             d = abl_root / name
             if args.replot:
                 if (d / "results.csv").exists():
-                    ablation[label] = our_map([r for r in load_results(d / "results.csv") if r["status"] == "ok"])
+                    ablation[label] = our_map(finished_rows(d))
                 continue
             ablation[label] = our_map(run_grid(d, abl_phis, abl_lrds, sets + extra, args.jobs, replace=True))
     ours, paper = our_map(rows), paper_map()
