@@ -28,7 +28,8 @@ top-level ``errors`` / ``progress`` / ``numba_setup``):
 
 Importing the package changes no environment variable and no numba or matplotlib setting: the
 numba process settings (:mod:`particlegan.numba_setup`) are applied when the cpu or cuda
-backend is chosen, and by the ``particlegan`` command.
+backend is chosen, and by the ``particlegan`` command (glibc's malloc thresholds, which change
+no result, when any backend is chosen).
 """
 __version__ = "0.1.0"
 

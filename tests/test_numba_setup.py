@@ -121,3 +121,85 @@ def test_meta_json_records_the_setting(tmp_path):
                                          "observables.mmd_samples=32"]), tmp_path / "r")
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["versions"]["numba_vector_width"] == vector_width_setting()
+
+
+MALLOC_PROBE = """
+import ctypes, hashlib, json
+import numpy as np
+from particlegan.store.config import resolve_config
+from particlegan.engine.dynamics import build_model, outer_step
+from particlegan.backends import get_backend
+from particlegan.numba_setup import malloc_setting
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+def mmapped_bytes():
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        return -1
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2().hblkhd
+
+get_backend("numpy")  # applies the setting (or not)
+before = mmapped_bytes()
+big = np.ones(1 << 18)  # 2 MiB: over glibc's initial mmap threshold (128 KiB)
+grew = mmapped_bytes() - before if before >= 0 else None
+del big
+# an MLP critic of the MNIST study's widths: its (200, 1024) temporaries are over glibc's default mmap threshold
+cfg = resolve_config(overrides=["target.kind=ring", "target.dim=784", "target.n_samples=100", "particles.n=100",
+                                "critic.type=mlp", "critic.widths=[64, 1024, 64]", "critic.dropout=[0, 0.2, 0]",
+                                "critic.optimizer=adam", "critic.amsgrad=true", "loss.penalty=fake",
+                                "loss.penalty_weight=1.25", "loss.penalty_form=mean_grad", "dynamics.critic_steps=2",
+                                "dynamics.critic_steps_startup=2", "generator.phi=0.5", "run.backend=numpy",
+                                "run.dtype=float32"])
+model, state = build_model(cfg)
+for _ in range(2):
+    state, _ = outer_step(model, state)
+print(json.dumps({"setting": malloc_setting(), "mmap_grew": grew,
+                  "hash": hashlib.sha256(state.x.tobytes() + state.w.tobytes()).hexdigest()}))
+"""
+
+
+def _malloc_probe(env_extra=None):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PARTICLEGAN_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")}
+    env.update(env_extra or {})
+    res = subprocess.run([sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _glibc() -> bool:
+    import ctypes
+
+    try:
+        return hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    except Exception:
+        return False
+
+
+def test_large_arrays_come_from_the_heap_with_bitwise_the_same_results():
+    """configure_malloc (applied by get_backend) keeps a 2 MiB array off mmap, and a run whose
+    temporaries cross glibc's default threshold gives the same bytes as with the default."""
+    if not _glibc():
+        pytest.skip("not glibc: the setting is not applied")
+    tuned = _malloc_probe()
+    default = _malloc_probe({"PARTICLEGAN_MALLOC": "default"})
+    assert tuned["setting"] == "heap" and default["setting"] == "default"
+    if tuned["mmap_grew"] is not None:  # glibc >= 2.33 (mallinfo2)
+        assert tuned["mmap_grew"] == 0 and default["mmap_grew"] >= 1 << 21
+    assert tuned["hash"] == default["hash"]
+    user = _malloc_probe({"MALLOC_MMAP_THRESHOLD_": "1048576"})
+    assert user["setting"] == "user" and user["hash"] == default["hash"]
+
+
+def test_meta_json_records_the_malloc_setting(tmp_path):
+    from particlegan.engine.simulate import run_to_dir
+    from particlegan.numba_setup import malloc_setting
+    from particlegan.store.config import resolve_config
+
+    run_to_dir(resolve_config(overrides=["particles.n=16", "target.n_samples=64", "run.steps=2",
+                                         "observables.mmd_samples=32"]), tmp_path / "r")
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["versions"]["malloc"] == malloc_setting() != "default" or not _glibc()

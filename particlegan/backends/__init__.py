@@ -56,6 +56,9 @@ def get_backend(name: str):
     ConfigError
         Unknown name, or 'cuda' without a usable GPU.
     """
+    from particlegan.numba_setup import configure_malloc
+
+    configure_malloc()  # every backend: large numpy temporaries from the heap (bitwise the same results)
     if name == "numpy":
         from particlegan.backends import numpy_backend
         return numpy_backend

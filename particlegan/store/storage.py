@@ -193,7 +193,7 @@ def versions() -> dict:
     import scipy
 
     from particlegan import __version__
-    from particlegan.numba_setup import vector_width_setting
+    from particlegan.numba_setup import malloc_setting, vector_width_setting
 
     return {
         "particlegan": __version__,
@@ -203,6 +203,7 @@ def versions() -> dict:
         "python": platform.python_version(),
         "numba_cpu": os.environ.get("NUMBA_CPU_NAME", "host"),
         "numba_vector_width": vector_width_setting(),
+        "malloc": malloc_setting(),
     }
 
 
