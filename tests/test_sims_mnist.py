@@ -125,3 +125,46 @@ def test_quick_seed_study_writes_the_median_map_goals(tmp_path):
     # resumable: the seed sweep is found complete and the table is the same
     assert s.main(["--quick", "--seeds", "--out", str(tmp_path), "--jobs", "1"]) == 0
     assert (tmp_path / "results_seeds.md").read_text() == md
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="shared reference data not present")
+def test_quick_low_rows_run_the_papers_unconverged_rows(tmp_path):
+    s = _study()
+    assert s.LOW_LRD == pytest.approx([1e-5, 10 ** (-5 + 7 / 24)]) and s.LOW_PHI[0] == 0.0
+    assert s.main(["--quick", "--low-rows", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    d = tmp_path / "lowrows" / "chosen" / f"lrd_{s.LOW_LRD[0]:.3g}"
+    rows = s.load_results(d / "results.csv")
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert s.load_run(d / "runs" / rows[0]["run_id"])["config"]["dynamics"]["eta_d"] == s.LOW_LRD[0]
+    md = (tmp_path / "results_lowrows.md").read_text()
+    paper = s.paper_map(s.LOW_LRD)[(s.LOW_LRD[0], 0.0)]
+    assert f"| 1e-05 | 0 | {rows[0]['collapse_cos']:.2f} | {paper:.2f} |" in md
+    assert s.main(["--quick", "--low-rows", "--only", "mean", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    d = tmp_path / "lowrows" / "mean" / f"lrd_{s.LOW_LRD[0]:.3g}"
+    rows = s.load_results(d / "results.csv")
+    assert s.load_run(d / "runs" / rows[0]["run_id"])["config"]["generator"]["normalization"] == "mean"
+    assert "--low-rows --only mean" in (tmp_path / "results_mean_lowrows.md").read_text()
+
+
+def test_a_tabulated_map_reads_back(tmp_path):
+    """map_from_tables (a candidate's committed results_NAME.md) inverts write_tables to two decimals."""
+    s = _study()
+    lrds, phis = s.STUDY_LRD[:2], s.STUDY_PHI[:3]
+    ours = {(lr, p): 0.123 + 1.7 * i for i, (lr, p) in enumerate((lr, p) for lr in lrds for p in phis)}
+    del ours[(lrds[1], phis[2])]  # a cell not run: '-'
+    cmp = s.compare(ours, {}, lrds, phis)
+    s.write_tables(tmp_path / "t.md", ours, {}, cmp, lrds, phis)
+    back = s.map_from_tables(tmp_path / "t.md")
+    assert back.keys() == ours.keys() and all(abs(back[k] - v) <= 0.005 for k, v in ours.items())
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="shared reference data not present")
+def test_quick_candidate_seed_study_keeps_its_own_runs(tmp_path):
+    s = _study()
+    assert s.main(["--quick", "--only", "interp28", "--seeds", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    d = tmp_path / f"seeds_interp28_{s.LRD_ROWS[4]:.3g}"
+    rows = s.load_results(d / "results.csv")
+    assert sorted(int(r["seed"]) for r in rows) == [1, 1, 2, 2]
+    cfg = s.load_run(d / "runs" / rows[0]["run_id"])["config"]
+    assert cfg["generator"]["normalization"] == "interpolated" and cfg["generator"]["interp_c"] == 28
+    assert "--only interp28 --seeds" in (tmp_path / "results_interp28_seeds.md").read_text()

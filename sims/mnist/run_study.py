@@ -6,14 +6,16 @@ paper's collapse map recomputed from its released particles
 Usage (from the repository root):
     python sims/mnist/run_study.py [--jobs 2] [--out DIR]          # the study grid (~1 h)
     python sims/mnist/run_study.py --ablation [--jobs 2]            # + the ablation runs (~2 h)
-    python sims/mnist/run_study.py --seeds [--jobs 2]               # seeds 1, 2 on two rows (~45 min)
+    python sims/mnist/run_study.py --seeds [--only NAME] [--jobs 2] # seeds 1, 2 on two rows (~30-45 min)
     python sims/mnist/run_study.py --heldout [--only NAME]          # the 5 rows the grid leaves out (~40 min)
+    python sims/mnist/run_study.py --low-rows [--only NAME]         # the paper's unconverged rows (~6 min)
     python sims/mnist/run_study.py --only NAME                      # one ablation as a candidate map
     python sims/mnist/run_study.py --replot                         # figures/tables from DIR only
     python sims/mnist/run_study.py --quick --out DIR                # 2 x 2 cells, 5 steps (tests)
 Both sweeps are resumable (finished runs are kept; rerun the same command after a stop).
-Writes DIR/grid/, DIR/ablation/ and DIR/seeds_<lrD>/ (run directories), sims/mnist/results.csv (our map),
-sims/mnist/results_tables.md (results_seeds.md with --seeds), figures/mnist_mode_collapse.png and figures/mnist_slices.png
+Writes DIR/grid/, DIR/ablation/, DIR/seeds_<lrD>/, DIR/heldout/ and DIR/lowrows/ (run directories),
+sims/mnist/results.csv (our map), sims/mnist/results_tables.md (results_seeds.md with --seeds,
+results_*_heldout.md, results_*lowrows.md), figures/mnist_mode_collapse.png and figures/mnist_slices.png
 (the full study only; --quick writes its figures and tables into DIR).
 """
 from __future__ import annotations
@@ -84,6 +86,11 @@ SEED_ROWS = [LRD_ROWS[0], LRD_ROWS[4]]
 # (``--heldout [--only NAME]``: the paper's released cells among STUDY_PHI on these rows, seed 0)
 HELDOUT_LRD = [lr for lr in LRD_ROWS if lr not in STUDY_LRD]
 EXTRA_SEEDS = (1, 2)
+# the paper's unconverged rows (lrD = 1e-5 and 1.96e-5, the first and last of its k/24 rows; its
+# notebook drops lrD < 5e-5): a check of the early dynamics on cells no setting was chosen on
+# (``--low-rows [--only NAME]``, seed 0, at the paper's released cells)
+LOW_LRD = [float(10 ** (-5 + k / 24)) for k in (0, 7)]
+LOW_PHI = [PHI_GRID[i] for i in (0, 13, 22, 25)]
 QUICK_SETS = ["run.steps=5", "run.record_every=5", "dynamics.critic_steps=2",
               "dynamics.critic_steps_startup=2", "particles.n=12", "target.n_samples=12",
               "critic.widths=[8, 16, 8]", "observables.mmd_samples=12"]
@@ -130,14 +137,15 @@ def our_map(rows: list[dict]) -> dict[tuple[float, float], float]:
     return {(r["dynamics.eta_d"], r["generator.phi"]): r["collapse_cos"] for r in rows}
 
 
-def paper_map() -> dict[tuple[float, float], float]:
-    """{(lrD, phi): C} of the calibration rows, with grid values snapped to ours."""
+def paper_map(rows=LRD_ROWS, column: str = "collapse") -> dict[tuple[float, float], float]:
+    """{(lrD, phi): C} (or another ``column`` of the reference table) on the lrD ``rows``
+    (default: the calibration rows), with grid values snapped to ours."""
     out = {}
     with open(PAPER_CSV, newline="") as fh:
         for r in csv.DictReader(fh):
-            lr, phi = _snap(float(r["lr_d"]), LRD_ROWS), _snap(float(r["phi"]), PHI_GRID)
+            lr, phi = _snap(float(r["lr_d"]), rows), _snap(float(r["phi"]), PHI_GRID)
             if lr is not None and phi is not None:
-                out[(lr, phi)] = float(r["collapse"])
+                out[(lr, phi)] = float(r[column])
     return out
 
 
@@ -294,13 +302,14 @@ def write_map_csv(path: Path, ours: dict, paper: dict) -> None:
     atomic_write_csv(path, rows, ["lr_d", "phi", "collapse", "paper_collapse"])
 
 
-def seed_study(args, sets: list[str], seed0: dict, paper: dict, rows, phis) -> dict:
+def seed_study(args, sets: list[str], seed0: dict, paper: dict, rows, phis, name: str = "") -> dict:
     """Seeds 1 and 2 on ``rows`` (the cells of ``phis`` the paper released, all of them with
-    ``--quick``), read (``--replot``) or run; returns {(lrD, phi): [C seed 0, seed 1, seed 2]}."""
+    ``--quick``), read (``--replot``) or run; returns {(lrD, phi): [C seed 0, seed 1, seed 2]}.
+    A candidate reading (``name``) keeps its runs in directories of its own."""
     cells = {}
     for lr in rows:
         row_phis = [p for p in phis if args.quick or (lr, p) in paper]
-        d = args.out / f"seeds_{lr:.3g}"
+        d = args.out / (f"seeds_{name}_{lr:.3g}" if name else f"seeds_{lr:.3g}")
         if args.replot:
             found = finished_rows(d) if d.exists() else []
         else:
@@ -311,7 +320,8 @@ def seed_study(args, sets: list[str], seed0: dict, paper: dict, rows, phis) -> d
     return cells
 
 
-def write_seed_tables(path: Path, cells: dict, seed0: dict, paper: dict, lrds, phis) -> dict:
+def write_seed_tables(path: Path, cells: dict, seed0: dict, paper: dict, lrds, phis,
+                      command: str = "--seeds") -> dict:
     """results_seeds.md: C per seed on the seed rows, and the goals for the map whose cells on
     those rows are the median of the three seeds (seed 0 elsewhere). Returns that comparison."""
     from particlegan.store.storage import atomic_write_bytes
@@ -320,7 +330,7 @@ def write_seed_tables(path: Path, cells: dict, seed0: dict, paper: dict, lrds, p
     mixed = {**seed0, **median}
     cmp0, cmp = compare(seed0, paper, lrds, phis), compare(mixed, paper, lrds, phis)
     seeds = ", ".join(map(str, (0, *EXTRA_SEEDS)))
-    lines = ["<!-- written by sims/mnist/run_study.py --seeds; see results.md for the reading -->",
+    lines = [f"<!-- written by sims/mnist/run_study.py {command}; see results.md for the reading -->",
              "## Seeds on the slow-critic rows", "",
              f"C at the last step for seeds {seeds} (seed 0: the map), their median, the paper's value "
              f"(one run per cell), how many of the three seeds are collapsed (C > {LEVEL:g}) and whether the "
@@ -353,17 +363,41 @@ def chosen_map() -> dict[tuple[float, float], float]:
         return _snapped({(float(r["lr_d"]), float(r["phi"])): float(r["collapse"]) for r in csv.DictReader(fh)})
 
 
-def run_seeds(args, sets: list[str], phis, lrds) -> int:
+def map_from_tables(path: Path) -> dict[tuple[float, float], float]:
+    """The map that :func:`write_tables` tabulated in ``path`` (two decimals; used for a
+    candidate's committed results_NAME.md, whose run directories are not kept in the
+    repository), grid values snapped."""
+    lines = Path(path).read_text().splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| lrD \\ phi |"))
+    phis = [float(v) for v in lines[head].strip("|").split("|")[1:]]
+    out = {}
+    for line in lines[head + 2:]:
+        if not line.startswith("|"):
+            break
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        for p, cell in zip(phis, cols[1:]):
+            if cell.split(" ")[0] != "-":
+                out[(float(cols[0]), p)] = float(cell.split(" ")[0])
+    def nearest(v, grid):  # the table prints 3 significant digits
+        return min(grid, key=lambda g: abs(math.log(g / v)) if v > 0 and g > 0 else abs(g - v))
+
+    return {(nearest(lr, LRD_ROWS), nearest(p, PHI_GRID)): c for (lr, p), c in out.items()}
+
+
+def run_seeds(args, sets: list[str], phis, lrds, name: str = "") -> int:
     """``--seeds``: seeds 1 and 2 on the slow-critic rows, seed 0 from the committed map (with
-    ``--quick``: the quick grid, run first), and results_seeds.md."""
+    ``--quick``: the quick grid, run first), and results_seeds.md. With a candidate ``name``
+    (``--only NAME --seeds``): its seeds 1 and 2 on those rows, seed 0 from its committed
+    results_NAME.md, and results_NAME_seeds.md."""
     if args.quick:
-        seed0, seed_rows = our_map(run_grid(args.out / "grid", phis, lrds, sets, args.jobs)), lrds[:1]
+        grid = args.out / (f"grid_{name}" if name else "grid")
+        seed0, seed_rows = our_map(run_grid(grid, phis, lrds, sets, args.jobs)), lrds[:1]
     else:
-        seed0, seed_rows = chosen_map(), SEED_ROWS
+        seed0, seed_rows = (map_from_tables(HERE / f"results_{name}.md") if name else chosen_map()), SEED_ROWS
     paper = paper_map()
-    cells = seed_study(args, sets, seed0, paper, seed_rows, phis)
-    out_md = (args.write_to or HERE) / "results_seeds.md"
-    cmp = write_seed_tables(out_md, cells, seed0, paper, lrds, phis)
+    cells = seed_study(args, sets, seed0, paper, seed_rows, phis, name)
+    out_md = (args.write_to or HERE) / (f"results_{name}_seeds.md" if name else "results_seeds.md")
+    cmp = write_seed_tables(out_md, cells, seed0, paper, lrds, phis, f"--only {name} --seeds" if name else "--seeds")
     print(f"with the median of three seeds on lrD = {', '.join(f'{v:.3g}' for v in seed_rows)}: "
           f"same side of C = 2: {_f(cmp['same_side'], '{:.0%}')} of {cmp['n_common']} common cells; tables: {out_md}")
     return 0
@@ -379,6 +413,11 @@ def run_candidate(args, sets: list[str]) -> int:
     label, (extra, abl_phis, abl_lrds, name) = by_dir[args.only]
     if args.heldout:
         return run_heldout(args, sets, label, extra, name)
+    if args.low_rows:
+        return run_low_rows(args, sets + extra, name, label)
+    if args.seeds:
+        return run_seeds(args, sets + extra, STUDY_PHI if not args.quick else [0.0, PHI_GRID[25]],
+                         STUDY_LRD if not args.quick else [LRD_ROWS[4], LRD_ROWS[8]], name)
     if args.quick:
         abl_phis, abl_lrds = [PHI_GRID[25]], [LRD_ROWS[4]]
     d = args.out / "ablation" / name
@@ -435,6 +474,39 @@ def run_heldout(args, sets: list[str], label: str, extra: list[str], name: str) 
     return 0
 
 
+def run_low_rows(args, sets: list[str], name: str = "chosen", label: str = "the chosen settings") -> int:
+    """``--low-rows [--only NAME]``: the chosen settings (or candidate ``name``) at the paper's
+    released cells of :data:`LOW_LRD` x :data:`LOW_PHI` (with ``--quick``: phi = 0 on the first
+    row), C, targets hit and spread beside the paper's (results_lowrows.md, results_NAME_lowrows.md)."""
+    from particlegan.store.storage import atomic_write_bytes
+
+    paper_c, paper_hit = paper_map(LOW_LRD), paper_map(LOW_LRD, "targets_hit")
+    rows, phis = (LOW_LRD[:1], [0.0]) if args.quick else (LOW_LRD, LOW_PHI)
+    found = []
+    for lr in rows:
+        d = args.out / "lowrows" / name / f"lrd_{lr:.3g}"
+        if args.replot:
+            found += finished_rows(d) if d.exists() else []
+        else:
+            found += run_row(d, lr, [p for p in phis if args.quick or (lr, p) in paper_c], sets, args.jobs,
+                             seeds=(0,))
+    tag = "" if name == "chosen" else f" --only {name}"
+    lines = [f"<!-- written by sims/mnist/run_study.py --low-rows{tag}: {label} ({' '.join(sets) or 'config.toml'}) "
+             "on the paper's unconverged rows, seed 0 ('-': no released run there); see results.md -->",
+             "## The paper's unconverged rows (lrD < 2e-5)", "",
+             "| lrD | phi | C ours | C paper | targets hit ours | targets hit paper | spread ours |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(found, key=lambda r: (r["dynamics.eta_d"], r["generator.phi"])):
+        key = (_snap(r["dynamics.eta_d"], LOW_LRD) or r["dynamics.eta_d"], _snap(r["generator.phi"], PHI_GRID))
+        lines.append(f"| {key[0]:.3g} | {key[1]:.3g} | {r['collapse_cos']:.2f} | "
+                     f"{_f(paper_c.get(key, math.nan), '{:.2f}')} | {r['targets_hit']:.0f} | "
+                     f"{_f(paper_hit.get(key, math.nan), '{:.0f}')} | {r['spread_cos']:.2f} |")
+    out_md = (args.write_to or HERE) / ("results_lowrows.md" if name == "chosen" else f"results_{name}_lowrows.md")
+    atomic_write_bytes(out_md, ("\n".join(lines) + "\n").encode())
+    print(f"{label}, low rows: {len(found)} runs; table: {out_md}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2)
@@ -453,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="run (or with --replot read) seeds 1 and 2 on the slow-critic rows (lrD = 1e-4, 4.64e-4; "
                          "~45 min on 2 cores), seed 0 from the committed results.csv, and write "
                          "results_seeds.md: the goals with the median of three seeds there")
+    ap.add_argument("--low-rows", action="store_true",
+                    help="run (or with --replot read) the chosen settings (with --only NAME: that candidate) "
+                         "on the paper's unconverged rows lrD = 1e-5, 1.96e-5 at its released cells among 4 phi "
+                         "(5 runs, ~6 min) and write results_lowrows.md (results_NAME_lowrows.md)")
     ap.add_argument("--replot", action="store_true", help="no runs: tables and figures from --out")
     ap.add_argument("--write-to", type=Path, default=None,
                     help="directory for the tables and figures (default: sims/mnist and figures/)")
@@ -467,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         args.write_to.mkdir(parents=True, exist_ok=True)
         md, fig_dir, map_csv = (args.write_to / "results_tables.md", args.write_to,
                                 args.write_to / "results.csv")
+    if args.low_rows and args.only is None:
+        return run_low_rows(args, sets)
     if args.heldout and args.only is None:
         return run_heldout(args, sets, "chosen settings ('spectral')", [], "chosen")
     if args.only is not None:
