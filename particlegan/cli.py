@@ -369,7 +369,8 @@ def plot_lines_cmd(sweep_dir, x_key, y_key, hue_key, log_x, log_y, threshold, se
 @user_errors_to_exit
 def plot_run_cmd(run_dir, out_path):
     """Time series of one run (collapse, modes covered, MMD^2, critic gradient, centre-of-mass
-    error) above its particle snapshots."""
+    error) above its particle snapshots; a run whose dimension is a square (images) shows them
+    as image grids, under the cosine measures (C, targets hit, spread, quality) when recorded."""
     from particlegan.plots.plotting import run_plot
 
     _echo_figure(run_plot(run_dir, out_path))

@@ -188,6 +188,32 @@ def test_plot_run_cli(sweep_dir, tmp_path):
     assert res.exit_code == 2 and "no result.npz" in res.output
 
 
+def test_plot_run_draws_an_image_run_as_image_grids(tmp_path):
+    """A run whose dimension is a square (here 16 = 4 x 4) is drawn as images: particles 0, 7, 14
+    at each drawn snapshot and the targets, under the cosine series it recorded."""
+    from particlegan.engine.simulate import run_to_dir
+    from particlegan.plots.plotting import plot_run_overview
+    from particlegan.store.config import resolve_config
+    from particlegan.sweeps.analysis import load_run
+
+    cfg = resolve_config(overrides=["target.dim=16", "particles.n=16", "target.n_samples=32", "run.steps=6",
+                                    "run.record_every=2", "run.snapshots=6", "critic.features=32",
+                                    "dynamics.critic_steps_startup=2", "observables.mmd_samples=16",
+                                    "observables.cosine=true"])
+    run_to_dir(cfg, tmp_path / "r")
+    data = load_run(tmp_path / "r")
+    fig = plot_run_overview(data, "image run")
+    grids = [ax for ax in fig.axes if ax.images]
+    assert len(grids) == (4 + 1) * 3  # 4 of the 6 snapshots and the targets, x particles 0, 7, 14
+    assert grids[0].images[0].get_array().shape == (4, 4)
+    np.testing.assert_array_equal(grids[-1].images[0].get_array(), data["target_samples"][14].reshape(4, 4))
+    titles = [ax.get_title() for ax in fig.axes if not ax.images]
+    assert "targets hit" in titles and not any("modes covered" in t for t in titles)
+    res = CliRunner().invoke(main, ["plot", "run", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert_png(tmp_path / "r" / "overview.png", min_bytes=20_000)
+
+
 def test_movie_of_two_runs_side_by_side(tmp_path):
     """`plot movie`: one GIF frame per stored snapshot, runs side by side, written atomically."""
     from PIL import Image

@@ -445,7 +445,21 @@ def plot_seed_lines(groups: dict, x_key: str, y_key: str, hue_key: str | None = 
 
 RUN_PANELS = (("collapse", False), ("modes_covered", False), ("mmd2", True), ("critic_grad_norm", False),
               ("com_error", False))
+# runs against data-point targets that recorded the paper's cosine measures (observables.cosine)
+COSINE_RUN_PANELS = (("collapse_cos", False), ("targets_hit", False), ("spread_cos", False),
+                     ("quality_cos", False), ("critic_grad_norm", False))
 OPTIONAL_RUN_PANELS = (("kid", True), ("lr_scale", True))  # drawn when the run recorded them
+IMAGE_SNAPSHOTS = 4        # snapshot rows of an image run's overview (first and last included)
+IMAGE_PARTICLES = 8        # particles per row: every 7th, as the paper's slices (0, 7, 14, ...)
+
+
+def _image_rows(data: dict) -> list[tuple[str, np.ndarray]]:
+    """(label, (n, s^2)) rows of an image run's overview: particles 0, 7, 14, ... at up to
+    :data:`IMAGE_SNAPSHOTS` snapshots, then the targets of the same indices."""
+    snaps, steps, targets = data["snapshots"], data["snapshot_steps"], data["target_samples"]
+    idx = np.arange(0, snaps.shape[1], 7)[:IMAGE_PARTICLES]
+    rows = [(f"step {int(steps[i])}", snaps[i][idx]) for i in snapshot_panels(len(snaps), IMAGE_SNAPSHOTS)]
+    return rows + [("targets", targets[idx[idx < len(targets)]])]
 
 
 def plot_run_overview(data: dict, title: str = ""):
@@ -453,6 +467,11 @@ def plot_run_overview(data: dict, title: str = ""):
     unbiased estimate turns negative, linear within the 1/N noise), critic gradient norm,
     centre-of-mass error, and KID / learning-rate factor when the run recorded them) above its
     particle snapshots.
+
+    A run whose dimension is a square (images, e.g. MNIST's 784 = 28^2) shows its snapshots as
+    image grids (particles 0, 7, 14, ... at up to four snapshots, and the targets), and, when it
+    recorded the cosine measures, those series instead (collapse C, targets hit, spread,
+    quality, critic gradient norm).
 
     Parameters
     ----------
@@ -463,13 +482,23 @@ def plot_run_overview(data: dict, title: str = ""):
     -------
     matplotlib Figure.
     """
-    fig = plot_snapshots(data["snapshots"], data["snapshot_steps"], data["target_samples"],
-                         data["mode_centres"], title)
-    n_snap = len(snapshot_panels(len(data["snapshots"])))
-    fig.set_size_inches(max(2.6 * n_snap, 15.0), 6.4)
-    fig.subplots_adjust(top=0.42, bottom=0.06)  # snapshots move to the lower part
-    panels = RUN_PANELS + tuple(p for p in OPTIONAL_RUN_PANELS if p[0] in data)
-    grid = fig.add_gridspec(1, len(panels), left=0.05, right=0.98, top=0.88, bottom=0.56, wspace=0.4)
+    if image_side(data["final_particles"].shape[1]):
+        rows = _image_rows(data)
+        fig = plot_image_grid(rows, title, max_images=IMAGE_PARTICLES)
+        fig.set_size_inches(15.0, 3.2 + 1.1 * len(rows))
+        top = 1.0 - 2.6 / (3.2 + 1.1 * len(rows))  # the series keep ~2.6 inches at the top
+        fig.subplots_adjust(top=top - 0.06, bottom=0.03, left=0.3, right=0.7)
+        series = (top + 0.02, 0.90)
+    else:
+        fig = plot_snapshots(data["snapshots"], data["snapshot_steps"], data["target_samples"],
+                             data["mode_centres"], title)
+        n_snap = len(snapshot_panels(len(data["snapshots"])))
+        fig.set_size_inches(max(2.6 * n_snap, 15.0), 6.4)
+        fig.subplots_adjust(top=0.42, bottom=0.06)  # snapshots move to the lower part
+        series = (0.56, 0.88)
+    base = COSINE_RUN_PANELS if "collapse_cos" in data else RUN_PANELS
+    panels = base + tuple(p for p in OPTIONAL_RUN_PANELS if p[0] in data)
+    grid = fig.add_gridspec(1, len(panels), left=0.05, right=0.98, top=series[1], bottom=series[0], wspace=0.4)
     steps = data["step"]
     for i, (key, log) in enumerate(panels):
         ax = fig.add_subplot(grid[0, i])
@@ -480,6 +509,8 @@ def plot_run_overview(data: dict, title: str = ""):
             set_signed_log_scale(ax, values, floor=1.0 / max(2, data["final_particles"].shape[0]))
         if key == "modes_covered":
             ax.set_ylim(-0.3, len(data["mode_centres"]) + 0.3)
+        if key == "targets_hit":
+            ax.set_ylim(-0.3, len(data["target_samples"]) + 0.3)
         ax.set_xlabel("step")
         ax.set_title(axis_label(key), fontsize=9)
         ax.grid(alpha=0.3)
