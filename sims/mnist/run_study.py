@@ -378,6 +378,7 @@ def map_from_tables(path: Path) -> dict[tuple[float, float], float]:
         for p, cell in zip(phis, cols[1:]):
             if cell.split(" ")[0] != "-":
                 out[(float(cols[0]), p)] = float(cell.split(" ")[0])
+
     def nearest(v, grid):  # the table prints 3 significant digits
         return min(grid, key=lambda g: abs(math.log(g / v)) if v > 0 and g > 0 else abs(g - v))
 
@@ -492,18 +493,20 @@ def run_low_rows(args, sets: list[str], name: str = "chosen", label: str = "the 
                              seeds=(0,))
     tag = "" if name == "chosen" else f" --only {name}"
     lines = [f"<!-- written by sims/mnist/run_study.py --low-rows{tag}: {label} ({' '.join(sets) or 'config.toml'}) "
-             "on the paper's unconverged rows, seed 0 ('-': no released run there); see results.md -->",
+             "on the paper's unconverged rows at its released cells, seed 0; see results.md -->",
              "## The paper's unconverged rows (lrD < 2e-5)", "",
              "| lrD | phi | C ours | C paper | targets hit ours | targets hit paper | spread ours |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(found, key=lambda r: (r["dynamics.eta_d"], r["generator.phi"])):
         key = (_snap(r["dynamics.eta_d"], LOW_LRD) or r["dynamics.eta_d"], _snap(r["generator.phi"], PHI_GRID))
+        if not args.quick and key not in paper_c:
+            continue  # a run of another plan found in the directory: the table is the plan's
         lines.append(f"| {key[0]:.3g} | {key[1]:.3g} | {r['collapse_cos']:.2f} | "
                      f"{_f(paper_c.get(key, math.nan), '{:.2f}')} | {r['targets_hit']:.0f} | "
                      f"{_f(paper_hit.get(key, math.nan), '{:.0f}')} | {r['spread_cos']:.2f} |")
     out_md = (args.write_to or HERE) / ("results_lowrows.md" if name == "chosen" else f"results_{name}_lowrows.md")
     atomic_write_bytes(out_md, ("\n".join(lines) + "\n").encode())
-    print(f"{label}, low rows: {len(found)} runs; table: {out_md}")
+    print(f"{label}, low rows: {len(lines) - 5} runs in the table; table: {out_md}")
     return 0
 
 
@@ -523,8 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(~40 min), and write results_chosen_heldout.md (results_NAME_heldout.md)")
     ap.add_argument("--seeds", action="store_true",
                     help="run (or with --replot read) seeds 1 and 2 on the slow-critic rows (lrD = 1e-4, 4.64e-4; "
-                         "~45 min on 2 cores), seed 0 from the committed results.csv, and write "
-                         "results_seeds.md: the goals with the median of three seeds there")
+                         "~30-45 min on 2 cores), seed 0 from the committed results.csv, and write "
+                         "results_seeds.md: the goals with the median of three seeds there (with --only NAME: "
+                         "that candidate's seeds, seed 0 from its results_NAME.md, into results_NAME_seeds.md)")
     ap.add_argument("--low-rows", action="store_true",
                     help="run (or with --replot read) the chosen settings (with --only NAME: that candidate) "
                          "on the paper's unconverged rows lrD = 1e-5, 1.96e-5 at its released cells among 4 phi "
