@@ -384,7 +384,8 @@ def plot_run_cmd(run_dir, out_path):
 @user_errors_to_exit
 def plot_movie_cmd(run_dirs, out_path, labels, fps):
     """Animated GIF of the particles over time beside the collapse C(t), one frame per stored
-    snapshot (record more frames with --set run.snapshots=100); several runs side by side."""
+    snapshot (record more frames with --set run.snapshots=100); several runs side by side. An
+    image run (d a square) shows its first 16 particles as images."""
     from particlegan.plots.plotting_movie import run_movie
 
     _echo_figure(run_movie(list(run_dirs), out_path, labels, fps))

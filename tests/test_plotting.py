@@ -238,6 +238,43 @@ def test_movie_of_two_runs_side_by_side(tmp_path):
     assert bad.exit_code == 2 and ".gif" in bad.output
 
 
+def test_particle_mosaic_places_particle_r_n_plus_c_at_tile_r_c():
+    from particlegan.plots.plotting_movie import particle_mosaic
+
+    x = np.random.default_rng(0).normal(size=(7, 9))  # 7 particles of 3 x 3 images, fewer than 3 x 3 tiles
+    m = particle_mosaic(x, 3, n=3)
+    assert m.shape == (9, 9)
+    for i in range(9):
+        r, c = divmod(i, 3)
+        tile = m[3 * r:3 * r + 3, 3 * c:3 * c + 3]
+        if i < len(x):
+            np.testing.assert_array_equal(tile, x[i].reshape(3, 3))
+        else:
+            assert np.isnan(tile).all()
+
+
+def test_movie_of_an_image_run_shows_its_particles_as_images(tmp_path):
+    """d = 16 (4 x 4 images) with the cosine observables: frames of a particle mosaic beside the
+    cosine collapse; one frame per snapshot, the frames change."""
+    from PIL import Image
+
+    sets = ["target.dim=16", "particles.n=16", "target.n_samples=32", "run.steps=8", "run.record_every=2",
+            "run.snapshots=4", "critic.features=32", "dynamics.critic_steps_startup=2",
+            "observables.mmd_samples=16", "observables.cosine=true", "dynamics.eta_g=0.5"]
+    d = tmp_path / "img"
+    args = [a for o in sets for a in ("--set", o)]
+    assert CliRunner().invoke(main, ["run", *args, "--no-plot", "--out", str(d)]).exit_code == 0
+    out = tmp_path / "img.gif"
+    res = CliRunner().invoke(main, ["plot", "movie", str(d), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with Image.open(out) as im:
+        assert im.n_frames == 4
+        first = np.asarray(im.convert("L")).copy()
+        im.seek(3)
+        last = np.asarray(im.convert("L"))
+    assert not np.array_equal(first, last)
+
+
 def test_phase_cells_stop_at_the_physical_range_and_ticks_sit_at_the_grid():
     """phi = 0.98 on a log axis would get a cell up to ~1.8 > 1: clipped at phi = 1; the phi = 0
     cell of a symlog axis does not reach negative phi; ticks are the grid values."""
