@@ -133,6 +133,19 @@ def run_row(out: Path, lrd: float, phis, sets: list[str], jobs: int, seeds=EXTRA
     return _run(out, sets + [f"dynamics.eta_d={lrd!r}"], [axis], seeds, jobs, replace=True)
 
 
+def released_phis(args, lr: float, phis, paper: dict) -> list[float]:
+    """The phi of ``phis`` at which the paper released a run on the row ``lr`` (all of them with
+    ``--quick``)."""
+    return [p for p in phis if args.quick or (lr, p) in paper]
+
+
+def read_or_run_row(args, d: Path, lr: float, phis, sets: list[str], seeds=EXTRA_SEEDS) -> list[dict]:
+    """The finished runs of one lrD row in ``d``: read (``--replot``) or run (:func:`run_row`)."""
+    if args.replot:
+        return finished_rows(d) if d.exists() else []
+    return run_row(d, lr, phis, sets, args.jobs, seeds)
+
+
 def our_map(rows: list[dict]) -> dict[tuple[float, float], float]:
     return {(r["dynamics.eta_d"], r["generator.phi"]): r["collapse_cos"] for r in rows}
 
@@ -308,12 +321,9 @@ def seed_study(args, sets: list[str], seed0: dict, paper: dict, rows, phis, name
     A candidate reading (``name``) keeps its runs in directories of its own."""
     cells = {}
     for lr in rows:
-        row_phis = [p for p in phis if args.quick or (lr, p) in paper]
+        row_phis = released_phis(args, lr, phis, paper)
         d = args.out / (f"seeds_{name}_{lr:.3g}" if name else f"seeds_{lr:.3g}")
-        if args.replot:
-            found = finished_rows(d) if d.exists() else []
-        else:
-            found = run_row(d, lr, row_phis, sets, args.jobs)
+        found = read_or_run_row(args, d, lr, row_phis, sets)
         by_seed = {(_snap(r["generator.phi"], PHI_GRID), int(r["seed"])): r["collapse_cos"] for r in found}
         for p in row_phis:
             cells[(lr, p)] = [seed0.get((lr, p), math.nan)] + [by_seed.get((p, k), math.nan) for k in EXTRA_SEEDS]
@@ -456,12 +466,8 @@ def run_heldout(args, sets: list[str], label: str, extra: list[str], name: str) 
     rows, phis = (HELDOUT_LRD[:1], [0.0]) if args.quick else (HELDOUT_LRD, STUDY_PHI)
     found = []
     for lr in rows:
-        row_phis = [p for p in phis if args.quick or (lr, p) in paper]
-        d = heldout_dir(args.out, name, lr)
-        if args.replot:
-            found += finished_rows(d) if d.exists() else []
-        else:
-            found += run_row(d, lr, row_phis, sets + extra, args.jobs, seeds=(0,))
+        found += read_or_run_row(args, heldout_dir(args.out, name, lr), lr, released_phis(args, lr, phis, paper),
+                                 sets + extra, seeds=(0,))
     variant = _snapped(our_map(found))
     cmp = compare(variant, paper, rows, phis)
     out_md = (args.write_to or HERE) / f"results_{name}_heldout.md"
@@ -485,12 +491,8 @@ def run_low_rows(args, sets: list[str], name: str = "chosen", label: str = "the 
     rows, phis = (LOW_LRD[:1], [0.0]) if args.quick else (LOW_LRD, LOW_PHI)
     found = []
     for lr in rows:
-        d = args.out / "lowrows" / name / f"lrd_{lr:.3g}"
-        if args.replot:
-            found += finished_rows(d) if d.exists() else []
-        else:
-            found += run_row(d, lr, [p for p in phis if args.quick or (lr, p) in paper_c], sets, args.jobs,
-                             seeds=(0,))
+        found += read_or_run_row(args, args.out / "lowrows" / name / f"lrd_{lr:.3g}", lr,
+                                 released_phis(args, lr, phis, paper_c), sets, seeds=(0,))
     tag = "" if name == "chosen" else f" --only {name}"
     lines = [f"<!-- written by sims/mnist/run_study.py --low-rows{tag}: {label} ({' '.join(sets) or 'config.toml'}) "
              "on the paper's unconverged rows at its released cells, seed 0; see results.md -->",
