@@ -95,16 +95,25 @@ def configure_malloc() -> str:
     return value
 
 
-def _mallopt(param: int, value: int) -> bool:
-    """glibc's ``mallopt(param, value)``; False where the C library has none or refuses."""
+def glibc():
+    """The process's C library through ctypes when it is glibc, else None (musl's mallopt is a
+    stub, macOS has none, some platforms have no dlopen(NULL))."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt is a stub, macOS has none
-        return libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1
-    except Exception:  # no such symbol / no dlopen(NULL) on this platform
-        return False
+        libc.gnu_get_libc_version
+        return libc
+    except Exception:
+        return None
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; False where the C library is not glibc or refuses."""
+    import ctypes
+
+    libc = glibc()
+    return libc is not None and libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1
 
 
 def malloc_setting() -> str:

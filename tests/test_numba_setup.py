@@ -112,15 +112,16 @@ def test_avx512_hosts_get_512_bit_vectors_with_the_same_results():
     np.testing.assert_allclose(wide["out"], default["out"], rtol=1e-12, atol=1e-14)
 
 
-def test_meta_json_records_the_setting(tmp_path):
+def test_meta_json_records_the_settings(tmp_path):
     from particlegan.store.config import resolve_config
-    from particlegan.numba_setup import vector_width_setting
+    from particlegan.numba_setup import glibc, malloc_setting, vector_width_setting
     from particlegan.engine.simulate import run_to_dir
 
     run_to_dir(resolve_config(overrides=["particles.n=16", "target.n_samples=64", "run.steps=2",
                                          "observables.mmd_samples=32"]), tmp_path / "r")
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["versions"]["numba_vector_width"] == vector_width_setting()
+    assert meta["versions"]["malloc"] == malloc_setting() != "default" or glibc() is None
 
 
 MALLOC_PROBE = """
@@ -170,19 +171,12 @@ def _malloc_probe(env_extra=None):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _glibc() -> bool:
-    import ctypes
-
-    try:
-        return hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
-    except Exception:
-        return False
-
-
 def test_large_arrays_come_from_the_heap_with_bitwise_the_same_results():
     """configure_malloc (applied by get_backend) keeps a 2 MiB array off mmap, and a run whose
     temporaries cross glibc's default threshold gives the same bytes as with the default."""
-    if not _glibc():
+    from particlegan.numba_setup import glibc
+
+    if glibc() is None:
         pytest.skip("not glibc: the setting is not applied")
     tuned = _malloc_probe()
     default = _malloc_probe({"PARTICLEGAN_MALLOC": "default"})
@@ -192,14 +186,3 @@ def test_large_arrays_come_from_the_heap_with_bitwise_the_same_results():
     assert tuned["hash"] == default["hash"]
     user = _malloc_probe({"MALLOC_MMAP_THRESHOLD_": "1048576"})
     assert user["setting"] == "user" and user["hash"] == default["hash"]
-
-
-def test_meta_json_records_the_malloc_setting(tmp_path):
-    from particlegan.engine.simulate import run_to_dir
-    from particlegan.numba_setup import malloc_setting
-    from particlegan.store.config import resolve_config
-
-    run_to_dir(resolve_config(overrides=["particles.n=16", "target.n_samples=64", "run.steps=2",
-                                         "observables.mmd_samples=32"]), tmp_path / "r")
-    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
-    assert meta["versions"]["malloc"] == malloc_setting() != "default" or not _glibc()
